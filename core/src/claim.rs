@@ -1,0 +1,220 @@
+//! What stores answer: the four claim outcomes, leases and records.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::types::{Fingerprint, JobError, Kind, Owner, RequestKey, Token};
+
+/// A point in time on the store's clock, as UTC.
+pub type Timestamp = DateTime<Utc>;
+
+/// The one atomic decision of design §3.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Claim {
+    /// The caller holds a new lease and must do the job.
+    Acquired(Lease),
+    /// Another worker holds a live lease.
+    InFlight(InFlight),
+    /// The job is done; here is its result.
+    Completed(Completed),
+    /// The job failed and may not be retried now.
+    Failed(Failed),
+}
+
+impl Claim {
+    /// The token this outcome reports: the new lease's, or the record's current
+    /// one.
+    pub fn token(&self) -> Token {
+        match self {
+            Claim::Acquired(l) => l.token,
+            Claim::InFlight(f) => f.token,
+            Claim::Completed(c) => c.token,
+            Claim::Failed(f) => f.token,
+        }
+    }
+
+    /// The record's attempt number this outcome reports.
+    pub fn attempt(&self) -> u32 {
+        match self {
+            Claim::Acquired(l) => l.attempt,
+            Claim::InFlight(f) => f.attempt,
+            Claim::Completed(c) => c.attempt,
+            Claim::Failed(f) => f.attempt,
+        }
+    }
+
+    /// The outcome's name as used by the HTTP API and metrics.
+    pub fn state_name(&self) -> &'static str {
+        match self {
+            Claim::Acquired(_) => "acquired",
+            Claim::InFlight(_) => "in_flight",
+            Claim::Completed(_) => "completed",
+            Claim::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The right to do a key's job until `expires_at` (store clock).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Lease {
+    /// The request's key.
+    pub key: RequestKey,
+    /// The fencing token every later operation on this lease must present.
+    pub token: Token,
+    /// How many leases the record has been granted, this one included
+    /// (releases excepted).
+    pub attempt: u32,
+    /// The lease's time to live, the default for renewals.
+    pub ttl: Duration,
+    /// When the lease ends on the store's clock.
+    pub expires_at: Timestamp,
+    /// Time left on the lease when the store answered, so that callers need
+    /// no synchronized clock.
+    pub remaining: Duration,
+    /// Whether this lease took over another worker's expired lease.
+    pub takeover: bool,
+}
+
+/// Another worker holds a live lease.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct InFlight {
+    /// The request's key.
+    pub key: RequestKey,
+    /// The holder's token.
+    pub token: Token,
+    /// The record's attempt number.
+    pub attempt: u32,
+    /// The holder's owner id, if it gave one.
+    pub owner: Option<Owner>,
+    /// When the holder's lease ends unless renewed.
+    pub lease_expires_at: Timestamp,
+    /// Time left on the holder's lease when the store answered.
+    pub remaining: Duration,
+}
+
+/// The job completed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Completed {
+    /// The request's key.
+    pub key: RequestKey,
+    /// The token of the lease that completed the job.
+    pub token: Token,
+    /// The attempt that completed the job.
+    pub attempt: u32,
+    /// The job's result, opaque bytes.
+    pub result: Bytes,
+    /// When the job completed.
+    pub completed_at: Timestamp,
+}
+
+/// The job failed and no lease can be granted now.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Failed {
+    /// The request's key.
+    pub key: RequestKey,
+    /// The token of the last lease.
+    pub token: Token,
+    /// The record's attempt number.
+    pub attempt: u32,
+    /// Why it failed.
+    pub error: JobError,
+    /// When a retry will be allowed, if one will: `None` after a permanent
+    /// failure or when no attempt is left.
+    pub retry_after: Option<Duration>,
+}
+
+/// A record's state (design §2).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum RecordState {
+    /// A lease was granted; it may have expired or been released.
+    Processing,
+    /// The result is stored.
+    Completed,
+    /// The error is stored.
+    Failed,
+}
+
+impl RecordState {
+    /// The state's name as used by the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Processing => "processing",
+            RecordState::Completed => "completed",
+            RecordState::Failed => "failed",
+        }
+    }
+
+    /// Whether the record is `completed` or `failed`.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RecordState::Processing)
+    }
+}
+
+/// What a store keeps per key, as seen at one instant of the store's clock.
+///
+/// Fields that depend on "now" (`lease_remaining`, `retry_after`) are computed
+/// by the store when it reads the record, so that no client clock is needed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Record {
+    /// The request's key.
+    pub key: RequestKey,
+    /// The job type.
+    pub kind: Kind,
+    /// The request's fingerprint, if the creating claim gave one.
+    pub fingerprint: Option<Fingerprint>,
+    /// The record's state.
+    pub state: RecordState,
+    /// The current (or last) lease's token.
+    pub token: Token,
+    /// How many leases the record has been granted (releases excepted).
+    pub attempt: u32,
+    /// How many leases the record may be granted.
+    pub max_attempts: u32,
+    /// The owner of the current (or last) lease, if it gave one.
+    pub owner: Option<Owner>,
+    /// When the lease ends; `None` for a terminal record.
+    pub lease_expires_at: Option<Timestamp>,
+    /// Time left on the lease; zero once it expired or was released; `None`
+    /// for a terminal record.
+    pub lease_remaining: Option<Duration>,
+    /// The result of a completed record.
+    pub result: Option<Bytes>,
+    /// The error of a failed record.
+    pub error: Option<JobError>,
+    /// For a failed record: time until a retry is allowed (zero once it is),
+    /// or `None` when no retry will be allowed.
+    pub retry_after: Option<Duration>,
+    /// When the record was created.
+    pub created_at: Timestamp,
+    /// When the record last changed.
+    pub updated_at: Timestamp,
+    /// When the record completed (completed records only).
+    pub completed_at: Option<Timestamp>,
+    /// When the record will be forgotten (retention).
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Record {
+    /// Whether the record is `processing` and its lease has expired or was
+    /// released, so that a claim would take it over.
+    pub fn lease_expired(&self) -> bool {
+        self.state == RecordState::Processing && self.lease_remaining == Some(Duration::ZERO)
+    }
+
+    /// Whether a waiter on this record has nothing left to wait for: the
+    /// record is terminal or its lease is over.
+    pub fn is_settled(&self) -> bool {
+        self.state.is_terminal() || self.lease_expired()
+    }
+}
+
+/// The new end of a renewed lease.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Renewal {
+    /// When the lease now ends on the store's clock.
+    pub expires_at: Timestamp,
+    /// Time left on the lease when the store answered.
+    pub remaining: Duration,
+}

@@ -1,0 +1,490 @@
+//! The sharded in-process store.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use onceflight_core::{
+    Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
+    MAX_TOKEN, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
+    backoff_after, check_lease_ttl, lease_expired_message,
+};
+
+use crate::config::MemoryConfig;
+use crate::error::MemoryError;
+
+pub(crate) const BACKEND: &str = "memory";
+
+/// An in-process [`RequestStore`]: sharded maps, tokio time, notified waiters.
+///
+/// Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    retention: Duration,
+    clock: Clock,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(MemoryConfig::default())
+    }
+}
+
+impl MemoryStore {
+    /// A store built from `config`.
+    pub fn new(config: MemoryConfig) -> Self {
+        let shards = config.shards.max(1).next_power_of_two();
+        Self {
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: RandomState::new(),
+            retention: config.retention,
+            clock: Clock::new(),
+        }
+    }
+
+    fn shard(&self, key: &RequestKey) -> &Mutex<Shard> {
+        // The shard count is a power of two, so masking picks uniformly.
+        let hash = self.hasher.hash_one(key.as_str());
+        &self.shards[(hash as usize) & (self.shards.len() - 1)]
+    }
+}
+
+/// One lock's worth of records. Tokens are counted per shard: a key always
+/// maps to the same shard, so its tokens strictly increase, deletes included.
+#[derive(Debug, Default)]
+struct Shard {
+    records: HashMap<RequestKey, Entry>,
+    last_token: u64,
+}
+
+impl Shard {
+    /// The record of `key` if it is within retention at `now`.
+    fn live(&mut self, key: &RequestKey, now: Instant) -> Option<&mut Entry> {
+        self.records.get_mut(key).filter(|e| e.expires_at > now)
+    }
+}
+
+/// Hands out the shard's next token.
+fn next_token(last_token: &mut u64) -> Result<Token> {
+    if *last_token >= MAX_TOKEN {
+        return Err(MemoryError::TokensExhausted.into());
+    }
+    *last_token += 1;
+    Token::new(*last_token)
+}
+
+#[derive(Debug)]
+struct Entry {
+    kind: Kind,
+    fingerprint: Option<Fingerprint>,
+    owner: Option<Owner>,
+    state: RecordState,
+    token: Token,
+    attempt: u32,
+    max_attempts: u32,
+    retry_backoff: Duration,
+    lease_ttl: Duration,
+    /// The lease's end while `processing`; the release instant once released.
+    lease_expires_at: Instant,
+    /// The lease was given up: its token is retired and the next lease does
+    /// not count as an attempt.
+    released: bool,
+    result: Option<Bytes>,
+    error: Option<JobError>,
+    /// Retryable failures so far, which sets the backoff's doubling.
+    failures: u32,
+    retry_at: Option<Instant>,
+    created_at: Instant,
+    updated_at: Instant,
+    completed_at: Option<Instant>,
+    expires_at: Instant,
+    /// Present while someone waits; dropping it wakes every waiter.
+    waker: Option<watch::Sender<()>>,
+}
+
+impl Entry {
+    fn wake(&mut self) {
+        self.waker = None;
+    }
+
+    /// Whether `token` is the current lease of a `processing` record.
+    fn holds(&self, token: Token) -> bool {
+        self.state == RecordState::Processing && !self.released && self.token == token
+    }
+
+    fn lease_live(&self, now: Instant) -> bool {
+        !self.released && self.lease_expires_at > now
+    }
+
+    /// Grants a new lease on this record (takeover, retry or after release).
+    fn grant(&mut self, token: Token, options: &ClaimOptions, now: Instant, retention: Duration) {
+        self.state = RecordState::Processing;
+        self.token = token;
+        self.owner = options.owner().cloned();
+        self.lease_ttl = options.lease_ttl();
+        self.lease_expires_at = now + self.lease_ttl;
+        self.released = false;
+        self.error = None;
+        self.retry_at = None;
+        self.updated_at = now;
+        self.expires_at = self.lease_expires_at + retention;
+    }
+
+    fn lease(&self, key: &RequestKey, clock: &Clock, now: Instant, takeover: bool) -> Lease {
+        Lease {
+            key: key.clone(),
+            token: self.token,
+            attempt: self.attempt,
+            ttl: self.lease_ttl,
+            expires_at: clock.wall(self.lease_expires_at),
+            remaining: self.lease_expires_at.saturating_duration_since(now),
+            takeover,
+        }
+    }
+
+    fn failed(&self, key: &RequestKey, now: Instant) -> Failed {
+        Failed {
+            key: key.clone(),
+            token: self.token,
+            attempt: self.attempt,
+            error: self
+                .error
+                .clone()
+                .unwrap_or_else(|| JobError::retryable("failed")),
+            retry_after: self.retry_at.map(|at| at.saturating_duration_since(now)),
+        }
+    }
+
+    fn record(&self, key: &RequestKey, clock: &Clock, now: Instant) -> Record {
+        let processing = self.state == RecordState::Processing;
+        Record {
+            key: key.clone(),
+            kind: self.kind.clone(),
+            fingerprint: self.fingerprint.clone(),
+            state: self.state,
+            token: self.token,
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            owner: self.owner.clone(),
+            lease_expires_at: processing.then(|| clock.wall(self.lease_expires_at)),
+            lease_remaining: processing
+                .then(|| self.lease_expires_at.saturating_duration_since(now)),
+            result: self.result.clone(),
+            error: self.error.clone(),
+            retry_after: self.retry_at.map(|at| at.saturating_duration_since(now)),
+            created_at: clock.wall(self.created_at),
+            updated_at: clock.wall(self.updated_at),
+            completed_at: self.completed_at.map(|at| clock.wall(at)),
+            expires_at: Some(clock.wall(self.expires_at)),
+        }
+    }
+
+    /// Ends the record as `failed`; a retry is allowed after the backoff only
+    /// for a retryable failure with attempts left.
+    fn set_failed(&mut self, error: JobError, now: Instant, retention: Duration) {
+        let retry = error.is_retryable() && self.attempt < self.max_attempts;
+        if error.is_retryable() {
+            self.failures += 1;
+        }
+        self.retry_at = retry.then(|| now + backoff_after(self.retry_backoff, self.failures));
+        self.state = RecordState::Failed;
+        self.error = Some(error);
+        self.lease_expires_at = now;
+        self.updated_at = now;
+        self.expires_at = now + retention;
+        self.wake();
+    }
+}
+
+/// The store's clock: tokio's monotonic time (pausable in tests), shown as
+/// UTC by anchoring it to the wall clock once at start.
+#[derive(Debug)]
+struct Clock {
+    start: Instant,
+    start_wall: DateTime<Utc>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            start_wall: Utc::now(),
+        }
+    }
+
+    fn wall(&self, at: Instant) -> DateTime<Utc> {
+        let since = at.saturating_duration_since(self.start);
+        self.start_wall + chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+fn lease_lost(key: &RequestKey, token: Token) -> Error {
+    Error::LeaseLost {
+        key: key.clone(),
+        token,
+    }
+}
+
+fn mismatch(key: &RequestKey, entry: &Entry, options: &ClaimOptions) -> Option<Error> {
+    let reason = if entry.kind != *options.kind() {
+        format!(
+            "the record's kind is {:?}, the claim's is {:?}",
+            entry.kind.as_str(),
+            options.kind().as_str()
+        )
+    } else {
+        match (&entry.fingerprint, options.fingerprint()) {
+            (Some(ours), Some(theirs)) if ours != theirs => {
+                "the claim's fingerprint differs from the record's".to_owned()
+            }
+            _ => return None,
+        }
+    };
+    Some(Error::FingerprintMismatch {
+        key: key.clone(),
+        reason,
+    })
+}
+
+#[async_trait]
+impl RequestStore for MemoryStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn claim_or_get(&self, key: &RequestKey, options: &ClaimOptions) -> Result<Claim> {
+        let now = Instant::now();
+        let retention = self.retention;
+        let clock = &self.clock;
+        let mut shard = self.shard(key).lock();
+        let Shard {
+            records,
+            last_token,
+        } = &mut *shard;
+        if let Some(entry) = records.get_mut(key).filter(|e| e.expires_at > now) {
+            if let Some(error) = mismatch(key, entry, options) {
+                return Err(error);
+            }
+            let takeover = match entry.state {
+                RecordState::Processing if entry.lease_live(now) => {
+                    return Ok(Claim::InFlight(InFlight {
+                        key: key.clone(),
+                        token: entry.token,
+                        attempt: entry.attempt,
+                        owner: entry.owner.clone(),
+                        lease_expires_at: clock.wall(entry.lease_expires_at),
+                        remaining: entry.lease_expires_at.saturating_duration_since(now),
+                    }));
+                }
+                // A released lease is given back without using an attempt.
+                RecordState::Processing if entry.released => false,
+                RecordState::Processing if entry.attempt >= entry.max_attempts => {
+                    let message = lease_expired_message(entry.attempt, entry.max_attempts);
+                    entry.set_failed(JobError::retryable(message), now, retention);
+                    // The attempts are spent: no retry, although retryable.
+                    entry.retry_at = None;
+                    return Ok(Claim::Failed(entry.failed(key, now)));
+                }
+                RecordState::Processing => true,
+                RecordState::Completed => {
+                    return Ok(Claim::Completed(Completed {
+                        key: key.clone(),
+                        token: entry.token,
+                        attempt: entry.attempt,
+                        result: entry.result.clone().unwrap_or_default(),
+                        completed_at: clock.wall(entry.completed_at.unwrap_or(entry.updated_at)),
+                    }));
+                }
+                RecordState::Failed if entry.retry_at.is_some_and(|at| at <= now) => false,
+                RecordState::Failed => return Ok(Claim::Failed(entry.failed(key, now))),
+            };
+            if !entry.released {
+                entry.attempt += 1;
+            }
+            let token = next_token(last_token)?;
+            entry.grant(token, options, now, retention);
+            return Ok(Claim::Acquired(entry.lease(key, clock, now, takeover)));
+        }
+
+        let token = next_token(last_token)?;
+        let lease_expires_at = now + options.lease_ttl();
+        let entry = Entry {
+            kind: options.kind().clone(),
+            fingerprint: options.fingerprint().cloned(),
+            owner: options.owner().cloned(),
+            state: RecordState::Processing,
+            token,
+            attempt: 1,
+            max_attempts: options.max_attempts(),
+            retry_backoff: options.retry_backoff(),
+            lease_ttl: options.lease_ttl(),
+            lease_expires_at,
+            released: false,
+            result: None,
+            error: None,
+            failures: 0,
+            retry_at: None,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            expires_at: lease_expires_at + retention,
+            waker: None,
+        };
+        let lease = entry.lease(key, clock, now, false);
+        // Replacing a record past retention drops its waker, waking waiters.
+        records.insert(key.clone(), entry);
+        Ok(Claim::Acquired(lease))
+    }
+
+    async fn renew(
+        &self,
+        key: &RequestKey,
+        token: Token,
+        ttl: Option<Duration>,
+    ) -> Result<Renewal> {
+        let ttl = ttl.map(check_lease_ttl).transpose()?;
+        let now = Instant::now();
+        let mut shard = self.shard(key).lock();
+        let entry = shard
+            .live(key, now)
+            .filter(|e| e.holds(token))
+            .ok_or_else(|| lease_lost(key, token))?;
+        entry.lease_expires_at = now + ttl.unwrap_or(entry.lease_ttl);
+        entry.updated_at = now;
+        entry.expires_at = entry.lease_expires_at + self.retention;
+        Ok(Renewal {
+            expires_at: self.clock.wall(entry.lease_expires_at),
+            remaining: entry.lease_expires_at.saturating_duration_since(now),
+        })
+    }
+
+    async fn complete(&self, key: &RequestKey, token: Token, result: Bytes) -> Result<Record> {
+        let now = Instant::now();
+        let mut shard = self.shard(key).lock();
+        let entry = shard
+            .live(key, now)
+            .filter(|e| e.token == token)
+            .ok_or_else(|| lease_lost(key, token))?;
+        match entry.state {
+            RecordState::Processing if !entry.released => {
+                entry.state = RecordState::Completed;
+                entry.result = Some(result);
+                entry.completed_at = Some(now);
+                entry.lease_expires_at = now;
+                entry.updated_at = now;
+                entry.expires_at = now + self.retention;
+                entry.wake();
+            }
+            // The same token repeating a successful complete: the first
+            // result stands.
+            RecordState::Completed => {}
+            _ => return Err(lease_lost(key, token)),
+        }
+        Ok(entry.record(key, &self.clock, now))
+    }
+
+    async fn fail(&self, key: &RequestKey, token: Token, error: &JobError) -> Result<Record> {
+        let now = Instant::now();
+        let mut shard = self.shard(key).lock();
+        let entry = shard
+            .live(key, now)
+            .filter(|e| e.token == token)
+            .ok_or_else(|| lease_lost(key, token))?;
+        match entry.state {
+            RecordState::Processing if !entry.released => {
+                entry.set_failed(error.clone(), now, self.retention);
+            }
+            // The same token repeating a successful fail: the first error
+            // stands.
+            RecordState::Failed => {}
+            _ => return Err(lease_lost(key, token)),
+        }
+        Ok(entry.record(key, &self.clock, now))
+    }
+
+    async fn release(&self, key: &RequestKey, token: Token) -> Result<Record> {
+        let now = Instant::now();
+        let mut shard = self.shard(key).lock();
+        let entry = shard
+            .live(key, now)
+            .filter(|e| e.holds(token))
+            .ok_or_else(|| lease_lost(key, token))?;
+        entry.released = true;
+        entry.lease_expires_at = now;
+        entry.updated_at = now;
+        entry.expires_at = now + self.retention;
+        entry.wake();
+        Ok(entry.record(key, &self.clock, now))
+    }
+
+    async fn get(&self, key: &RequestKey) -> Result<Option<Record>> {
+        let now = Instant::now();
+        let mut shard = self.shard(key).lock();
+        Ok(shard
+            .live(key, now)
+            .map(|e| e.record(key, &self.clock, now)))
+    }
+
+    async fn wait(&self, key: &RequestKey, timeout: Duration) -> Result<Option<Record>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            let (record, mut changed, lease_end) = {
+                let mut shard = self.shard(key).lock();
+                let Some(entry) = shard.live(key, now) else {
+                    return Ok(None);
+                };
+                let record = entry.record(key, &self.clock, now);
+                if record.is_settled() || now >= deadline {
+                    return Ok(Some(record));
+                }
+                // Subscribing under the lock means no change can slip between
+                // this look and the wait below.
+                let changed = entry
+                    .waker
+                    .get_or_insert_with(|| watch::channel(()).0)
+                    .subscribe();
+                (record, changed, entry.lease_expires_at)
+            };
+            tokio::select! {
+                // The sender is dropped on every change: that is the wake-up.
+                _ = changed.changed() => {}
+                () = tokio::time::sleep_until(lease_end.min(deadline)) => {}
+            }
+            drop(record);
+        }
+    }
+
+    async fn delete(&self, key: &RequestKey) -> Result<bool> {
+        let now = Instant::now();
+        let mut shard = self.shard(key).lock();
+        // Dropping the entry drops its waker, which wakes the waiters.
+        Ok(shard
+            .records
+            .remove(key)
+            .is_some_and(|entry| entry.expires_at > now))
+    }
+
+    async fn sweep(&self) -> Result<u64> {
+        let mut swept = 0;
+        for shard in self.shards.iter() {
+            // One shard at a time, so claims on other shards never wait for
+            // the whole sweep.
+            let now = Instant::now();
+            let mut shard = shard.lock();
+            let before = shard.records.len();
+            shard.records.retain(|_, e| e.expires_at > now);
+            swept += (before - shard.records.len()) as u64;
+        }
+        Ok(swept)
+    }
+}
