@@ -1,0 +1,48 @@
+//! `cargo xtask lint`: formatting, then clippy with warnings as errors for
+//! every feature set CI checks.
+
+use anyhow::Result;
+
+use crate::process;
+
+/// One clippy run: which packages it checks, with which features.
+struct ClippyRun {
+    /// `None` checks the whole workspace.
+    package: Option<&'static str>,
+    /// Feature flags as cargo takes them, e.g. `&["--all-features"]`, or
+    /// `&["--no-default-features", "--features", "postgres"]`.
+    features: &'static [&'static str],
+}
+
+/// Every combination clippy must pass. Features can hide code from the
+/// compiler, so each feature set that ships gets its own run (conventions:
+/// "CI runs clippy with `-D warnings` for each feature set of `server`");
+/// add `server`'s sets here as they appear.
+const CLIPPY_RUNS: &[ClippyRun] = &[
+    ClippyRun {
+        package: None,
+        features: &["--all-features"],
+    },
+    ClippyRun {
+        package: None,
+        features: &[],
+    },
+];
+
+pub(crate) fn run() -> Result<()> {
+    process::run(process::cargo().args(["fmt", "--all", "--", "--check"]))?;
+    for clippy in CLIPPY_RUNS {
+        let mut cargo = process::cargo();
+        cargo.arg("clippy");
+        match clippy.package {
+            Some(package) => cargo.args(["--package", package]),
+            None => cargo.arg("--workspace"),
+        };
+        cargo
+            .arg("--all-targets")
+            .args(clippy.features)
+            .args(["--", "-D", "warnings"]);
+        process::run(&mut cargo)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Project automation for onceflight, run as `cargo xtask <command>` (the
+//! cargo-xtask pattern: plain Rust instead of shell scripts, so it works the
+//! same on every machine that can build the project).
+//!
+//! The commands are described in [`USAGE`]. `test` is the one that matters
+//! most: it provides the PostgreSQL and Redis servers that the backend tests
+//! need (design §10), so that `cargo xtask test` is the single command that
+//! runs every test of every backend.
+
+mod lint;
+mod postgres;
+mod process;
+mod redis;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  test [cargo test args]  run every test of every backend. Uses DATABASE_URL and
+                          REDIS_URL when set; otherwise starts a throw-away
+                          PostgreSQL cluster and Redis server on free loopback
+                          ports and stops them afterwards. Extra arguments go to
+                          `cargo test` (with `-p`/`--package`, only those
+                          packages are tested instead of the whole workspace).
+  lint                    `cargo fmt --check`, then clippy with -D warnings for
+                          every feature set CI checks.
+  ci                      lint, then test: what to run before landing a commit.
+  bench                   benchmarks (not implemented yet).
+";
+
+/// Exit code for a command line that xtask does not understand, or a command
+/// it does not implement yet.
+const USAGE_EXIT: u8 = 2;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let command = args.next();
+    let rest: Vec<String> = args.collect();
+
+    let result = match command.as_deref() {
+        Some("test") => test::run(&rest),
+        Some("lint") => no_extra_args("lint", &rest).and_then(|()| lint::run()),
+        Some("ci") => no_extra_args("ci", &rest).and_then(|()| ci()),
+        Some("bench") => {
+            eprintln!(
+                "xtask: `cargo xtask bench` is not implemented yet: the criterion \
+                 benchmarks (design §9) arrive with a later issue."
+            );
+            return ExitCode::from(USAGE_EXIT);
+        }
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("xtask: unknown command `{other}`\n\n{USAGE}");
+            return ExitCode::from(USAGE_EXIT);
+        }
+        None => {
+            eprint!("{USAGE}");
+            return ExitCode::from(USAGE_EXIT);
+        }
+    };
+
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            // A failing child (tests, clippy) passes its own exit code on, so
+            // callers can tell "tests failed" from "xtask could not run".
+            match error.downcast_ref::<process::Failed>() {
+                Some(failed) => ExitCode::from(failed.exit_code()),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// `cargo xtask ci`: everything that must pass before a commit lands.
+fn ci() -> Result<()> {
+    lint::run()?;
+    test::run(&[])
+}
+
+fn no_extra_args(command: &str, rest: &[String]) -> Result<()> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        bail!("`cargo xtask {command}` takes no arguments, got {rest:?}")
+    }
+}

@@ -1,0 +1,333 @@
+//! A throw-away PostgreSQL cluster for the tests: initialised in a temp
+//! directory from the installed server binaries, listening on a free loopback
+//! port, and stopped and deleted when the [`Postgres`] value is dropped.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::process::{self, TempDir};
+
+/// Where Debian's `postgresql` package puts each major version's binaries.
+const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";
+const START_ATTEMPTS: u32 = 3;
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running throw-away cluster. Dropping it stops the server (immediate
+/// mode: nothing in it is worth a clean shutdown) and deletes its files.
+#[derive(Debug)]
+pub(crate) struct Postgres {
+    bin: PathBuf,
+    /// The unprivileged user the server runs as when xtask runs as root.
+    user: Option<String>,
+    data: PathBuf,
+    port: u16,
+    // Declared last so it is removed after `drop` has stopped the server.
+    dir: TempDir,
+}
+
+impl Postgres {
+    /// Initialises and starts a cluster, retrying on a new port when the
+    /// start fails (another process may take the port we picked).
+    pub(crate) fn start() -> Result<Self> {
+        let bin = find_bin_dir()?;
+        let user = if process::running_as_root()? {
+            Some(unprivileged_user()?)
+        } else {
+            None
+        };
+        let dir = TempDir::new("postgres")?;
+        if let Some(user) = &user {
+            // The server's user must own the directory it writes into.
+            process::output(Command::new("chown").arg(user).arg(dir.path()))?;
+        }
+        let mut pg = Self {
+            data: dir.path().join("data"),
+            bin,
+            user,
+            port: 0,
+            dir,
+        };
+
+        pg.initdb()?;
+        let mut last_error = None;
+        for attempt in 1..=START_ATTEMPTS {
+            pg.port = process::free_port()?;
+            match pg.try_start() {
+                Ok(()) => return Ok(pg),
+                Err(error) => {
+                    eprintln!(
+                        "xtask: PostgreSQL did not start on port {} (attempt {attempt} of \
+                         {START_ATTEMPTS}): {error:#}",
+                        pg.port
+                    );
+                    pg.stop_quietly();
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow::anyhow!("no start attempted"))
+            .context(format!(
+                "could not start a throw-away PostgreSQL after {START_ATTEMPTS} attempts"
+            )))
+    }
+
+    /// The URL tests connect with (trust authentication, so no password).
+    pub(crate) fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Where the server's files (data, log, socket) live.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The installed version, e.g. `15`, read from the binaries' directory.
+    pub(crate) fn version(&self) -> String {
+        self.bin
+            .parent()
+            .and_then(Path::file_name)
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn initdb(&self) -> Result<()> {
+        process::output(
+            self.command("initdb")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+                // The C locale goes with any encoding and always exists,
+                // whatever LANG the caller has (initdb fails on a locale that
+                // is not generated on this machine).
+                .arg("--locale=C"),
+        )
+        .context("initdb failed")?;
+        Ok(())
+    }
+
+    fn try_start(&self) -> Result<()> {
+        let options = format!(
+            "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            port = self.port,
+            // Our own directory, so the socket neither needs /var/run/postgresql
+            // nor collides with the machine's own server.
+            socket_dir = self.dir().display(),
+        );
+        process::output(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-w", "-t", "60", "-l"])
+                .arg(self.log_path())
+                .args(["-o", &options, "start"]),
+        )
+        .map_err(|error| {
+            anyhow::anyhow!("{error:#}\n{}", process::log_tail(&self.log_path(), 20))
+        })?;
+        self.wait_until_ready()
+    }
+
+    /// `pg_ctl -w` already waits for the server; this also checks what the
+    /// tests will use: TCP on 127.0.0.1 and a server that accepts sessions.
+    fn wait_until_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "PostgreSQL accepts no TCP connections on {addr} after {READY_TIMEOUT:?}\n{}",
+                    process::log_tail(&self.log_path(), 20)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+
+        let pg_isready = self.bin.join("pg_isready");
+        if !pg_isready.is_file() {
+            return Ok(());
+        }
+        loop {
+            let status = Command::new(&pg_isready)
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q"])
+                .arg("-p")
+                .arg(self.port.to_string())
+                .stdin(Stdio::null())
+                .status()
+                .with_context(|| format!("could not run {}", pg_isready.display()))?;
+            if status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pg_isready still fails on port {} after {READY_TIMEOUT:?} ({status})\n{}",
+                    self.port,
+                    process::log_tail(&self.log_path(), 20)
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the server if it runs; reports problems but never fails,
+    /// because it runs from `drop`.
+    fn stop_quietly(&self) {
+        let pid_file = self.data.join("postmaster.pid");
+        if !pid_file.exists() {
+            return;
+        }
+        let stopped = process::output(self.command("pg_ctl").arg("-D").arg(&self.data).args([
+            "-m",
+            "immediate",
+            "-w",
+            "-t",
+            "30",
+            "stop",
+        ]));
+        if let Err(error) = stopped {
+            eprintln!("xtask: warning: pg_ctl stop failed, killing the postmaster: {error:#}");
+            // The first line of postmaster.pid is the postmaster's pid.
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|text| text.lines().next().map(str::trim).map(str::to_owned));
+            if let Some(pid) = pid.filter(|pid| pid.parse::<u32>().is_ok()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid])
+                    .stdin(Stdio::null())
+                    .status();
+            }
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir().join("postgres.log")
+    }
+
+    /// A command for one of the server binaries, run as the server's user.
+    fn command(&self, program: &str) -> Command {
+        let program = self.bin.join(program);
+        let mut cmd = match &self.user {
+            Some(user) => {
+                // runuser rather than su/sudo: it asks for no password and
+                // needs no PAM setup, and it exists wherever util-linux does.
+                let runuser = find_runuser().unwrap_or_else(|| "runuser".into());
+                let mut cmd = Command::new(runuser);
+                cmd.args(["-u", user, "--"]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        };
+        // The server's user may not be allowed into the caller's directory.
+        cmd.current_dir(self.dir());
+        cmd
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop_quietly();
+        eprintln!(
+            "xtask: stopped the throw-away PostgreSQL on port {}",
+            self.port
+        );
+    }
+}
+
+/// The highest installed version's `bin` directory that has `initdb` and
+/// `pg_ctl`: Debian's layout first, then `PATH` for other systems.
+fn find_bin_dir() -> Result<PathBuf> {
+    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(DEBIAN_PG_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str().and_then(parse_version)?;
+            Some((version, entry.path().join("bin")))
+        })
+        .filter(|(_, bin)| has_tools(bin))
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+
+    if let Some(bin) =
+        process::find_on_path("initdb").and_then(|p| p.parent().map(Path::to_path_buf))
+        && has_tools(&bin)
+    {
+        return Ok(bin);
+    }
+
+    bail!(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found in {DEBIAN_PG_ROOT}/*/bin or on \
+         PATH. Install them with `apt-get install postgresql`, or set DATABASE_URL to a \
+         database the tests may use."
+    )
+}
+
+/// `15` → `[15]`, `9.6` → `[9, 6]`; anything else is not a version directory.
+fn parse_version(name: &str) -> Option<Vec<u32>> {
+    name.split('.').map(|part| part.parse().ok()).collect()
+}
+
+/// `runuser` lives in `sbin`, which a non-login root shell may not have on
+/// `PATH`.
+fn find_runuser() -> Option<PathBuf> {
+    process::find_on_path("runuser").or_else(|| {
+        ["/usr/sbin/runuser", "/sbin/runuser"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|path| path.is_file())
+    })
+}
+
+/// The user to run the server as when we are root: `postgres` if the
+/// system has it, else `nobody`.
+fn unprivileged_user() -> Result<String> {
+    if find_runuser().is_none() {
+        bail!(
+            "running as root, so PostgreSQL must run as another user, but `runuser` is not on \
+             PATH (install util-linux), or run xtask as an unprivileged user"
+        );
+    }
+    for user in ["postgres", "nobody"] {
+        let exists = Command::new("id")
+            .arg(user)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if exists {
+            return Ok(user.to_owned());
+        }
+    }
+    bail!(
+        "running as root, but neither a `postgres` nor a `nobody` user exists to run PostgreSQL as"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn versions_sort_numerically() {
+        let mut versions: Vec<Vec<u32>> = ["9.6", "15", "10", "16"]
+            .into_iter()
+            .filter_map(parse_version)
+            .collect();
+        versions.sort();
+        assert_eq!(versions.last(), Some(&vec![16]), "16 is the highest");
+        assert_eq!(versions.first(), Some(&vec![9, 6]), "9.6 is below 10");
+        assert_eq!(parse_version("main"), None, "not a version directory");
+    }
+}

@@ -1,0 +1,177 @@
+//! `cargo xtask test`: every test of every backend, with the servers they
+//! need (design §10).
+
+use std::ffi::OsString;
+
+use anyhow::{Context, Result};
+
+use crate::postgres::Postgres;
+use crate::process;
+use crate::redis::Redis;
+
+/// Tells the tests that a missing backend is a failure, not a skip
+/// (conventions: "Tests").
+const REQUIRE_BACKENDS: &str = "ONCEFLIGHT_REQUIRE_BACKENDS";
+
+/// Runs `cargo test` with `DATABASE_URL` and `REDIS_URL` pointing at working
+/// servers: the caller's when set, otherwise throw-away ones that are
+/// stopped when this returns, whether the tests pass, fail or never start.
+pub(crate) fn run(extra_args: &[String]) -> Result<()> {
+    // Dropped at the end of this function (also on `?`), which stops
+    // whatever was started.
+    let mut started = Started::default();
+
+    let database_url = match env_url("DATABASE_URL")? {
+        Some(url) => {
+            eprintln!(
+                "xtask: using DATABASE_URL from the environment: {}",
+                process::redact_url(&url)
+            );
+            url
+        }
+        None => {
+            let postgres = Postgres::start()?;
+            let url = postgres.url();
+            eprintln!(
+                "xtask: started a throw-away PostgreSQL {} at {url} (files in {})",
+                postgres.version(),
+                postgres.dir().display()
+            );
+            started.postgres = Some(postgres);
+            url
+        }
+    };
+    let redis_url = match env_url("REDIS_URL")? {
+        Some(url) => {
+            eprintln!(
+                "xtask: using REDIS_URL from the environment: {}",
+                process::redact_url(&url)
+            );
+            url
+        }
+        None => {
+            let redis = Redis::start()?;
+            let url = redis.url();
+            eprintln!(
+                "xtask: started a throw-away Redis at {url} (files in {})",
+                redis.dir().display()
+            );
+            started.redis = Some(redis);
+            url
+        }
+    };
+
+    let mut cargo = process::cargo();
+    cargo
+        .arg("test")
+        .args(test_args(extra_args))
+        .env(REQUIRE_BACKENDS, "1")
+        .env("DATABASE_URL", &database_url)
+        .env("REDIS_URL", &redis_url);
+    process::run(&mut cargo)
+}
+
+/// Servers this run started; dropping it stops them (Redis first, as it was
+/// started last).
+#[derive(Default)]
+struct Started {
+    redis: Option<Redis>,
+    postgres: Option<Postgres>,
+}
+
+/// The value of `name`, treating empty as unset.
+fn env_url(name: &str) -> Result<Option<String>> {
+    match std::env::var_os(name) {
+        None => Ok(None),
+        Some(value) if value.is_empty() => Ok(None),
+        Some(value) => value
+            .into_string()
+            .map(Some)
+            .map_err(|value: OsString| anyhow::anyhow!("{value:?} is not UTF-8"))
+            .with_context(|| format!("{name} is set but unusable")),
+    }
+}
+
+/// The `cargo test` arguments: the whole workspace with all features, unless
+/// the caller picks packages or features, in which case theirs win.
+fn test_args(extra_args: &[String]) -> Vec<String> {
+    // Arguments after `--` belong to the test binaries, not to cargo.
+    let cargo_args = extra_args
+        .iter()
+        .take_while(|arg| *arg != "--")
+        .map(String::as_str);
+    let mut picks_packages = false;
+    let mut picks_features = false;
+    for arg in cargo_args {
+        picks_packages |= arg == "--package"
+            || arg.starts_with("--package=")
+            || arg.starts_with("-p")
+            || arg == "--workspace"
+            || arg == "--all";
+        picks_features |= arg == "--features"
+            || arg.starts_with("--features=")
+            || arg.starts_with("-F")
+            || arg == "--no-default-features"
+            || arg == "--all-features";
+    }
+
+    let mut args = Vec::new();
+    if !picks_packages {
+        args.push("--workspace".to_owned());
+    }
+    if !picks_features {
+        args.push("--all-features".to_owned());
+    }
+    args.extend(extra_args.iter().cloned());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_args;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn bare_run_tests_the_whole_workspace_with_all_features() {
+        assert_eq!(
+            test_args(&[]),
+            args(&["--workspace", "--all-features"]),
+            "default cargo test arguments"
+        );
+    }
+
+    #[test]
+    fn package_selection_drops_workspace() {
+        for picked in [
+            &["-p", "xtask"][..],
+            &["-pxtask"],
+            &["--package", "xtask"],
+            &["--package=xtask"],
+        ] {
+            let mut expected = args(&["--all-features"]);
+            expected.extend(args(picked));
+            assert_eq!(test_args(&args(picked)), expected, "for {picked:?}");
+        }
+    }
+
+    #[test]
+    fn feature_selection_drops_all_features() {
+        assert_eq!(
+            test_args(&args(&["-p", "x", "--no-default-features", "-F", "redis"])),
+            args(&["-p", "x", "--no-default-features", "-F", "redis"]),
+            "caller's features win"
+        );
+    }
+
+    #[test]
+    fn arguments_for_test_binaries_are_not_cargo_flags() {
+        assert_eq!(
+            test_args(&args(&["--", "-p", "--features"])),
+            args(&["--workspace", "--all-features", "--", "-p", "--features"]),
+            "everything after -- goes to the test binaries"
+        );
+    }
+}
