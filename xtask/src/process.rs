@@ -45,9 +45,10 @@ impl std::error::Error for Failed {}
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let what = describe(cmd);
     eprintln!("xtask: running `{what}`");
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{what}`"))?;
+    let status = cmd.status().with_context(|| match cmd.get_current_dir() {
+        Some(dir) => format!("could not start `{what}` in {}", dir.display()),
+        None => format!("could not start `{what}`"),
+    })?;
     if status.success() {
         Ok(())
     } else {
