@@ -28,7 +28,7 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
 const FINISH_TRIES: u32 = 5;
 
 /// Where a [`Outcome`]'s result came from.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Source {
     /// This coordinator ran the job (for this caller or for a caller it
     /// coalesced with).

@@ -1,1 +1,229 @@
-//! placeholder
+//! The shared conformance suite, reference model and property harnesses that
+//! every backend runs (feature `testkit`).
+//!
+//! - [`cases`]: one public async function per property of design §3–§5, and
+//!   [`coordinator_cases`] for the [`crate::Coordinator`] on top of a store.
+//!   [`conformance_tests!`](crate::conformance_tests) expands to one
+//!   `#[tokio::test]` per function, so every backend runs every case under its
+//!   own name.
+//! - [`model`]: a reference model of §3–§4; [`check_against_model`] drives
+//!   random operation sequences against a store and the model and compares
+//!   them step by step.
+//! - [`check_concurrent_history`]: many tasks on a multi-thread runtime
+//!   claim, complete, fail and crash on a few keys; the recorded history must
+//!   show §5's guarantees.
+//!
+//! A backend provides a [`Setup`]: an async function from [`SuiteConfig`] to a
+//! fresh, isolated store (its own Postgres schema, its own Redis prefix).
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::store::RequestStore;
+
+pub mod cases;
+mod concurrency;
+pub mod coordinator_cases;
+pub mod model;
+mod model_check;
+
+// pub use concurrency::{ConcurrencyConfig, check_concurrent_history};
+// pub use model_check::{ModelCheckConfig, check_against_model};
+
+/// What a fresh store under test must be configured with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuiteConfig {
+    /// How long completed and failed records are kept, and abandoned leases
+    /// after they end.
+    pub retention: Duration,
+}
+
+impl Default for SuiteConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Builds a fresh, isolated store for one test. Implemented for every
+/// `Fn(SuiteConfig) -> impl Future<Output = impl RequestStore>`, so an
+/// `async fn setup(config: SuiteConfig) -> MyStore` is a `Setup`.
+pub trait Setup: Send + Sync + 'static {
+    /// The store under test.
+    type Store: RequestStore;
+
+    /// A new store configured as `config` says, sharing no records with any
+    /// other store this setup built.
+    fn store(&self, config: SuiteConfig) -> BoxFuture<'static, Self::Store>;
+}
+
+impl<F, Fut, S> Setup for F
+where
+    F: Fn(SuiteConfig) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = S> + Send + 'static,
+    S: RequestStore,
+{
+    type Store = S;
+
+    fn store(&self, config: SuiteConfig) -> BoxFuture<'static, S> {
+        Box::pin(self(config))
+    }
+}
+
+/// How time passes for a backend under test.
+///
+/// Durations in the cases are whole `unit`s. With tokio's paused clock (the
+/// memory store), sleeping costs nothing and store operations take no time,
+/// so `slack` is zero; against a real server, `unit` is short and `slack`
+/// absorbs round-trip time and scheduling noise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// One unit of test time.
+    pub unit: Duration,
+    /// How far a measured duration may stray from the expected one.
+    pub slack: Duration,
+}
+
+impl Timing {
+    /// For a test on tokio's paused clock (`#[tokio::test(start_paused = true)]`).
+    pub const PAUSED: Timing = Timing {
+        unit: Duration::from_secs(1),
+        slack: Duration::ZERO,
+    };
+
+    /// For a test against a real server on real time.
+    pub const REAL: Timing = Timing {
+        unit: Duration::from_millis(250),
+        slack: Duration::from_millis(120),
+    };
+
+    /// `n` units.
+    pub fn units(self, n: u32) -> Duration {
+        self.unit * n
+    }
+
+    /// Sleeps `n` units (free on a paused clock).
+    pub async fn sleep(self, n: u32) {
+        tokio::time::sleep(self.units(n)).await;
+    }
+
+    /// Whether `actual` is within `slack` of `expected`.
+    pub fn about(self, actual: Duration, expected: Duration) -> bool {
+        actual.abs_diff(expected) <= self.slack
+    }
+}
+
+/// The URL of a backend a test needs, from the environment variable `var`
+/// (`DATABASE_URL`, `REDIS_URL`).
+///
+/// When it is unset, the test should skip: this says so loudly on stderr and
+/// returns `None` — unless `ONCEFLIGHT_REQUIRE_BACKENDS=1` (set by
+/// `cargo xtask test`), where a missing backend is a failure and this panics.
+pub fn backend_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            let required = std::env::var("ONCEFLIGHT_REQUIRE_BACKENDS").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "{var} is not set but ONCEFLIGHT_REQUIRE_BACKENDS=1: this test needs a real backend (run `cargo xtask test`)"
+            );
+            eprintln!(
+                "SKIPPED: {var} is not set, so this test ran nothing against a real backend. Run `cargo xtask test` to run it."
+            );
+            None
+        }
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance case (and coordinator
+/// case), each calling the case with `setup`.
+///
+/// `conformance_tests!(setup)` runs on real time ([`Timing::REAL`]);
+/// `conformance_tests!(setup, paused)` runs on tokio's paused clock
+/// ([`Timing::PAUSED`]), for stores that use tokio time. The calling crate
+/// needs `tokio` (with `macros`, `rt`, and `test-util` for `paused`) as a
+/// dev-dependency.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($setup:expr) => {
+        $crate::__conformance_cases!(@each $setup, real);
+    };
+    ($setup:expr, paused) => {
+        $crate::__conformance_cases!(@each $setup, paused);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    (@each $setup:expr, $mode:ident) => {
+        $crate::__conformance_cases!(@list $setup, $mode, cases:
+            fresh_claim_is_acquired,
+            live_lease_is_in_flight,
+            expired_lease_is_taken_over,
+            renew_extends_a_live_lease,
+            renew_after_expiry_without_takeover_succeeds,
+            renew_after_takeover_is_lease_lost,
+            renew_refuses_an_out_of_range_ttl,
+            stale_token_complete_is_lease_lost,
+            stale_token_fail_is_lease_lost,
+            stale_token_release_is_lease_lost,
+            fenced_operations_on_a_missing_key_are_lease_lost,
+            complete_stores_the_result,
+            complete_twice_with_same_token_keeps_first_result,
+            fail_twice_with_same_token_keeps_first_error,
+            complete_after_fail_and_fail_after_complete_are_lease_lost,
+            retryable_failure_backs_off_then_retries,
+            permanent_failure_is_final,
+            max_attempts_exhausted_by_failures,
+            expired_lease_without_attempts_left_fails,
+            release_does_not_consume_an_attempt,
+            kind_mismatch_is_refused_and_changes_nothing,
+            fingerprint_mismatch_is_refused_and_changes_nothing,
+            delete_then_claim_gets_a_higher_token,
+            delete_and_get_of_a_missing_key,
+            retention_expiry_forgets_the_record,
+            sweep_removes_only_expired_records,
+            wait_returns_on_complete,
+            wait_returns_on_fail,
+            wait_returns_on_lease_expiry,
+            wait_returns_on_release,
+            wait_returns_on_delete,
+            wait_times_out,
+            wait_returns_at_once_when_nothing_to_wait_for,
+            concurrent_fresh_claims_acquire_once,
+            tokens_strictly_increase_across_the_lifecycle,
+            completed_result_is_the_same_for_every_reader,
+            values_are_validated;
+        coordinator:
+            herd_of_callers_runs_the_job_once,
+            herd_across_two_coordinators_runs_the_job_once,
+            cached_result_is_returned_without_running,
+            job_failure_is_recorded_and_returned,
+            panicking_job_is_recorded_as_retryable_failure,
+            crashed_worker_is_taken_over_after_its_lease,
+            long_job_keeps_its_lease_alive,
+            cancellation_releases_the_lease
+        );
+    };
+    (@list $setup:expr, $mode:ident, cases: $($case:ident),* ; coordinator: $($coord:ident),*) => {
+        $( $crate::__conformance_cases!(@one $setup, $mode, cases, $case); )*
+        $( $crate::__conformance_cases!(@one $setup, $mode, coordinator_cases, $coord); )*
+    };
+    (@one $setup:expr, real, $module:ident, $case:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            $crate::testkit::$module::$case(&$setup, $crate::testkit::Timing::REAL).await;
+        }
+    };
+    (@one $setup:expr, paused, $module:ident, $case:ident) => {
+        #[::tokio::test(start_paused = true)]
+        async fn $case() {
+            $crate::testkit::$module::$case(&$setup, $crate::testkit::Timing::PAUSED).await;
+        }
+    };
+}
