@@ -16,3 +16,9 @@ mod store;
 
 pub use config::MemoryConfig;
 pub use store::MemoryStore;
+
+/// The README's examples compile and run as doctests here, where both the
+/// core and this store are at hand.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

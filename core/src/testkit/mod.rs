@@ -17,6 +17,7 @@
 //! fresh, isolated store (its own Postgres schema, its own Redis prefix).
 
 use std::future::Future;
+use std::io::Write as _;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -131,7 +132,11 @@ pub fn backend_url(var: &str) -> Option<String> {
                 !required,
                 "{var} is not set but ONCEFLIGHT_REQUIRE_BACKENDS=1: this test needs a real backend (run `cargo xtask test`)"
             );
-            eprintln!(
+            // Written to the stderr handle itself: the test harness captures
+            // `eprintln!` and hides it for passing tests, and a skip must be
+            // seen.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED: {var} is not set, so this test ran nothing against a real backend. Run `cargo xtask test` to run it."
             );
             None
