@@ -103,7 +103,7 @@ impl JobContext {
 #[derive(Debug)]
 pub struct Coordinator<S: RequestStore + ?Sized> {
     store: Arc<S>,
-    flights: Arc<Mutex<HashMap<RequestKey, FlightEntry>>>,
+    flights: Arc<Mutex<FlightTable>>,
     max_wait: Duration,
 }
 
@@ -119,11 +119,21 @@ impl<S: RequestStore + ?Sized> Clone for Coordinator<S> {
 
 type FlightResult = Option<Result<Outcome, RunError>>;
 
+/// Flights in progress in this process. Callers coalesce only with a flight
+/// whose kind and fingerprint match theirs: a caller with other values must
+/// get the store's own verdict (`FingerprintMismatch`).
+type FlightTable = HashMap<FlightKey, FlightEntry>;
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct FlightKey {
+    key: RequestKey,
+    kind: Kind,
+    fingerprint: Option<Fingerprint>,
+}
+
 #[derive(Debug)]
 struct FlightEntry {
     id: u64,
-    kind: Kind,
-    fingerprint: Option<Fingerprint>,
     callers: usize,
     result: watch::Receiver<FlightResult>,
     abort: AbortHandle,
@@ -168,8 +178,8 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
     ///   recorded as a retryable failure. If the lease is lost meanwhile, the
     ///   job is dropped and the call waits for whoever holds the key now.
     ///
-    /// Concurrent calls for the same key (with the same kind and
-    /// fingerprint) in this process share one store claim and one run: the
+    /// Concurrent calls for the same key with the same kind and fingerprint
+    /// in this process share one store claim and one run: the
     /// first caller's `job` runs, the others' are dropped unused. The job runs
     /// on a spawned task, so it keeps running while any caller still waits;
     /// when every caller's future has been dropped, the job is cancelled and
@@ -184,10 +194,15 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Bytes, JobError>> + Send + 'static,
     {
-        let (id, mut result) = self.join_or_start(key.clone(), options, job);
+        let flight = FlightKey {
+            key: key.clone(),
+            kind: options.kind().clone(),
+            fingerprint: options.fingerprint().cloned(),
+        };
+        let (id, mut result) = self.join_or_start(flight.clone(), key, options, job);
         let _caller = CallerGuard {
             flights: Arc::clone(&self.flights),
-            key,
+            flight,
             id,
         };
         let outcome = match result.wait_for(Option::is_some).await {
@@ -202,10 +217,11 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
         })
     }
 
-    /// Joins the flight in progress for `key`, or starts one. Returns the
+    /// Joins the flight in progress for `flight`, or starts one. Returns the
     /// flight's id and a receiver of its outcome.
     fn join_or_start<F, Fut>(
         &self,
+        flight: FlightKey,
         key: RequestKey,
         options: ClaimOptions,
         job: F,
@@ -215,51 +231,38 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
         Fut: Future<Output = Result<Bytes, JobError>> + Send + 'static,
     {
         let mut flights = lock(&self.flights);
-        if let Some(entry) = flights.get_mut(&key)
-            && entry.kind == *options.kind()
-            && entry.fingerprint.as_ref() == options.fingerprint()
-        {
+        if let Some(entry) = flights.get_mut(&flight) {
             entry.callers += 1;
             return (entry.id, entry.result.clone());
         }
-        // A caller with other options never joins: the store must judge its
-        // kind and fingerprint itself. It runs a flight of its own that is not
-        // registered for others to join.
-        let register = !flights.contains_key(&key);
         let id = FLIGHT_IDS.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        let kind = options.kind().clone();
-        let fingerprint = options.fingerprint().cloned();
-        let flight = Flight {
+        let work = Flight {
             store: Arc::clone(&self.store),
-            key: key.clone(),
+            key,
             options,
             max_wait: self.max_wait,
         };
         let table = Arc::clone(&self.flights);
-        let task_key = key.clone();
+        let task_flight = flight.clone();
         let task = tokio::spawn(async move {
-            let outcome = flight.run(job).await;
+            let outcome = work.run(job).await;
             // Ignore the error: it only means every caller has gone.
             let _ = tx.send(Some(outcome));
             let mut flights = lock(&table);
-            if flights.get(&task_key).is_some_and(|e| e.id == id) {
-                flights.remove(&task_key);
+            if flights.get(&task_flight).is_some_and(|e| e.id == id) {
+                flights.remove(&task_flight);
             }
         });
-        if register {
-            flights.insert(
-                key,
-                FlightEntry {
-                    id,
-                    kind,
-                    fingerprint,
-                    callers: 1,
-                    result: rx.clone(),
-                    abort: task.abort_handle(),
-                },
-            );
-        }
+        flights.insert(
+            flight,
+            FlightEntry {
+                id,
+                callers: 1,
+                result: rx.clone(),
+                abort: task.abort_handle(),
+            },
+        );
         (id, rx)
     }
 }
@@ -273,21 +276,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One caller's share of a flight: when the last caller goes, the flight is
 /// cancelled (which releases its lease).
 struct CallerGuard {
-    flights: Arc<Mutex<HashMap<RequestKey, FlightEntry>>>,
-    key: RequestKey,
+    flights: Arc<Mutex<FlightTable>>,
+    flight: FlightKey,
     id: u64,
 }
 
 impl Drop for CallerGuard {
     fn drop(&mut self) {
         let mut flights = lock(&self.flights);
-        if let Some(entry) = flights.get_mut(&self.key)
+        if let Some(entry) = flights.get_mut(&self.flight)
             && entry.id == self.id
         {
             entry.callers -= 1;
             if entry.callers == 0 {
                 entry.abort.abort();
-                flights.remove(&self.key);
+                flights.remove(&self.flight);
             }
         }
     }

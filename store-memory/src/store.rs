@@ -438,7 +438,7 @@ impl RequestStore for MemoryStore {
         let deadline = Instant::now() + timeout;
         loop {
             let now = Instant::now();
-            let (record, mut changed, lease_end) = {
+            let (mut changed, lease_end) = {
                 let mut shard = self.shard(key).lock();
                 let Some(entry) = shard.live(key, now) else {
                     return Ok(None);
@@ -453,14 +453,13 @@ impl RequestStore for MemoryStore {
                     .waker
                     .get_or_insert_with(|| watch::channel(()).0)
                     .subscribe();
-                (record, changed, entry.lease_expires_at)
+                (changed, entry.lease_expires_at)
             };
             tokio::select! {
                 // The sender is dropped on every change: that is the wake-up.
                 _ = changed.changed() => {}
                 () = tokio::time::sleep_until(lease_end.min(deadline)) => {}
             }
-            drop(record);
         }
     }
 

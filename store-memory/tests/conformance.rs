@@ -23,3 +23,11 @@ mod dyn_store {
 
     onceflight_core::conformance_tests!(setup, paused);
 }
+
+/// The same cases on real time and a multi-thread runtime, where tasks truly
+/// race and the store's timers are real ones.
+mod real_time {
+    use super::*;
+
+    onceflight_core::conformance_tests!(setup);
+}
