@@ -430,8 +430,10 @@ impl ClaimOptions {
 /// record (1-based): `base × 2^(failures−1)`, capped at [`MAX_RETRY_BACKOFF`].
 /// Every store uses this one definition.
 pub fn backoff_after(base: Duration, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(32);
-    base.checked_mul(1u32 << doublings)
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    base.checked_mul(factor)
         .map_or(MAX_RETRY_BACKOFF, |d| d.min(MAX_RETRY_BACKOFF))
 }
 
@@ -444,3 +446,45 @@ pub fn lease_expired_message(attempt: u32, max_attempts: u32) -> String {
 /// Default retention of a record: how long a result or a failure is kept
 /// after it was stored, and an abandoned lease after it ended (24 hours).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_and_is_capped() {
+        let base = Duration::from_secs(1);
+        let got: Vec<_> = (1..=4).map(|n| backoff_after(base, n)).collect();
+        assert_eq!(
+            got,
+            [1, 2, 4, 8].map(Duration::from_secs),
+            "1 s, then doubling"
+        );
+        assert_eq!(backoff_after(base, 0), base, "no failure yet: the base");
+        assert_eq!(
+            backoff_after(base, 1000),
+            MAX_RETRY_BACKOFF,
+            "capped, never overflowing"
+        );
+    }
+
+    #[test]
+    fn job_error_cuts_long_messages_on_a_char_boundary() {
+        let message = "é".repeat(MAX_MESSAGE_BYTES); // 2 bytes each
+        let cut = JobError::retryable(message);
+        assert!(cut.message().len() <= MAX_MESSAGE_BYTES, "within the limit");
+        assert!(
+            cut.message().chars().all(|c| c == 'é'),
+            "no broken character"
+        );
+    }
+
+    #[test]
+    fn claim_options_defaults_match_the_design() {
+        let o = ClaimOptions::new(Kind::parse("image").unwrap());
+        assert_eq!(o.lease_ttl(), Duration::from_secs(30), "lease ttl");
+        assert_eq!(o.max_attempts(), 3, "max attempts");
+        assert_eq!(o.retry_backoff(), Duration::from_secs(1), "backoff");
+        assert!(o.fingerprint().is_none() && o.owner().is_none());
+    }
+}

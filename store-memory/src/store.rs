@@ -22,6 +22,9 @@ use crate::error::MemoryError;
 
 pub(crate) const BACKEND: &str = "memory";
 
+/// Longest retention honoured (100 years): "keep forever" in practice.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// An in-process [`RequestStore`]: sharded maps, tokio time, notified waiters.
 ///
 /// Cheap to share behind an `Arc`; all methods take `&self`.
@@ -46,7 +49,8 @@ impl MemoryStore {
         Self {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
-            retention: config.retention,
+            // Clamped so that `Instant + retention` can never overflow.
+            retention: config.retention.min(MAX_RETENTION),
             clock: Clock::new(),
         }
     }

@@ -13,6 +13,9 @@ use crate::redis::Redis;
 /// (conventions: "Tests").
 const REQUIRE_BACKENDS: &str = "ONCEFLIGHT_REQUIRE_BACKENDS";
 
+/// Test threads per test binary unless `RUST_TEST_THREADS` is set.
+const TEST_THREADS: &str = "8";
+
 /// Runs `cargo test` with `DATABASE_URL` and `REDIS_URL` pointing at working
 /// servers: the caller's when set, otherwise throw-away ones that are
 /// stopped when this returns, whether the tests pass, fail or never start.
@@ -68,6 +71,12 @@ pub(crate) fn run(extra_args: &[String]) -> Result<()> {
         .env(REQUIRE_BACKENDS, "1")
         .env("DATABASE_URL", &database_url)
         .env("REDIS_URL", &redis_url);
+    // Most backend tests spend their time waiting on leases and timers, not
+    // on the CPU: more test threads than cores finish sooner on this 2-core
+    // machine. The caller's own setting wins.
+    if std::env::var_os("RUST_TEST_THREADS").is_none() {
+        cargo.env("RUST_TEST_THREADS", TEST_THREADS);
+    }
     process::run(&mut cargo)
 }
 
