@@ -183,6 +183,31 @@ impl RequestKey {
     fn check(value: &str) -> Result<()> {
         check_text(Self::FIELD, value, Self::MIN, Self::MAX)
     }
+
+    /// The key under which a multi-tenant front end (the server) stores
+    /// `key` for `namespace`: `namespace/key`. The namespace must be 1–64
+    /// characters of `[a-z0-9_.-]`, so no two namespaces can share a stored
+    /// key; the result may exceed 512 bytes by the namespace's length, which
+    /// every store accepts.
+    pub fn namespaced(namespace: &str, key: &RequestKey) -> Result<RequestKey> {
+        if namespace.is_empty()
+            || namespace.len() > 64
+            || !namespace
+                .chars()
+                .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '.' | '-'))
+        {
+            return Err(invalid(
+                "namespace",
+                "must be 1–64 characters of [a-z0-9_.-]",
+            ));
+        }
+        Ok(RequestKey(format!("{namespace}/{}", key.0)))
+    }
+
+    /// The user's key of a key built by [`RequestKey::namespaced`].
+    pub fn strip_namespace(&self, namespace: &str) -> Option<&str> {
+        self.0.strip_prefix(namespace)?.strip_prefix('/')
+    }
 }
 
 impl Fingerprint {

@@ -1,0 +1,1 @@
+//! `HttpStore`: a `RequestStore` over the HTTP API (being written).
