@@ -27,6 +27,16 @@ const CLIPPY_RUNS: &[ClippyRun] = &[
         package: None,
         features: &[],
     },
+    // The server with no store compiled in but the client: the smallest
+    // build, where every store-specific `cfg` is off.
+    ClippyRun {
+        package: Some("onceflight-server"),
+        features: &["--no-default-features", "--features", "client"],
+    },
+    ClippyRun {
+        package: Some("onceflight-server"),
+        features: &["--no-default-features", "--features", "memory"],
+    },
 ];
 
 pub(crate) fn run() -> Result<()> {
