@@ -30,8 +30,8 @@ pub mod coordinator_cases;
 pub mod model;
 mod model_check;
 
-// pub use concurrency::{ConcurrencyConfig, check_concurrent_history};
-// pub use model_check::{ModelCheckConfig, check_against_model};
+pub use concurrency::{ConcurrencyConfig, check_concurrent_history};
+pub use model_check::{ModelCheckConfig, check_against_model};
 
 /// What a fresh store under test must be configured with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
