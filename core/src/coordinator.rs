@@ -199,7 +199,7 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
             kind: options.kind().clone(),
             fingerprint: options.fingerprint().cloned(),
         };
-        let (id, mut result) = self.join_or_start(flight.clone(), key, options, job);
+        let (id, mut result) = self.join_or_start(flight.clone(), options, job);
         let _caller = CallerGuard {
             flights: Arc::clone(&self.flights),
             flight,
@@ -222,7 +222,6 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
     fn join_or_start<F, Fut>(
         &self,
         flight: FlightKey,
-        key: RequestKey,
         options: ClaimOptions,
         job: F,
     ) -> (u64, watch::Receiver<FlightResult>)
@@ -239,7 +238,7 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
         let (tx, rx) = watch::channel(None);
         let work = Flight {
             store: Arc::clone(&self.store),
-            key,
+            key: flight.key.clone(),
             options,
             max_wait: self.max_wait,
         };
