@@ -812,37 +812,45 @@ async fn woke_promptly(
     record
 }
 
-/// `wait` returns with the completed record as soon as the job completes.
-pub async fn wait_returns_on_complete<T: Setup>(setup: &T, t: Timing) {
-    let store = Arc::new(setup.store(SuiteConfig::default()).await);
-    let k = key("wait-complete");
+/// Claims `name`, holds a `wait` on it, applies `change` one unit later,
+/// checks that the waiter woke at once, and returns what it got.
+async fn wait_across<S: RequestStore>(
+    store: S,
+    name: &str,
+    t: Timing,
+    change: impl AsyncFnOnce(&S, &RequestKey, Token),
+) -> Option<Record> {
+    let store = Arc::new(store);
+    let k = key(name);
     let lease = acquired(claim(&*store, &k, &options(t, 20)).await);
     let waiter = spawn_wait(&store, &k, t.units(20));
     t.sleep(1).await;
-    store
-        .complete(&k, lease.token, json("done"))
-        .await
-        .expect("complete");
-    let record = woke_promptly(waiter, Instant::now(), t).await;
-    let record = record.expect("a record");
+    change(&*store, &k, lease.token).await;
+    woke_promptly(waiter, Instant::now(), t).await
+}
+
+/// `wait` returns with the completed record as soon as the job completes.
+pub async fn wait_returns_on_complete<T: Setup>(setup: &T, t: Timing) {
+    let store = setup.store(SuiteConfig::default()).await;
+    let record = wait_across(store, "wait-complete", t, async |s, k, token| {
+        s.complete(k, token, json("done")).await.expect("complete");
+    })
+    .await
+    .expect("a record");
     assert_eq!(record.state, RecordState::Completed);
     assert_eq!(record.result, Some(json("done")));
 }
 
 /// `wait` returns with the failed record as soon as the job fails.
 pub async fn wait_returns_on_fail<T: Setup>(setup: &T, t: Timing) {
-    let store = Arc::new(setup.store(SuiteConfig::default()).await);
-    let k = key("wait-fail");
-    let lease = acquired(claim(&*store, &k, &options(t, 20)).await);
-    let waiter = spawn_wait(&store, &k, t.units(20));
-    t.sleep(1).await;
-    store
-        .fail(&k, lease.token, &JobError::permanent("boom"))
-        .await
-        .expect("fail");
-    let record = woke_promptly(waiter, Instant::now(), t)
-        .await
-        .expect("a record");
+    let store = setup.store(SuiteConfig::default()).await;
+    let record = wait_across(store, "wait-fail", t, async |s, k, token| {
+        s.fail(k, token, &JobError::permanent("boom"))
+            .await
+            .expect("fail");
+    })
+    .await
+    .expect("a record");
     assert_eq!(record.state, RecordState::Failed);
     assert_eq!(record.error, Some(JobError::permanent("boom")));
 }
@@ -873,27 +881,22 @@ pub async fn wait_returns_on_lease_expiry<T: Setup>(setup: &T, t: Timing) {
 
 /// `wait` returns as soon as the lease is released.
 pub async fn wait_returns_on_release<T: Setup>(setup: &T, t: Timing) {
-    let store = Arc::new(setup.store(SuiteConfig::default()).await);
-    let k = key("wait-release");
-    let lease = acquired(claim(&*store, &k, &options(t, 20)).await);
-    let waiter = spawn_wait(&store, &k, t.units(20));
-    t.sleep(1).await;
-    store.release(&k, lease.token).await.expect("release");
-    let record = woke_promptly(waiter, Instant::now(), t)
-        .await
-        .expect("a record");
+    let store = setup.store(SuiteConfig::default()).await;
+    let record = wait_across(store, "wait-release", t, async |s, k, token| {
+        s.release(k, token).await.expect("release");
+    })
+    .await
+    .expect("a record");
     assert!(record.lease_expired(), "the released lease is over");
 }
 
 /// `wait` returns with no record as soon as the record is deleted.
 pub async fn wait_returns_on_delete<T: Setup>(setup: &T, t: Timing) {
-    let store = Arc::new(setup.store(SuiteConfig::default()).await);
-    let k = key("wait-delete");
-    acquired(claim(&*store, &k, &options(t, 20)).await);
-    let waiter = spawn_wait(&store, &k, t.units(20));
-    t.sleep(1).await;
-    assert!(store.delete(&k).await.expect("delete"));
-    let record = woke_promptly(waiter, Instant::now(), t).await;
+    let store = setup.store(SuiteConfig::default()).await;
+    let record = wait_across(store, "wait-delete", t, async |s, k, _token| {
+        assert!(s.delete(k).await.expect("delete"), "deleted");
+    })
+    .await;
     assert!(record.is_none(), "deleted: no record, got {record:?}");
 }
 
