@@ -129,13 +129,11 @@ mod tests {
     async fn stores_this_build_lacks_are_named_with_their_feature() {
         let error = open("postgres://localhost/x", &StoreOptions::default())
             .await
-            .err()
-            .expect("no Postgres store in this build");
+            .expect_err("no Postgres store in this build");
         assert!(error.to_string().contains("--features postgres"), "{error}");
         let error = open("ftp://x", &StoreOptions::default())
             .await
-            .err()
-            .expect("unknown scheme");
+            .expect_err("unknown scheme");
         assert!(matches!(error, OpenStoreError::Unknown { .. }), "{error}");
     }
 }

@@ -2,7 +2,7 @@
 //! never an internal detail.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use onceflight_core::Error;
@@ -106,15 +106,6 @@ impl From<Error> for ApiError {
                 )
             }
         }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::too_large("the request body is over the size limit");
-        }
-        Self::invalid_request(rejection.body_text())
     }
 }
 

@@ -257,7 +257,7 @@ pub fn timestamp(t: Timestamp) -> String {
 /// client waiting that long never comes back early.
 pub fn millis(d: Duration) -> u64 {
     let ms = d.as_millis();
-    let ceil = if d.as_nanos() % 1_000_000 == 0 {
+    let ceil = if d.as_nanos().is_multiple_of(1_000_000) {
         ms
     } else {
         ms + 1

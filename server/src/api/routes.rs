@@ -55,8 +55,33 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(value))
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::invalid_request(
+                "expected a JSON body with `Content-Type: application/json`",
+            ));
+        }
+        // Reading the bytes honours the body limit (413 past it).
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large("the request body is over the size limit")
+            } else {
+                ApiError::invalid_request(rejection.body_text())
+            }
+        })?;
+        // Every body is a JSON object: serde would otherwise read an array
+        // as the struct's fields in order.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::invalid_request("the body must be a JSON object"));
+        }
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::invalid_request(format!("invalid body: {e}")))
     }
 }
 
