@@ -144,29 +144,41 @@ pub fn backend_url(var: &str) -> Option<String> {
     }
 }
 
+/// Whether the backend a test needs is there: `None` needs nothing; `Some(var)`
+/// needs the URL in `var` (see [`backend_url`]: skips loudly, or panics under
+/// `ONCEFLIGHT_REQUIRE_BACKENDS=1`).
+pub fn backend_available(requires: Option<&str>) -> bool {
+    requires.is_none_or(|var| backend_url(var).is_some())
+}
+
 /// Expands to one `#[tokio::test]` per conformance case (and coordinator
 /// case), each calling the case with `setup`.
 ///
 /// `conformance_tests!(setup)` runs on real time ([`Timing::REAL`]);
 /// `conformance_tests!(setup, paused)` runs on tokio's paused clock
-/// ([`Timing::PAUSED`]), for stores that use tokio time. The calling crate
+/// ([`Timing::PAUSED`]), for stores that use tokio time;
+/// `conformance_tests!(setup, requires "DATABASE_URL")` runs on real time and
+/// skips loudly when the variable is unset (see [`backend_url`]). The calling crate
 /// needs `tokio` (with `macros`, `rt`, and `test-util` for `paused`) as a
 /// dev-dependency.
 #[macro_export]
 macro_rules! conformance_tests {
     ($setup:expr) => {
-        $crate::__conformance_cases!(@each $setup, real);
+        $crate::__conformance_cases!(@each $setup, real, None);
     };
     ($setup:expr, paused) => {
-        $crate::__conformance_cases!(@each $setup, paused);
+        $crate::__conformance_cases!(@each $setup, paused, None);
+    };
+    ($setup:expr, requires $var:literal) => {
+        $crate::__conformance_cases!(@each $setup, real, Some($var));
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {
-    (@each $setup:expr, $mode:ident) => {
-        $crate::__conformance_cases!(@list $setup, $mode, cases:
+    (@each $setup:expr, $mode:ident, $requires:expr) => {
+        $crate::__conformance_cases!(@list $setup, $mode, $requires, cases:
             fresh_claim_is_acquired,
             live_lease_is_in_flight,
             expired_lease_is_taken_over,
@@ -215,19 +227,25 @@ macro_rules! __conformance_cases {
             cancellation_releases_the_lease
         );
     };
-    (@list $setup:expr, $mode:ident, cases: $($case:ident),* ; coordinator: $($coord:ident),*) => {
-        $( $crate::__conformance_cases!(@one $setup, $mode, cases, $case); )*
-        $( $crate::__conformance_cases!(@one $setup, $mode, coordinator_cases, $coord); )*
+    (@list $setup:expr, $mode:ident, $requires:expr, cases: $($case:ident),* ; coordinator: $($coord:ident),*) => {
+        $( $crate::__conformance_cases!(@one $setup, $mode, $requires, cases, $case); )*
+        $( $crate::__conformance_cases!(@one $setup, $mode, $requires, coordinator_cases, $coord); )*
     };
-    (@one $setup:expr, real, $module:ident, $case:ident) => {
+    (@one $setup:expr, real, $requires:expr, $module:ident, $case:ident) => {
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
+            if !$crate::testkit::backend_available($requires) {
+                return;
+            }
             $crate::testkit::$module::$case(&$setup, $crate::testkit::Timing::REAL).await;
         }
     };
-    (@one $setup:expr, paused, $module:ident, $case:ident) => {
+    (@one $setup:expr, paused, $requires:expr, $module:ident, $case:ident) => {
         #[::tokio::test(start_paused = true)]
         async fn $case() {
+            if !$crate::testkit::backend_available($requires) {
+                return;
+            }
             $crate::testkit::$module::$case(&$setup, $crate::testkit::Timing::PAUSED).await;
         }
     };

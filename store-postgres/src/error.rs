@@ -1,0 +1,37 @@
+//! The Postgres store's failures, mapped into `onceflight_core::Error`.
+
+use onceflight_core::Error;
+
+pub(crate) const BACKEND: &str = "postgres";
+
+/// Maps a sqlx error: anything about reaching or keeping the server
+/// (I/O, TLS, pool, a terminated or restarting backend, too many
+/// connections, a serialization failure or deadlock) is `Unavailable` and
+/// safe to retry; the rest means a bug or a damaged schema.
+pub(crate) fn map(error: sqlx::Error) -> Error {
+    let retryable = match &error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P0x: admin/crash shutdown, cannot
+            // connect now; 53300: too many connections; 40001/40P01:
+            // serialization failure, deadlock.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || matches!(code.as_ref(), "53300" | "40001" | "40P01")
+        }),
+        _ => false,
+    };
+    if retryable {
+        Error::unavailable(BACKEND, error)
+    } else {
+        Error::Backend {
+            backend: BACKEND,
+            message: error.to_string(),
+        }
+    }
+}

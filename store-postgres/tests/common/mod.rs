@@ -1,0 +1,46 @@
+//! Fresh, isolated Postgres stores for tests: each in a schema of its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use onceflight_core::testkit::SuiteConfig;
+use onceflight_store_postgres::{PgConfig, PgStore};
+
+/// The database the tests use (set by `cargo xtask test`).
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL is set (checked by backend_available)")
+}
+
+/// A schema name no other test uses.
+pub fn fresh_schema() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A migrated store in a fresh schema, with `retention`.
+pub async fn store_with(schema: &str, retention: Duration) -> PgStore {
+    let store = PgStore::connect(
+        PgConfig::new(database_url())
+            .with_schema(schema)
+            .with_retention(retention)
+            .with_pool_size(4),
+    )
+    .await
+    .expect("connect to DATABASE_URL");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// The conformance suite's setup.
+pub async fn setup(config: SuiteConfig) -> PgStore {
+    store_with(&fresh_schema(), config.retention).await
+}
