@@ -1,5 +1,8 @@
 //! Fresh, isolated Postgres stores for tests: each in a schema of its own.
 
+// Each test binary uses a part of these helpers.
+#![allow(dead_code)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -7,12 +10,12 @@ use onceflight_core::testkit::SuiteConfig;
 use onceflight_store_postgres::{PgConfig, PgStore};
 
 /// The database the tests use (set by `cargo xtask test`).
-pub fn database_url() -> String {
+pub(crate) fn database_url() -> String {
     std::env::var("DATABASE_URL").expect("DATABASE_URL is set (checked by backend_available)")
 }
 
 /// A schema name no other test uses.
-pub fn fresh_schema() -> String {
+pub(crate) fn fresh_schema() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -27,7 +30,7 @@ pub fn fresh_schema() -> String {
 }
 
 /// A migrated store in a fresh schema, with `retention`.
-pub async fn store_with(schema: &str, retention: Duration) -> PgStore {
+pub(crate) async fn store_with(schema: &str, retention: Duration) -> PgStore {
     let store = PgStore::connect(
         PgConfig::new(database_url())
             .with_schema(schema)
@@ -41,6 +44,6 @@ pub async fn store_with(schema: &str, retention: Duration) -> PgStore {
 }
 
 /// The conformance suite's setup.
-pub async fn setup(config: SuiteConfig) -> PgStore {
+pub(crate) async fn setup(config: SuiteConfig) -> PgStore {
     store_with(&fresh_schema(), config.retention).await
 }
