@@ -99,12 +99,12 @@ impl PgStore {
             .await
             .map_err(map)?;
         let waiters = Arc::new(Waiters::default());
-        let listen_pool = match &config.listen_url {
-            Some(url) => PgPoolOptions::new()
-                .max_connections(1)
-                .connect_lazy_with(connect_options(url, &config.schema)?),
-            None => pool.clone(),
-        };
+        // The LISTEN connection lives outside the operations' pool, so that
+        // `pool_size` connections stay free for operations.
+        let listen_url = config.listen_url.as_deref().unwrap_or(&config.url);
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(connect_options(listen_url, &config.schema)?);
         let listener = spawn_listener(&listen_pool, &config.schema, Arc::clone(&waiters))
             .await
             .map_err(map)?;

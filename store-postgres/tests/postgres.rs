@@ -1,0 +1,412 @@
+//! What only the Postgres store must prove: the hit path writes nothing, one
+//! round trip per operation, recovery from terminated connections, and
+//! several instances on one database.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use onceflight_core::testkit::backend_available;
+use onceflight_core::{
+    Bytes, Claim, ClaimOptions, Error, Fingerprint, JobError, Kind, RequestKey, RequestStore,
+};
+use onceflight_store_postgres::{PgConfig, PgStore};
+use sqlx::{Connection, PgConnection, Row};
+use tokio::time::Instant;
+
+fn key(name: &str) -> RequestKey {
+    RequestKey::parse(format!("image|{name}")).unwrap()
+}
+
+fn options(lease: Duration) -> ClaimOptions {
+    ClaimOptions::new(Kind::parse("image").unwrap())
+        .with_lease_ttl(lease)
+        .unwrap()
+}
+
+fn acquired(claim: Claim) -> onceflight_core::Lease {
+    match claim {
+        Claim::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// A database of its own, for tests that read per-database statistics or
+/// terminate every connection of a database. Dropped with `drop_database`.
+async fn dedicated_database() -> (String, String) {
+    let admin_url = common::database_url();
+    let name = common::fresh_schema();
+    let mut admin = PgConnection::connect(&admin_url).await.expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    // Same server and credentials, other database.
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("DATABASE_URL ends with /<database>");
+    let base = base.to_owned();
+    let query = admin_url
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    (format!("{base}/{name}{query}"), name)
+}
+
+async fn drop_database(name: &str) {
+    let mut admin = PgConnection::connect(&common::database_url())
+        .await
+        .expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("drop database");
+}
+
+async fn store_on(url: &str, pool_size: u32) -> PgStore {
+    let store = PgStore::connect(
+        PgConfig::new(url)
+            .with_schema("onceflight")
+            .with_pool_size(pool_size),
+    )
+    .await
+    .expect("connect");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// Calls the claim function inside a transaction of its own and returns the
+/// outcome and `txid_current_if_assigned()`: a transaction id is assigned
+/// exactly when the statement locked or wrote a row (and so wrote WAL).
+async fn claim_in_own_transaction(
+    conn: &mut PgConnection,
+    key: &RequestKey,
+    kind: &str,
+    fingerprint: Option<&str>,
+) -> (String, Option<i64>) {
+    let mut tx = conn.begin().await.expect("begin");
+    let outcome: String = sqlx::query_scalar(
+        "SELECT outcome FROM onceflight_claim($1, $2, $3, NULL, 30000, 3, 1000, 86400000)",
+    )
+    .bind(key.as_str())
+    .bind(kind)
+    .bind(fingerprint)
+    .fetch_one(&mut *tx)
+    .await
+    .expect("claim");
+    let xid: Option<i64> = sqlx::query_scalar("SELECT txid_current_if_assigned()")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("txid");
+    tx.commit().await.expect("commit");
+    (outcome, xid)
+}
+
+/// Hit claims — a result, a live lease, a final failure, a mismatch — take
+/// no row lock, assign no transaction id and so write no WAL; a claim that
+/// must write does get one (so the check can fail).
+#[tokio::test]
+async fn the_hit_path_writes_nothing() {
+    if !backend_available(Some("DATABASE_URL")) {
+        return;
+    }
+    let schema = common::fresh_schema();
+    let store = common::store_with(&schema, Duration::from_secs(3600)).await;
+    let (done, busy, failed) = (key("done"), key("busy"), key("failed"));
+    let o = options(Duration::from_secs(60)).with_fingerprint(Fingerprint::parse("fp").unwrap());
+    let lease = acquired(store.claim_or_get(&done, &o).await.unwrap());
+    store
+        .complete(&done, lease.token, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    acquired(store.claim_or_get(&busy, &o).await.unwrap());
+    let lease = acquired(store.claim_or_get(&failed, &o).await.unwrap());
+    store
+        .fail(&failed, lease.token, &JobError::permanent("no"))
+        .await
+        .unwrap();
+
+    let mut conn = PgConnection::connect(&common::database_url())
+        .await
+        .expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path = {schema}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let row_versions = async |conn: &mut PgConnection| -> Vec<(String, String)> {
+        sqlx::query("SELECT xmin::text, xmax::text FROM onceflight_records ORDER BY key")
+            .fetch_all(conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let before = row_versions(&mut conn).await;
+    for (k, kind, fingerprint, expected) in [
+        (&done, "image", Some("fp"), "completed"),
+        (&busy, "image", None, "in_flight"),
+        (&failed, "image", Some("fp"), "failed"),
+        (&done, "video", None, "mismatch"),
+        (&busy, "image", Some("other"), "mismatch"),
+    ] {
+        let (outcome, xid) = claim_in_own_transaction(&mut conn, k, kind, fingerprint).await;
+        assert_eq!(outcome, expected, "outcome for {k}");
+        assert_eq!(xid, None, "a {expected} claim assigned a transaction id");
+    }
+    // The same hits through the store: not one row version or lock changes.
+    for k in [&done, &busy, &failed] {
+        store.claim_or_get(k, &o).await.unwrap();
+    }
+    assert_eq!(
+        row_versions(&mut conn).await,
+        before,
+        "no row locked or written"
+    );
+
+    let (outcome, xid) = claim_in_own_transaction(&mut conn, &key("fresh"), "image", None).await;
+    assert_eq!(outcome, "acquired");
+    assert!(
+        xid.is_some(),
+        "a fresh claim writes, so it has a transaction id"
+    );
+}
+
+/// Transactions committed in database `name`, after flushing the pending
+/// statistics of every connection that `pool` holds.
+async fn committed_transactions(admin: &mut PgConnection, store: &PgStore, name: &str) -> i64 {
+    // Runs on the store's only pooled connection, flushing its counters at
+    // the end of this very transaction.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(store.pool())
+        .await
+        .expect("force flush");
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *admin)
+        .await
+        .expect("clear snapshot");
+    sqlx::query_scalar(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut *admin)
+    .await
+    .expect("read stats")
+}
+
+/// Each of `claim_or_get`, `renew`, `complete`, `fail`, `release`, `get` and
+/// `delete` is one statement — one transaction — on the server, counted in
+/// `pg_stat_database` of a database only this test uses (once its statement
+/// is prepared on the connection).
+#[tokio::test]
+async fn every_operation_is_one_round_trip() {
+    if !backend_available(Some("DATABASE_URL")) {
+        return;
+    }
+    let (url, name) = dedicated_database().await;
+    drop(store_on(&url, 4).await);
+    // One pooled connection, so that flushing its statistics flushes all.
+    let store = PgStore::connect(PgConfig::new(&url).with_pool_size(1))
+        .await
+        .expect("connect");
+    let mut admin = PgConnection::connect(&common::database_url())
+        .await
+        .expect("connect");
+    let o = options(Duration::from_secs(60));
+    // Warm up: sqlx prepares each statement once per connection (an extra
+    // round trip the first time); measure the steady state after that.
+    for k in [key("warm-1"), key("warm-2")] {
+        let lease = acquired(store.claim_or_get(&k, &o).await.unwrap());
+        store.renew(&k, lease.token, None).await.unwrap();
+        store
+            .complete(&k, lease.token, Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        store
+            .fail(&k, lease.token, &JobError::retryable("x"))
+            .await
+            .ok();
+        store.release(&k, lease.token).await.ok();
+        store.get(&k).await.unwrap();
+        store.delete(&k).await.unwrap();
+    }
+    let mut counts = Vec::new();
+    let mut before = committed_transactions(&mut admin, &store, &name).await;
+    let mut count = async |what: &str, before: &mut i64| {
+        let after = committed_transactions(&mut admin, &store, &name).await;
+        // One for the operation, one for the flush itself.
+        counts.push((what.to_owned(), after - *before - 1));
+        *before = after;
+    };
+    let lease = acquired(store.claim_or_get(&key("a"), &o).await.unwrap());
+    count("claim (fresh)", &mut before).await;
+    store.claim_or_get(&key("a"), &o).await.unwrap();
+    count("claim (in flight)", &mut before).await;
+    store.renew(&key("a"), lease.token, None).await.unwrap();
+    count("renew", &mut before).await;
+    store
+        .complete(&key("a"), lease.token, Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    count("complete", &mut before).await;
+    store.claim_or_get(&key("a"), &o).await.unwrap();
+    count("claim (completed)", &mut before).await;
+    let lease = acquired(store.claim_or_get(&key("b"), &o).await.unwrap());
+    store
+        .fail(&key("b"), lease.token, &JobError::retryable("x"))
+        .await
+        .unwrap();
+    count("claim + fail", &mut before).await;
+    let lease = acquired(store.claim_or_get(&key("c"), &o).await.unwrap());
+    store.release(&key("c"), lease.token).await.unwrap();
+    count("claim + release", &mut before).await;
+    store.get(&key("a")).await.unwrap();
+    count("get", &mut before).await;
+    store.delete(&key("a")).await.unwrap();
+    count("delete", &mut before).await;
+    drop(store);
+    drop_database(&name).await;
+    let expected = [1, 1, 1, 1, 1, 2, 2, 1, 1];
+    assert_eq!(
+        counts.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        expected,
+        "server-side transactions per operation: {counts:?}"
+    );
+}
+
+/// Every connection of the store is terminated (`pg_terminate_backend`):
+/// failures are `Unavailable`, later operations succeed, and the LISTEN
+/// connection comes back so a waiter is still woken by NOTIFY.
+#[tokio::test]
+async fn terminated_connections_are_unavailable_then_recover() {
+    if !backend_available(Some("DATABASE_URL")) {
+        return;
+    }
+    let (url, name) = dedicated_database().await;
+    let store = Arc::new(store_on(&url, 2).await);
+    let mut admin = PgConnection::connect(&common::database_url())
+        .await
+        .expect("connect");
+    let o = options(Duration::from_secs(60));
+    let lease = acquired(store.claim_or_get(&key("k"), &o).await.unwrap());
+
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&name)
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(terminated >= 2, "the pool's and the listener's connections");
+
+    // Each operation either succeeds or is Unavailable; within a few tries
+    // the store has reconnected by itself.
+    let mut recovered = false;
+    for _ in 0..20 {
+        match store.get(&key("k")).await {
+            Ok(record) => {
+                assert!(record.is_some(), "nothing was lost");
+                recovered = true;
+                break;
+            }
+            Err(e) => assert!(
+                matches!(e, Error::Unavailable { .. }),
+                "a lost connection must be Unavailable, got {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the store reconnected");
+
+    // Give the listener a moment to notice and re-LISTEN, then check that a
+    // completion wakes a waiter through NOTIFY, well before the 5 s fallback.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .wait(&key("k"), Duration::from_secs(20))
+                .await
+                .expect("wait")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let completed_at = Instant::now();
+    store
+        .complete(&key("k"), lease.token, Bytes::from_static(b"1"))
+        .await
+        .expect("complete after recovery");
+    let record = waiter.await.expect("waiter").expect("record");
+    let late = completed_at.elapsed();
+    assert!(record.state.is_terminal(), "the waiter saw the completion");
+    assert!(
+        late < Duration::from_secs(2),
+        "woken by NOTIFY, {late:?} late"
+    );
+    drop(store);
+    drop_database(&name).await;
+}
+
+/// Two store instances on one database (the horizontal-scale case): a herd
+/// of claims spread over both yields exactly one `Acquired`, and a waiter on
+/// one is woken by a completion on the other.
+#[tokio::test]
+async fn two_instances_share_one_database() {
+    if !backend_available(Some("DATABASE_URL")) {
+        return;
+    }
+    let schema = common::fresh_schema();
+    let a = Arc::new(common::store_with(&schema, Duration::from_secs(3600)).await);
+    let b = Arc::new(common::store_with(&schema, Duration::from_secs(3600)).await);
+    let k = key("herd");
+    let claims: Vec<_> = (0..40)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                Arc::clone(&a)
+            } else {
+                Arc::clone(&b)
+            };
+            let k = k.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_or_get(&k, &options(Duration::from_secs(60)))
+                    .await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for claim in claims {
+        match claim.await.unwrap().expect("claim") {
+            Claim::Acquired(lease) => winners.push(lease),
+            Claim::InFlight(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one Acquired across both instances"
+    );
+
+    let waiter = {
+        let a = Arc::clone(&a);
+        let k = k.clone();
+        tokio::spawn(async move { a.wait(&k, Duration::from_secs(20)).await.expect("wait") })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let completed_at = Instant::now();
+    b.complete(&k, winners[0].token, Bytes::from_static(b"\"png\""))
+        .await
+        .expect("complete on b");
+    let record = waiter.await.unwrap().expect("record");
+    let late = completed_at.elapsed();
+    assert_eq!(record.result.as_deref(), Some(&b"\"png\""[..]));
+    assert!(
+        late < Duration::from_secs(2),
+        "woken across instances, {late:?} late"
+    );
+}
