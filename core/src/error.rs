@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::types::{RequestKey, Token};
+use crate::types::{ClaimOptions, Kind, RequestKey, Token};
 
 /// A `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -74,6 +74,38 @@ impl Error {
     /// Whether the same operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Unavailable { .. })
+    }
+
+    /// The `FingerprintMismatch` a claim with `options` gets on a record of
+    /// `record_kind`: the reason names the kinds when they differ, else the
+    /// fingerprint. Stores decide *whether* it is a mismatch (design §3);
+    /// this only words it, the same for every store.
+    pub fn fingerprint_mismatch(
+        key: &RequestKey,
+        record_kind: &Kind,
+        options: &ClaimOptions,
+    ) -> Self {
+        let reason = if record_kind != options.kind() {
+            format!(
+                "the record's kind is {:?}, the claim's is {:?}",
+                record_kind.as_str(),
+                options.kind().as_str()
+            )
+        } else {
+            "the claim's fingerprint differs from the record's".to_owned()
+        };
+        Error::FingerprintMismatch {
+            key: key.clone(),
+            reason,
+        }
+    }
+
+    /// `LeaseLost` for `token` on `key`.
+    pub fn lease_lost(key: &RequestKey, token: Token) -> Self {
+        Error::LeaseLost {
+            key: key.clone(),
+            token,
+        }
     }
 
     /// Wraps a backend's transport error as [`Error::Unavailable`].

@@ -232,31 +232,18 @@ impl Clock {
 }
 
 fn lease_lost(key: &RequestKey, token: Token) -> Error {
-    Error::LeaseLost {
-        key: key.clone(),
-        token,
-    }
+    Error::lease_lost(key, token)
 }
 
+/// Design §3: a differing kind, or two fingerprints that differ (an absent
+/// one on either side is no mismatch).
 fn mismatch(key: &RequestKey, entry: &Entry, options: &ClaimOptions) -> Option<Error> {
-    let reason = if entry.kind != *options.kind() {
-        format!(
-            "the record's kind is {:?}, the claim's is {:?}",
-            entry.kind.as_str(),
-            options.kind().as_str()
-        )
-    } else {
-        match (&entry.fingerprint, options.fingerprint()) {
-            (Some(ours), Some(theirs)) if ours != theirs => {
-                "the claim's fingerprint differs from the record's".to_owned()
-            }
-            _ => return None,
-        }
-    };
-    Some(Error::FingerprintMismatch {
-        key: key.clone(),
-        reason,
-    })
+    let differs = entry.kind != *options.kind()
+        || matches!(
+            (&entry.fingerprint, options.fingerprint()),
+            (Some(ours), Some(theirs)) if ours != theirs
+        );
+    differs.then(|| Error::fingerprint_mismatch(key, &entry.kind, options))
 }
 
 #[async_trait]

@@ -163,10 +163,7 @@ impl PgStore {
         let row = query.fetch_one(&self.pool).await.map_err(map)?;
         let outcome: String = row.try_get("outcome").map_err(map)?;
         if outcome != "ok" {
-            return Err(Error::LeaseLost {
-                key: key.clone(),
-                token,
-            });
+            return Err(Error::lease_lost(key, token));
         }
         record(&row, key)
     }
@@ -316,21 +313,7 @@ impl RequestStore for PgStore {
                 error: r.error.unwrap_or_else(|| JobError::retryable("failed")),
                 retry_after: r.retry_after,
             }),
-            "mismatch" => {
-                let reason = if r.kind != *options.kind() {
-                    format!(
-                        "the record's kind is {:?}, the claim's is {:?}",
-                        r.kind.as_str(),
-                        options.kind().as_str()
-                    )
-                } else {
-                    "the claim's fingerprint differs from the record's".to_owned()
-                };
-                return Err(Error::FingerprintMismatch {
-                    key: key.clone(),
-                    reason,
-                });
-            }
+            "mismatch" => return Err(Error::fingerprint_mismatch(key, &r.kind, options)),
             other => return Err(corrupt(format!("unknown claim outcome {other:?}"))),
         })
     }

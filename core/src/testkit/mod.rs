@@ -144,6 +144,23 @@ pub fn backend_url(var: &str) -> Option<String> {
     }
 }
 
+/// A name no other call in any process on this machine returns, e.g. for a
+/// fresh Postgres schema or a Redis key prefix: `prefix`, the process id, the
+/// time and a counter, in `[a-z0-9_]`.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{nanos}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Whether the backend a test needs is there: `None` needs nothing; `Some(var)`
 /// needs the URL in `var` (see [`backend_url`]: skips loudly, or panics under
 /// `ONCEFLIGHT_REQUIRE_BACKENDS=1`).

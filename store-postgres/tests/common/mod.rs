@@ -3,8 +3,7 @@
 // Each test binary uses a part of these helpers.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use onceflight_core::testkit::SuiteConfig;
 use onceflight_store_postgres::{PgConfig, PgStore};
@@ -16,17 +15,7 @@ pub(crate) fn database_url() -> String {
 
 /// A schema name no other test uses.
 pub(crate) fn fresh_schema() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    format!(
-        "t_{}_{}_{}",
-        std::process::id(),
-        nanos,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    onceflight_core::testkit::unique_name("t")
 }
 
 /// A migrated store in a fresh schema, with `retention`.
