@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use onceflight_core::RequestStore;
+use onceflight_core::{DEFAULT_RETENTION, RequestStore};
 use onceflight_server::auth::Tokens;
 use onceflight_server::stores::{self, StoreOptions, redact_url};
 use onceflight_server::{AppState, Limits, serve};
@@ -40,6 +40,52 @@ struct StoreArgs {
         hide_env_values = true
     )]
     store: String,
+
+    #[command(flatten)]
+    postgres: PgArgs,
+}
+
+/// Options of the Postgres store (`postgres://…`); other stores ignore them.
+#[derive(Debug, clap::Args)]
+struct PgArgs {
+    /// The Postgres schema holding onceflight's tables; several services can
+    /// share one database, each in its own schema.
+    #[arg(long, env = "ONCEFLIGHT_PG_SCHEMA", default_value = "onceflight")]
+    pg_schema: String,
+
+    /// Most pooled Postgres connections [default: 10].
+    #[arg(long, env = "ONCEFLIGHT_PG_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
+    pg_pool_size: Option<u32>,
+
+    /// A direct (or session-mode) Postgres URL for the LISTEN connection
+    /// that wakes long-polls, when --store goes through a transaction-mode
+    /// pooler (PgBouncer, Supavisor) [default: the store URL].
+    #[arg(long, env = "ONCEFLIGHT_PG_LISTEN_URL", hide_env_values = true)]
+    pg_listen_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// How to open the store, keeping results for `retention`.
+    fn options(&self, retention: Duration, migrate: bool) -> StoreOptions {
+        StoreOptions {
+            retention,
+            migrate,
+            pg_schema: Some(self.postgres.pg_schema.clone()),
+            pg_pool_size: self.postgres.pg_pool_size,
+            pg_listen_url: self.postgres.pg_listen_url.clone(),
+        }
+    }
+
+    /// What to log about the store: its URL without credentials, and for
+    /// Postgres its schema.
+    fn describe(&self) -> String {
+        let url = redact_url(&self.store);
+        if url.starts_with("postgres") {
+            format!("{url} (schema {})", self.postgres.pg_schema)
+        } else {
+            url
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,7 +122,8 @@ struct ServeArgs {
     #[arg(long, env = "ONCEFLIGHT_SWEEP_SECS", default_value_t = 60)]
     sweep_secs: u64,
 
-    /// Skip schema migrations at start.
+    /// Skip schema migrations at start (run `onceflight migrate` instead);
+    /// the schema must then exist already.
     #[arg(long, env = "ONCEFLIGHT_NO_MIGRATE")]
     no_migrate: bool,
 
@@ -166,15 +213,12 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             args.bind
         );
     }
-    let options = StoreOptions {
-        retention: Duration::from_secs(args.retention_secs),
-    };
+    let options = args
+        .store
+        .options(Duration::from_secs(args.retention_secs), !args.no_migrate);
     let store = stores::open(&args.store.store, &options)
         .await
-        .with_context(|| format!("opening the store {}", redact_url(&args.store.store)))?;
-    if !args.no_migrate {
-        tracing::debug!("no migration to run for the {} store", store.backend());
-    }
+        .with_context(|| format!("opening the store {}", args.store.describe()))?;
     spawn_sweeper(
         Arc::clone(&store),
         Duration::from_secs(args.sweep_secs.max(1)),
@@ -188,7 +232,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding {}", args.bind))?;
     tracing::info!(
         address = %listener.local_addr()?,
-        store = %redact_url(&args.store.store),
+        store = %args.store.describe(),
         authenticated,
         "onceflight listening"
     );
@@ -198,13 +242,19 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn run_migrate(args: StoreArgs) -> Result<()> {
-    let store = stores::open(&args.store, &StoreOptions::default())
+    // Opening with `migrate` applies the migrations (and logs it); retention
+    // is irrelevant here.
+    let store = stores::open(&args.store, &args.options(DEFAULT_RETENTION, true))
         .await
-        .with_context(|| format!("opening the store {}", redact_url(&args.store)))?;
-    tracing::info!(
-        backend = store.backend(),
-        "nothing to migrate for this store"
-    );
+        .with_context(|| format!("migrating the store {}", args.describe()))?;
+    match store.backend() {
+        "memory" => tracing::info!("the memory store has no schema: nothing to migrate"),
+        backend => tracing::info!(
+            backend,
+            store = %args.describe(),
+            "migrations applied; the schema is up to date"
+        ),
+    }
     Ok(())
 }
 

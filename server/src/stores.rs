@@ -1,25 +1,65 @@
-//! Opening the store a URL names: `memory://` (feature `memory`), and the
-//! schemes of stores this build lacks, which are refused with the cargo
-//! feature that would bring them.
+//! Opening the store a URL names: `memory://` (feature `memory`),
+//! `postgres://…` / `postgresql://…` (feature `postgres`), and the schemes of
+//! stores this build lacks, which are refused with the cargo feature that
+//! would bring them.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use onceflight_core::{DEFAULT_RETENTION, RequestStore};
 
-/// How a store is opened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a store is opened. The `pg_*` fields only matter to `postgres://`
+/// URLs; other stores ignore them.
+///
+/// `Debug` never shows the password of `pg_listen_url`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// How long results and failures are kept, and abandoned leases after
     /// they end.
     pub retention: Duration,
+    /// Apply the store's schema migrations when opening it (default
+    /// `true`). Without, opening checks that the schema is there, so that a
+    /// missing migration is a clear start-up error rather than failing
+    /// requests.
+    pub migrate: bool,
+    /// The Postgres schema holding onceflight's tables (default
+    /// `onceflight`). Several services can share one database, each in a
+    /// schema of its own.
+    pub pg_schema: Option<String>,
+    /// Most pooled Postgres connections (default 10).
+    pub pg_pool_size: Option<u32>,
+    /// A direct (or session-mode) URL for Postgres's LISTEN connection, for
+    /// deployments whose store URL goes through a transaction-mode pooler
+    /// (PgBouncer, Supavisor), which cannot hold a LISTEN. Default: the store
+    /// URL.
+    pub pg_listen_url: Option<String>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             retention: DEFAULT_RETENTION,
+            migrate: true,
+            pg_schema: None,
+            pg_pool_size: None,
+            pg_listen_url: None,
         }
+    }
+}
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("retention", &self.retention)
+            .field("migrate", &self.migrate)
+            .field("pg_schema", &self.pg_schema)
+            .field("pg_pool_size", &self.pg_pool_size)
+            .field(
+                "pg_listen_url",
+                &self.pg_listen_url.as_deref().map(redact_url),
+            )
+            .finish()
     }
 }
 
@@ -47,9 +87,43 @@ pub enum OpenStoreError {
         /// The URL, password removed.
         url: String,
     },
+    /// The store could not be reached, or refused the configuration.
+    #[error("cannot connect to the {store} store")]
+    Connect {
+        /// The store's name.
+        store: &'static str,
+        /// What went wrong.
+        #[source]
+        source: onceflight_core::Error,
+    },
+    /// Applying the schema migrations failed.
+    #[error("cannot migrate the {store} store's schema {schema:?}")]
+    Migrate {
+        /// The store's name.
+        store: &'static str,
+        /// The schema being migrated.
+        schema: String,
+        /// What went wrong.
+        #[source]
+        source: onceflight_core::Error,
+    },
+    /// Migrations were skipped, and the schema is not usable as it is.
+    #[error(
+        "the {store} store's schema {schema:?} is missing or not migrated (migrations were skipped): run `onceflight migrate` with the same store and schema, or start without --no-migrate"
+    )]
+    NotMigrated {
+        /// The store's name.
+        store: &'static str,
+        /// The schema that was probed.
+        schema: String,
+        /// The probe's failure.
+        #[source]
+        source: onceflight_core::Error,
+    },
 }
 
-/// The store `url` names, opened with `options`.
+/// The store `url` names, opened with `options`: connected, and for stores
+/// with a schema (Postgres) migrated unless `options.migrate` is false.
 pub async fn open(
     url: &str,
     options: &StoreOptions,
@@ -57,11 +131,7 @@ pub async fn open(
     let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
     match scheme {
         "memory" => open_memory(options),
-        "postgres" | "postgresql" => Err(OpenStoreError::NotCompiled {
-            scheme: scheme.to_owned(),
-            store: "Postgres",
-            feature: "postgres",
-        }),
+        "postgres" | "postgresql" => open_postgres(url, scheme, options).await,
         "redis" | "rediss" => Err(OpenStoreError::NotCompiled {
             scheme: scheme.to_owned(),
             store: "Redis",
@@ -87,6 +157,79 @@ fn open_memory(_options: &StoreOptions) -> Result<Arc<dyn RequestStore>, OpenSto
         scheme: "memory".to_owned(),
         store: "in-memory",
         feature: "memory",
+    })
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(
+    url: &str,
+    _scheme: &str,
+    options: &StoreOptions,
+) -> Result<Arc<dyn RequestStore>, OpenStoreError> {
+    use onceflight_core::RequestKey;
+    use onceflight_store_postgres::{PgConfig, PgStore};
+
+    const STORE: &str = "Postgres";
+    let mut config = PgConfig::new(url).with_retention(options.retention);
+    if let Some(schema) = &options.pg_schema {
+        config = config.with_schema(schema.as_str());
+    }
+    if let Some(pool_size) = options.pg_pool_size {
+        config = config.with_pool_size(pool_size);
+    }
+    if let Some(listen_url) = &options.pg_listen_url {
+        config = config.with_listen_url(listen_url.as_str());
+    }
+    let store = PgStore::connect(config)
+        .await
+        .map_err(|source| OpenStoreError::Connect {
+            store: STORE,
+            source,
+        })?;
+    let schema = store.schema().to_owned();
+    if options.migrate {
+        store
+            .migrate()
+            .await
+            .map_err(|source| OpenStoreError::Migrate {
+                store: STORE,
+                schema: schema.clone(),
+                source,
+            })?;
+        tracing::info!(schema = %schema, "Postgres schema migrated (up to date)");
+    } else {
+        // One cheap read through the store's own path: without the schema's
+        // tables and functions every request would fail, so fail now.
+        let probe = RequestKey::parse("onceflight|startup").expect("a valid key");
+        store.get(&probe).await.map_err(|source| {
+            if source.is_retryable() {
+                OpenStoreError::Connect {
+                    store: STORE,
+                    source,
+                }
+            } else {
+                OpenStoreError::NotMigrated {
+                    store: STORE,
+                    schema: schema.clone(),
+                    source,
+                }
+            }
+        })?;
+        tracing::info!(schema = %schema, "Postgres migrations skipped (--no-migrate)");
+    }
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(
+    _url: &str,
+    scheme: &str,
+    _options: &StoreOptions,
+) -> Result<Arc<dyn RequestStore>, OpenStoreError> {
+    Err(OpenStoreError::NotCompiled {
+        scheme: scheme.to_owned(),
+        store: "Postgres",
+        feature: "postgres",
     })
 }
 
@@ -125,12 +268,34 @@ mod tests {
         assert_eq!(redact_url("memory://"), "memory://");
     }
 
+    #[test]
+    fn debug_hides_the_listen_url_password() {
+        let options = StoreOptions {
+            pg_listen_url: Some("postgres://app:s3cret@db:5432/x".to_owned()),
+            ..StoreOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("app:***@db"), "{shown}");
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn postgres_needs_its_feature() {
+        for url in ["postgres://localhost/x", "postgresql://localhost/x"] {
+            let error = open(url, &StoreOptions::default())
+                .await
+                .expect_err("no Postgres store in this build");
+            assert!(error.to_string().contains("--features postgres"), "{error}");
+        }
+    }
+
     #[tokio::test]
     async fn stores_this_build_lacks_are_named_with_their_feature() {
-        let error = open("postgres://localhost/x", &StoreOptions::default())
+        let error = open("redis://localhost", &StoreOptions::default())
             .await
-            .expect_err("no Postgres store in this build");
-        assert!(error.to_string().contains("--features postgres"), "{error}");
+            .expect_err("no Redis store in this build");
+        assert!(error.to_string().contains("--features redis"), "{error}");
         let error = open("ftp://x", &StoreOptions::default())
             .await
             .expect_err("unknown scheme");

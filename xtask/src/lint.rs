@@ -37,6 +37,11 @@ const CLIPPY_RUNS: &[ClippyRun] = &[
         package: Some("onceflight-server"),
         features: &["--no-default-features", "--features", "memory"],
     },
+    // The server on Postgres alone (no memory store), with the client.
+    ClippyRun {
+        package: Some("onceflight-server"),
+        features: &["--no-default-features", "--features", "postgres,client"],
+    },
 ];
 
 pub(crate) fn run() -> Result<()> {

@@ -1,0 +1,51 @@
+//! The conformance suite over HTTP on PostgreSQL: each case gets its own
+//! onceflight service (a `PgStore` in a fresh schema, served on
+//! `127.0.0.1:0`) and talks to it through `HttpStore`, so the API of design
+//! §7, the client and the Postgres store together must behave exactly as a
+//! store does.
+//!
+//! Needs `DATABASE_URL`; without it every case skips and says so, unless
+//! `ONCEFLIGHT_REQUIRE_BACKENDS=1`.
+
+use std::sync::Arc;
+
+use onceflight_core::testkit::{SuiteConfig, unique_name};
+use onceflight_server::auth::Tokens;
+use onceflight_server::client::HttpStore;
+use onceflight_server::{AppState, Limits};
+use onceflight_store_postgres::{PgConfig, PgStore};
+
+/// A schema name no other test uses.
+fn fresh_schema() -> String {
+    unique_name("t_http")
+}
+
+/// Serves a migrated Postgres store in a fresh schema, with the suite's
+/// retention, on an ephemeral loopback port for as long as the test's
+/// runtime lives; returns a client for it.
+async fn setup(config: SuiteConfig) -> HttpStore {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (checked by the macro)");
+    let store = PgStore::connect(
+        PgConfig::new(url)
+            .with_schema(fresh_schema())
+            .with_retention(config.retention)
+            .with_pool_size(4),
+    )
+    .await
+    .expect("connect to DATABASE_URL");
+    store.migrate().await.expect("migrate a fresh schema");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let address = listener.local_addr().expect("the bound address");
+    let state = AppState::new(Arc::new(store), Tokens::default(), Limits::default());
+    tokio::spawn(onceflight_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    HttpStore::new(&format!("http://{address}")).expect("a valid base URL")
+}
+
+onceflight_core::conformance_tests!(setup, requires "DATABASE_URL");

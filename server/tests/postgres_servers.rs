@@ -1,0 +1,541 @@
+//! The real `onceflight` binary on PostgreSQL: results survive a restart,
+//! several servers share one database and schema (one lease per key across
+//! all of them, long-polls woken across instances through LISTEN/NOTIFY), and
+//! `onceflight migrate` prepares a schema that `serve --no-migrate` then uses.
+//!
+//! Needs `DATABASE_URL`; without it each test skips and says so, unless
+//! `ONCEFLIGHT_REQUIRE_BACKENDS=1`. Each test works in a fresh schema and
+//! kills its servers when dropped.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use onceflight_core::testkit::{backend_available, unique_name};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+/// How long a server may take to answer `/readyz` after it is spawned
+/// (connecting and migrating included).
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// Connections per server: small, so that parallel tests leave room in the
+/// database's `max_connections`.
+const POOL_SIZE: &str = "4";
+
+/// The database, or `None` (after saying so loudly) when the test must skip.
+fn database_url() -> Option<String> {
+    if !backend_available(Some("DATABASE_URL")) {
+        return None;
+    }
+    std::env::var("DATABASE_URL").ok()
+}
+
+/// A schema name no other test uses.
+fn fresh_schema() -> String {
+    unique_name("t_srv")
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("a local address").port()
+}
+
+/// A log file no other server of this run writes.
+fn log_path(what: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "onceflight-pg-{what}-{}-{}.log",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// `onceflight <args>`, with none of the caller's `ONCEFLIGHT_*` variables
+/// and info logs on.
+fn onceflight(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_onceflight"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .env("RUST_LOG", "info");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ONCEFLIGHT_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A running `onceflight serve`, killed when dropped. Its logs go to a file
+/// so they can be shown when a test fails.
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Spawns `onceflight serve` on a free loopback port, on `database` in
+    /// `schema`, with `extra` arguments; does not wait.
+    fn spawn(database: &str, schema: &str, extra: &[&str]) -> Self {
+        let bind = format!("127.0.0.1:{}", free_port());
+        let log = log_path("serve");
+        let log_file = File::create(&log).expect("create the log file");
+        let mut command = onceflight(&[
+            "serve",
+            "--bind",
+            &bind,
+            "--store",
+            database,
+            "--pg-schema",
+            schema,
+            "--pg-pool-size",
+            POOL_SIZE,
+        ]);
+        command
+            .args(extra)
+            .stdout(log_file.try_clone().expect("clone the log file"))
+            .stderr(log_file);
+        let child = command.spawn().expect("spawn onceflight serve");
+        Self {
+            child,
+            base: format!("http://{bind}"),
+            log,
+        }
+    }
+
+    /// Spawns a server and waits until it is ready.
+    async fn start(database: &str, schema: &str, extra: &[&str]) -> Self {
+        let mut server = Self::spawn(database, schema, extra);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200: the store answers.
+    async fn wait_ready(&mut self) {
+        let client = client();
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the server") {
+                panic!(
+                    "the server exited with {status} before it was ready:\n{}",
+                    self.logs()
+                );
+            }
+            if let Ok(response) = client.get(self.url("/readyz")).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server was not ready within {STARTUP:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (bounded) for the process to exit.
+    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the server") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server was still running after {within:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for a successful exit.
+    async fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let signalled = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(signalled.success(), "kill -TERM {pid}: {signalled}");
+        let status = self.wait_exit(Duration::from_secs(10)).await;
+        assert!(
+            status.success(),
+            "the server exits successfully on SIGTERM, got {status}:\n{}",
+            self.logs()
+        );
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Errors mean the process is gone already.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// A reply: status and the body parsed as JSON (`Null` if none).
+#[derive(Debug)]
+struct Reply {
+    what: String,
+    status: StatusCode,
+    json: Value,
+}
+
+impl Reply {
+    #[track_caller]
+    fn expect(&self, status: StatusCode) -> &Value {
+        assert_eq!(
+            self.status, status,
+            "{}: expected {status}, got {} {}",
+            self.what, self.status, self.json
+        );
+        &self.json
+    }
+
+    #[track_caller]
+    fn token(&self) -> u64 {
+        self.json["token"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{}: no token in {}", self.what, self.json))
+    }
+}
+
+/// Sends one request; asserts that the answer is never a 5xx.
+async fn call(client: &reqwest::Client, method: Method, url: &str, body: Option<Value>) -> Reply {
+    let what = format!("{method} {url}");
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
+    assert!(
+        !status.is_server_error(),
+        "{what}: no response may be a 5xx here, got {status} {text}"
+    );
+    Reply {
+        what,
+        status,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+/// Runs `onceflight migrate` with `args` to completion.
+fn migrate(args: &[&str]) -> Output {
+    let mut all = vec!["migrate"];
+    all.extend_from_slice(args);
+    onceflight(&all).output().expect("run onceflight migrate")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A completed result is in the database, not the process: a new server on
+/// the same schema serves it, with the same token, and claims get it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_results_survive_a_restart() {
+    let Some(database) = database_url() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let http = client();
+    let key = "image%7Crestart";
+    let result = json!({"url": "https://cdn/restart.png", "n": [1, 2, 3]});
+
+    let mut first = Server::start(&database, &schema, &[]).await;
+    let claim = call(
+        &http,
+        Method::POST,
+        &first.url(&format!("/v1/requests/{key}/claim")),
+        Some(json!({"kind": "image", "owner": "w1"})),
+    )
+    .await;
+    claim.expect(StatusCode::CREATED);
+    let token = claim.token();
+    call(
+        &http,
+        Method::POST,
+        &first.url(&format!("/v1/requests/{key}/complete")),
+        Some(json!({"token": token, "result": result})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    first.terminate().await;
+    drop(first);
+
+    let second = Server::start(&database, &schema, &[]).await;
+    let record = call(
+        &http,
+        Method::GET,
+        &second.url(&format!("/v1/requests/{key}")),
+        None,
+    )
+    .await;
+    let body = record.expect(StatusCode::OK);
+    assert_eq!(body["state"], "completed", "{body}");
+    assert_eq!(body["result"], result, "{body}");
+    assert_eq!(body["token"], token, "{body}");
+
+    let again = call(
+        &http,
+        Method::POST,
+        &second.url(&format!("/v1/requests/{key}/claim")),
+        Some(json!({"kind": "image", "owner": "w2"})),
+    )
+    .await;
+    let body = again.expect(StatusCode::OK);
+    assert_eq!(body["state"], "completed", "{body}");
+    assert_eq!(body["result"], result, "{body}");
+    assert_eq!(body["token"], token, "{body}");
+}
+
+/// Horizontal scale: a herd of concurrent claims for one fresh key, spread
+/// over two servers on one schema, grants exactly one lease; everyone else is
+/// told it is in flight under that lease's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_schema_grant_one_lease() {
+    const HERD: usize = 40;
+    let Some(database) = database_url() else {
+        return;
+    };
+    let schema = fresh_schema();
+    // Both start (and migrate) at once, as a fleet does.
+    let mut a = Server::spawn(&database, &schema, &[]);
+    let mut b = Server::spawn(&database, &schema, &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let urls = [
+        a.url("/v1/requests/image%7Cherd/claim"),
+        b.url("/v1/requests/image%7Cherd/claim"),
+    ];
+
+    let http = client();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(HERD));
+    let mut herd = JoinSet::new();
+    for i in 0..HERD {
+        let (http, url, start) = (http.clone(), urls[i % 2].clone(), start.clone());
+        herd.spawn(async move {
+            start.wait().await;
+            let body = json!({"kind": "image", "owner": format!("w{i}"), "lease_ms": 60000});
+            (i, call(&http, Method::POST, &url, Some(body)).await)
+        });
+    }
+    let replies = herd.join_all().await;
+
+    let acquired: Vec<_> = replies
+        .iter()
+        .filter(|(_, r)| r.status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(
+        acquired.len(),
+        1,
+        "exactly one claim of {HERD} acquires: {acquired:?}"
+    );
+    let (winner, lease) = acquired[0];
+    assert_eq!(lease.json["state"], "acquired", "{:?}", lease);
+    let token = lease.token();
+    for (i, reply) in &replies {
+        if i == winner {
+            continue;
+        }
+        let body = reply.expect(StatusCode::ACCEPTED);
+        assert_eq!(body["state"], "in_flight", "claim {i}: {body}");
+        assert_eq!(body["token"], token, "claim {i}: {body}");
+        assert_eq!(body["owner"], format!("w{winner}"), "claim {i}: {body}");
+    }
+}
+
+/// A long-poll held on one server is answered as soon as the job completes
+/// through another: the wake-up crosses instances (LISTEN/NOTIFY), it is not
+/// the store's fallback re-read (every 5 s) nor the 20 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_wakes_when_another_server_completes() {
+    let Some(database) = database_url() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let mut a = Server::spawn(&database, &schema, &[]);
+    let mut b = Server::spawn(&database, &schema, &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let http = client();
+    let key = "image%7Cwake";
+
+    let claim = call(
+        &http,
+        Method::POST,
+        &b.url(&format!("/v1/requests/{key}/claim")),
+        Some(json!({"kind": "image", "owner": "worker-b", "lease_ms": 60000})),
+    )
+    .await;
+    claim.expect(StatusCode::CREATED);
+    let token = claim.token();
+
+    let url = a.url(&format!("/v1/requests/{key}?wait_ms=20000"));
+    let asked = Instant::now();
+    let held = tokio::spawn(async move {
+        let reply = call(&client(), Method::GET, &url, None).await;
+        (reply, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !held.is_finished(),
+        "the long-poll on A is held while B's lease is live"
+    );
+
+    let completed_at = Instant::now();
+    call(
+        &http,
+        Method::POST,
+        &b.url(&format!("/v1/requests/{key}/complete")),
+        Some(json!({"token": token, "result": {"url": "https://cdn/wake.png"}})),
+    )
+    .await
+    .expect(StatusCode::OK);
+
+    let (reply, answered) = tokio::time::timeout(Duration::from_secs(25), held)
+        .await
+        .expect("the held long-poll is answered")
+        .expect("the long-poll task");
+    let body = reply.expect(StatusCode::OK);
+    assert_eq!(body["state"], "completed", "{body}");
+    assert_eq!(
+        body["result"],
+        json!({"url": "https://cdn/wake.png"}),
+        "{body}"
+    );
+    let total = answered.saturating_duration_since(asked);
+    let after_complete = answered.saturating_duration_since(completed_at);
+    assert!(
+        total < Duration::from_secs(5),
+        "answered {total:?} after it was asked: not woken across instances"
+    );
+    assert!(
+        after_complete < Duration::from_secs(2),
+        "answered {after_complete:?} after B's complete: not woken by a notification"
+    );
+}
+
+/// `onceflight migrate` prepares a schema (and says so), after which a server
+/// started with `--no-migrate` works on it; `--no-migrate` on a schema that
+/// was never migrated refuses to start, naming `onceflight migrate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_then_serve_without_migrating() {
+    let Some(database) = database_url() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let output = migrate(&["--store", &database, "--pg-schema", &schema]);
+    let logs = text(&output);
+    assert!(
+        output.status.success(),
+        "onceflight migrate: {}\n{logs}",
+        output.status
+    );
+    assert!(
+        logs.contains(&schema) && logs.contains("migrat"),
+        "migrate logs what it did, naming the schema:\n{logs}"
+    );
+    // Migrating again is a no-op that succeeds.
+    let again = migrate(&["--store", &database, "--pg-schema", &schema]);
+    assert!(
+        again.status.success(),
+        "a second migrate:\n{}",
+        text(&again)
+    );
+
+    let server = Server::start(&database, &schema, &["--no-migrate"]).await;
+    let http = client();
+    let claim = call(
+        &http,
+        Method::POST,
+        &server.url("/v1/requests/image%7Cmigrated/claim"),
+        Some(json!({"kind": "image"})),
+    )
+    .await;
+    claim.expect(StatusCode::CREATED);
+    call(
+        &http,
+        Method::POST,
+        &server.url("/v1/requests/image%7Cmigrated/complete"),
+        Some(json!({"token": claim.token(), "result": "done"})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    drop(server);
+
+    let mut unmigrated = Server::spawn(&database, &fresh_schema(), &["--no-migrate"]);
+    let status = unmigrated.wait_exit(STARTUP).await;
+    let logs = unmigrated.logs();
+    assert!(
+        !status.success(),
+        "--no-migrate on an empty schema must not serve:\n{logs}"
+    );
+    assert!(
+        logs.contains("onceflight migrate"),
+        "the refusal says how to fix it:\n{logs}"
+    );
+}
+
+/// A password in the store URL never reaches the logs, even when connecting
+/// fails (nothing listens on port 1). Needs no database.
+#[tokio::test]
+async fn passwords_never_reach_the_logs() {
+    let output = migrate(&[
+        "--store",
+        "postgres://app:hunter2-secret@127.0.0.1:1/x",
+        "--pg-schema",
+        "onceflight",
+    ]);
+    let logs = text(&output);
+    assert!(
+        !output.status.success(),
+        "nothing listens on port 1:\n{logs}"
+    );
+    assert!(
+        !logs.contains("hunter2"),
+        "the password stays out of the logs:\n{logs}"
+    );
+    assert!(
+        logs.contains("app:***@127.0.0.1:1"),
+        "the URL is named, redacted:\n{logs}"
+    );
+}
