@@ -12,8 +12,8 @@ use onceflight_core::{
     Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
     Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token, check_lease_ttl,
 };
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Row};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -86,12 +86,40 @@ fn connect_options(url: &str, schema: &str) -> Result<PgConnectOptions> {
         .application_name("onceflight"))
 }
 
+/// The database a connection with `options` reaches.
+async fn current_database(options: &PgConnectOptions) -> Result<String> {
+    let mut conn = PgConnection::connect_with(options).await.map_err(map)?;
+    let database = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(map)?;
+    // Closing politely is a courtesy; a failure here changes nothing.
+    let _ = conn.close().await;
+    Ok(database)
+}
+
 impl PgStore {
     /// Connects with `config`: the pool, and the LISTEN connection. Does not
     /// migrate; call [`PgStore::migrate`] (or `onceflight migrate`) first.
     pub async fn connect(config: PgConfig) -> Result<Self> {
         check_schema(&config.schema)?;
         let options = connect_options(&config.url, &config.schema)?;
+        let listen_options = match &config.listen_url {
+            Some(url) => connect_options(url, &config.schema)?,
+            None => options.clone(),
+        };
+        // Connect once directly first: a pool only says it timed out, while
+        // this says why (refused, unknown host, bad password, TLS).
+        let database = current_database(&options).await?;
+        if config.listen_url.is_some() {
+            let listen_database = current_database(&listen_options).await?;
+            if listen_database != database {
+                return Err(invalid_config(format!(
+                    "the listen URL reaches database {listen_database:?} but the store is in {database:?}: \
+                     NOTIFY only reaches listeners of the same database"
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(1))
             .acquire_timeout(Duration::from_secs(5))
@@ -101,10 +129,9 @@ impl PgStore {
         let waiters = Arc::new(Waiters::default());
         // The LISTEN connection lives outside the operations' pool, so that
         // `pool_size` connections stay free for operations.
-        let listen_url = config.listen_url.as_deref().unwrap_or(&config.url);
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect_lazy_with(connect_options(listen_url, &config.schema)?);
+            .connect_lazy_with(listen_options);
         let listener = spawn_listener(&listen_pool, &config.schema, Arc::clone(&waiters))
             .await
             .map_err(map)?;
