@@ -4,30 +4,20 @@
 //! exactly as a store does. A second run goes through bearer-token
 //! namespaces, which must not change any semantics.
 
-use std::sync::Arc;
+mod common;
 
+use common::serve_in_process;
 use onceflight_core::testkit::SuiteConfig;
 use onceflight_server::auth::Tokens;
 use onceflight_server::client::HttpStore;
-use onceflight_server::{AppState, Limits};
 use onceflight_store_memory::{MemoryConfig, MemoryStore};
 
 /// Serves a fresh memory store configured as `config` demands, with `tokens`,
 /// on an ephemeral loopback port, for as long as the test's runtime lives.
 /// Returns the service's base URL.
 async fn serve(config: SuiteConfig, tokens: Tokens) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let address = listener.local_addr().expect("the bound address");
     let store = MemoryStore::new(MemoryConfig::default().with_retention(config.retention));
-    let state = AppState::new(Arc::new(store), tokens, Limits::default());
-    tokio::spawn(onceflight_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    format!("http://{address}")
+    serve_in_process(store, tokens).await
 }
 
 /// A fresh service without authentication, and a client for it.

@@ -7,18 +7,13 @@
 //! Needs `DATABASE_URL`; without it every case skips and says so, unless
 //! `ONCEFLIGHT_REQUIRE_BACKENDS=1`.
 
-use std::sync::Arc;
+mod common;
 
+use common::serve_in_process;
 use onceflight_core::testkit::{SuiteConfig, unique_name};
 use onceflight_server::auth::Tokens;
 use onceflight_server::client::HttpStore;
-use onceflight_server::{AppState, Limits};
 use onceflight_store_postgres::{PgConfig, PgStore};
-
-/// A schema name no other test uses.
-fn fresh_schema() -> String {
-    unique_name("t_http")
-}
 
 /// Serves a migrated Postgres store in a fresh schema, with the suite's
 /// retention, on an ephemeral loopback port for as long as the test's
@@ -27,25 +22,15 @@ async fn setup(config: SuiteConfig) -> HttpStore {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (checked by the macro)");
     let store = PgStore::connect(
         PgConfig::new(url)
-            .with_schema(fresh_schema())
+            .with_schema(unique_name("t_http"))
             .with_retention(config.retention)
             .with_pool_size(4),
     )
     .await
     .expect("connect to DATABASE_URL");
     store.migrate().await.expect("migrate a fresh schema");
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let address = listener.local_addr().expect("the bound address");
-    let state = AppState::new(Arc::new(store), Tokens::default(), Limits::default());
-    tokio::spawn(onceflight_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    HttpStore::new(&format!("http://{address}")).expect("a valid base URL")
+    let base = serve_in_process(store, Tokens::default()).await;
+    HttpStore::new(&base).expect("a valid base URL")
 }
 
 onceflight_core::conformance_tests!(setup, requires "DATABASE_URL");

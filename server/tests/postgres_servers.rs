@@ -7,16 +7,15 @@
 //! `ONCEFLIGHT_REQUIRE_BACKENDS=1`. Each test works in a fresh schema and
 //! kills its servers when dropped.
 
-use std::fs::File;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::{Launch, call, client, onceflight};
 use onceflight_core::testkit::{backend_available, unique_name};
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::task::JoinSet;
 
 /// How long a server may take to answer `/readyz` after it is spawned
@@ -27,6 +26,9 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// database's `max_connections`.
 const POOL_SIZE: &str = "4";
 
+/// The prefix of this file's schema names ([`unique_name`]).
+const SCHEMA: &str = "t_srv";
+
 /// The database, or `None` (after saying so loudly) when the test must skip.
 fn database_url() -> Option<String> {
     if !backend_available(Some("DATABASE_URL")) {
@@ -35,229 +37,32 @@ fn database_url() -> Option<String> {
     std::env::var("DATABASE_URL").ok()
 }
 
-/// A schema name no other test uses.
-fn fresh_schema() -> String {
-    unique_name("t_srv")
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("a local address").port()
-}
-
-/// A log file no other server of this run writes.
-fn log_path(what: &str) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    std::env::temp_dir().join(format!(
-        "onceflight-pg-{what}-{}-{}.log",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ))
-}
-
-/// `onceflight <args>`, with none of the caller's `ONCEFLIGHT_*` variables
-/// and info logs on.
-fn onceflight(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_onceflight"));
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .env("RUST_LOG", "info");
-    for (name, _) in std::env::vars() {
-        if name.starts_with("ONCEFLIGHT_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-/// A running `onceflight serve`, killed when dropped. Its logs go to a file
-/// so they can be shown when a test fails.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Spawns `onceflight serve` on a free loopback port, on `database` in
-    /// `schema`, with `extra` arguments; does not wait.
-    fn spawn(database: &str, schema: &str, extra: &[&str]) -> Self {
-        let bind = format!("127.0.0.1:{}", free_port());
-        let log = log_path("serve");
-        let log_file = File::create(&log).expect("create the log file");
-        let mut command = onceflight(&[
-            "serve",
-            "--bind",
-            &bind,
+/// `onceflight serve` on a free loopback port, on `database` in `schema`,
+/// with `extra` arguments and info logs; ready once `/readyz` answers 200
+/// (the store answers) within [`STARTUP`].
+fn pg_server(database: &str, schema: &str, extra: &[&str]) -> Launch {
+    Launch::new()
+        .args(&[
             "--store",
             database,
             "--pg-schema",
             schema,
             "--pg-pool-size",
             POOL_SIZE,
-        ]);
-        command
-            .args(extra)
-            .stdout(log_file.try_clone().expect("clone the log file"))
-            .stderr(log_file);
-        let child = command.spawn().expect("spawn onceflight serve");
-        Self {
-            child,
-            base: format!("http://{bind}"),
-            log,
-        }
-    }
-
-    /// Spawns a server and waits until it is ready.
-    async fn start(database: &str, schema: &str, extra: &[&str]) -> Self {
-        let mut server = Self::spawn(database, schema, extra);
-        server.wait_ready().await;
-        server
-    }
-
-    /// Waits (bounded) until `/readyz` answers 200: the store answers.
-    async fn wait_ready(&mut self) {
-        let client = client();
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll the server") {
-                panic!(
-                    "the server exited with {status} before it was ready:\n{}",
-                    self.logs()
-                );
-            }
-            if let Ok(response) = client.get(self.url("/readyz")).send().await
-                && response.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server was not ready within {STARTUP:?}:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll the server") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server was still running after {within:?}:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// SIGTERM, then waits (bounded) for a successful exit.
-    async fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        let signalled = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(signalled.success(), "kill -TERM {pid}: {signalled}");
-        let status = self.wait_exit(Duration::from_secs(10)).await;
-        assert!(
-            status.success(),
-            "the server exits successfully on SIGTERM, got {status}:\n{}",
-            self.logs()
-        );
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Errors mean the process is gone already.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("an HTTP client")
-}
-
-/// A reply: status and the body parsed as JSON (`Null` if none).
-#[derive(Debug)]
-struct Reply {
-    what: String,
-    status: StatusCode,
-    json: Value,
-}
-
-impl Reply {
-    #[track_caller]
-    fn expect(&self, status: StatusCode) -> &Value {
-        assert_eq!(
-            self.status, status,
-            "{}: expected {status}, got {} {}",
-            self.what, self.status, self.json
-        );
-        &self.json
-    }
-
-    #[track_caller]
-    fn token(&self) -> u64 {
-        self.json["token"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{}: no token in {}", self.what, self.json))
-    }
-}
-
-/// Sends one request; asserts that the answer is never a 5xx.
-async fn call(client: &reqwest::Client, method: Method, url: &str, body: Option<Value>) -> Reply {
-    let what = format!("{method} {url}");
-    let mut request = client.request(method, url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
-    assert!(
-        !status.is_server_error(),
-        "{what}: no response may be a 5xx here, got {status} {text}"
-    );
-    Reply {
-        what,
-        status,
-        json: serde_json::from_str(&text).unwrap_or(Value::Null),
-    }
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .ready_when("/readyz", STARTUP)
 }
 
 /// Runs `onceflight migrate` with `args` to completion.
 fn migrate(args: &[&str]) -> Output {
     let mut all = vec!["migrate"];
     all.extend_from_slice(args);
-    onceflight(&all).output().expect("run onceflight migrate")
+    onceflight(&all)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run onceflight migrate")
 }
 
 fn text(output: &Output) -> String {
@@ -275,17 +80,18 @@ async fn completed_results_survive_a_restart() {
     let Some(database) = database_url() else {
         return;
     };
-    let schema = fresh_schema();
+    let schema = unique_name(SCHEMA);
     let http = client();
     let key = "image%7Crestart";
     let result = json!({"url": "https://cdn/restart.png", "n": [1, 2, 3]});
 
-    let mut first = Server::start(&database, &schema, &[]).await;
+    let mut first = pg_server(&database, &schema, &[]).start().await;
     let claim = call(
         &http,
         Method::POST,
         &first.url(&format!("/v1/requests/{key}/claim")),
         Some(json!({"kind": "image", "owner": "w1"})),
+        None,
     )
     .await;
     claim.expect(StatusCode::CREATED);
@@ -295,17 +101,19 @@ async fn completed_results_survive_a_restart() {
         Method::POST,
         &first.url(&format!("/v1/requests/{key}/complete")),
         Some(json!({"token": token, "result": result})),
+        None,
     )
     .await
     .expect(StatusCode::OK);
     first.terminate().await;
     drop(first);
 
-    let second = Server::start(&database, &schema, &[]).await;
+    let second = pg_server(&database, &schema, &[]).start().await;
     let record = call(
         &http,
         Method::GET,
         &second.url(&format!("/v1/requests/{key}")),
+        None,
         None,
     )
     .await;
@@ -319,6 +127,7 @@ async fn completed_results_survive_a_restart() {
         Method::POST,
         &second.url(&format!("/v1/requests/{key}/claim")),
         Some(json!({"kind": "image", "owner": "w2"})),
+        None,
     )
     .await;
     let body = again.expect(StatusCode::OK);
@@ -336,10 +145,10 @@ async fn two_servers_on_one_schema_grant_one_lease() {
     let Some(database) = database_url() else {
         return;
     };
-    let schema = fresh_schema();
+    let schema = unique_name(SCHEMA);
     // Both start (and migrate) at once, as a fleet does.
-    let mut a = Server::spawn(&database, &schema, &[]);
-    let mut b = Server::spawn(&database, &schema, &[]);
+    let mut a = pg_server(&database, &schema, &[]).spawn();
+    let mut b = pg_server(&database, &schema, &[]).spawn();
     a.wait_ready().await;
     b.wait_ready().await;
     let urls = [
@@ -355,7 +164,7 @@ async fn two_servers_on_one_schema_grant_one_lease() {
         herd.spawn(async move {
             start.wait().await;
             let body = json!({"kind": "image", "owner": format!("w{i}"), "lease_ms": 60000});
-            (i, call(&http, Method::POST, &url, Some(body)).await)
+            (i, call(&http, Method::POST, &url, Some(body), None).await)
         });
     }
     let replies = herd.join_all().await;
@@ -391,9 +200,9 @@ async fn a_long_poll_wakes_when_another_server_completes() {
     let Some(database) = database_url() else {
         return;
     };
-    let schema = fresh_schema();
-    let mut a = Server::spawn(&database, &schema, &[]);
-    let mut b = Server::spawn(&database, &schema, &[]);
+    let schema = unique_name(SCHEMA);
+    let mut a = pg_server(&database, &schema, &[]).spawn();
+    let mut b = pg_server(&database, &schema, &[]).spawn();
     a.wait_ready().await;
     b.wait_ready().await;
     let http = client();
@@ -404,6 +213,7 @@ async fn a_long_poll_wakes_when_another_server_completes() {
         Method::POST,
         &b.url(&format!("/v1/requests/{key}/claim")),
         Some(json!({"kind": "image", "owner": "worker-b", "lease_ms": 60000})),
+        None,
     )
     .await;
     claim.expect(StatusCode::CREATED);
@@ -412,7 +222,7 @@ async fn a_long_poll_wakes_when_another_server_completes() {
     let url = a.url(&format!("/v1/requests/{key}?wait_ms=20000"));
     let asked = Instant::now();
     let held = tokio::spawn(async move {
-        let reply = call(&client(), Method::GET, &url, None).await;
+        let reply = call(&client(), Method::GET, &url, None, None).await;
         (reply, Instant::now())
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -427,6 +237,7 @@ async fn a_long_poll_wakes_when_another_server_completes() {
         Method::POST,
         &b.url(&format!("/v1/requests/{key}/complete")),
         Some(json!({"token": token, "result": {"url": "https://cdn/wake.png"}})),
+        None,
     )
     .await
     .expect(StatusCode::OK);
@@ -462,7 +273,7 @@ async fn migrate_then_serve_without_migrating() {
     let Some(database) = database_url() else {
         return;
     };
-    let schema = fresh_schema();
+    let schema = unique_name(SCHEMA);
     let output = migrate(&["--store", &database, "--pg-schema", &schema]);
     let logs = text(&output);
     assert!(
@@ -482,13 +293,16 @@ async fn migrate_then_serve_without_migrating() {
         text(&again)
     );
 
-    let server = Server::start(&database, &schema, &["--no-migrate"]).await;
+    let server = pg_server(&database, &schema, &["--no-migrate"])
+        .start()
+        .await;
     let http = client();
     let claim = call(
         &http,
         Method::POST,
         &server.url("/v1/requests/image%7Cmigrated/claim"),
         Some(json!({"kind": "image"})),
+        None,
     )
     .await;
     claim.expect(StatusCode::CREATED);
@@ -497,12 +311,13 @@ async fn migrate_then_serve_without_migrating() {
         Method::POST,
         &server.url("/v1/requests/image%7Cmigrated/complete"),
         Some(json!({"token": claim.token(), "result": "done"})),
+        None,
     )
     .await
     .expect(StatusCode::OK);
     drop(server);
 
-    let mut unmigrated = Server::spawn(&database, &fresh_schema(), &["--no-migrate"]);
+    let mut unmigrated = pg_server(&database, &unique_name(SCHEMA), &["--no-migrate"]).spawn();
     let status = unmigrated.wait_exit(STARTUP).await;
     let logs = unmigrated.logs();
     assert!(
