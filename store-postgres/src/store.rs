@@ -24,6 +24,9 @@ use crate::waiters::{Waiters, spawn_listener};
 /// The embedded migrations (`migrations/`), applied by [`PgStore::migrate`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Longest retention honoured (100 years): "keep forever" in practice.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Rows past retention deleted per statement by [`RequestStore::sweep`].
 const SWEEP_BATCH: i64 = 1000;
 
@@ -138,7 +141,8 @@ impl PgStore {
         Ok(Self {
             pool,
             schema: config.schema,
-            retention_ms: i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX),
+            // Clamped to 100 years ("forever"), which Postgres intervals hold.
+            retention_ms: ms(config.retention.min(MAX_RETENTION)),
             wait_fallback: config.wait_fallback.max(Duration::from_millis(10)),
             waiters,
             listener,
