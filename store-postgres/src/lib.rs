@@ -4,7 +4,8 @@
 //!
 //! - Every operation is one round trip: a call of a SQL function from the
 //!   embedded migrations, deciding atomically with Postgres's clock
-//!   (`clock_timestamp()`).
+//!   (`clock_timestamp()`). (sqlx prepares each statement once per pooled
+//!   connection, one extra round trip the first time it is used there.)
 //! - `claim_or_get` reads first and answers hits (a live lease, a result, a
 //!   final failure) from a plain snapshot read: no row lock, no transaction
 //!   id, no WAL. Only a due write (fresh record, takeover, retry) locks the
