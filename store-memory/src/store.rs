@@ -75,6 +75,20 @@ impl Shard {
     fn live(&mut self, key: &RequestKey, now: Instant) -> Option<&mut Entry> {
         self.records.get_mut(key).filter(|e| e.expires_at > now)
     }
+
+    /// The live record of `key` if `accepts` it for a fenced operation with
+    /// `token`; otherwise `LeaseLost`.
+    fn fenced(
+        &mut self,
+        key: &RequestKey,
+        token: Token,
+        now: Instant,
+        accepts: impl FnOnce(&Entry) -> bool,
+    ) -> Result<&mut Entry> {
+        self.live(key, now)
+            .filter(|e| accepts(e))
+            .ok_or_else(|| lease_lost(key, token))
+    }
 }
 
 /// Hands out the shard's next token.
@@ -345,10 +359,7 @@ impl RequestStore for MemoryStore {
         let ttl = ttl.map(check_lease_ttl).transpose()?;
         let now = Instant::now();
         let mut shard = self.shard(key).lock();
-        let entry = shard
-            .live(key, now)
-            .filter(|e| e.holds(token))
-            .ok_or_else(|| lease_lost(key, token))?;
+        let entry = shard.fenced(key, token, now, |e| e.holds(token))?;
         entry.lease_expires_at = now + ttl.unwrap_or(entry.lease_ttl);
         entry.updated_at = now;
         entry.expires_at = entry.lease_expires_at + self.retention;
@@ -361,10 +372,7 @@ impl RequestStore for MemoryStore {
     async fn complete(&self, key: &RequestKey, token: Token, result: Bytes) -> Result<Record> {
         let now = Instant::now();
         let mut shard = self.shard(key).lock();
-        let entry = shard
-            .live(key, now)
-            .filter(|e| e.token == token)
-            .ok_or_else(|| lease_lost(key, token))?;
+        let entry = shard.fenced(key, token, now, |e| e.token == token)?;
         match entry.state {
             RecordState::Processing if !entry.released => {
                 entry.state = RecordState::Completed;
@@ -386,10 +394,7 @@ impl RequestStore for MemoryStore {
     async fn fail(&self, key: &RequestKey, token: Token, error: &JobError) -> Result<Record> {
         let now = Instant::now();
         let mut shard = self.shard(key).lock();
-        let entry = shard
-            .live(key, now)
-            .filter(|e| e.token == token)
-            .ok_or_else(|| lease_lost(key, token))?;
+        let entry = shard.fenced(key, token, now, |e| e.token == token)?;
         match entry.state {
             RecordState::Processing if !entry.released => {
                 entry.set_failed(error.clone(), now, self.retention);
@@ -405,10 +410,7 @@ impl RequestStore for MemoryStore {
     async fn release(&self, key: &RequestKey, token: Token) -> Result<Record> {
         let now = Instant::now();
         let mut shard = self.shard(key).lock();
-        let entry = shard
-            .live(key, now)
-            .filter(|e| e.holds(token))
-            .ok_or_else(|| lease_lost(key, token))?;
+        let entry = shard.fenced(key, token, now, |e| e.holds(token))?;
         entry.released = true;
         entry.lease_expires_at = now;
         entry.updated_at = now;
