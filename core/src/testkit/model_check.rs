@@ -422,7 +422,8 @@ impl<'a, S: RequestStore> Run<'a, S> {
             }
             Op::Complete { token, .. } => {
                 let (model_token, store_token) = self.tokens[k].pick(token);
-                let result = Bytes::from(format!("result of step {step}"));
+                // JSON text, so that the harness runs over the HTTP API too.
+                let result = Bytes::from(format!("\"result of step {step}\""));
                 let expected = self
                     .model
                     .complete(key.as_str(), model_token, result.clone());
