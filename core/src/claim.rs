@@ -5,7 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::types::{Fingerprint, JobError, Kind, Owner, RequestKey, Token};
+use crate::error::{Error, Result};
+use crate::types::{ClaimOptions, Fingerprint, JobError, Kind, Owner, RequestKey, Token};
 
 /// A point in time on the store's clock, as UTC.
 pub type Timestamp = DateTime<Utc>;
@@ -207,6 +208,87 @@ impl Record {
     /// record is terminal or its lease is over.
     pub fn is_settled(&self) -> bool {
         self.state.is_terminal() || self.lease_expired()
+    }
+}
+
+/// How a store decided a claim, for stores whose atomic step answers the
+/// record it decided on plus a decision (the Postgres function, the Redis
+/// script); [`Record::into_claim`] turns the pair into a [`Claim`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Decision {
+    /// A lease was granted: the record holds it.
+    Acquired {
+        /// The lease's time to live.
+        ttl: Duration,
+        /// Whether it took over an expired lease.
+        takeover: bool,
+    },
+    /// Another worker holds a live lease.
+    InFlight,
+    /// The record is completed.
+    Completed,
+    /// The record failed and no lease is granted now.
+    Failed,
+    /// The claim's kind or fingerprint differs from the record's.
+    Mismatch,
+}
+
+impl Record {
+    /// The [`Claim`] answering `decision` on this record (as read by the same
+    /// atomic step), or `FingerprintMismatch`. A record that contradicts the
+    /// decision (a lease without an end) is a `Backend` error of `backend`.
+    pub fn into_claim(
+        self,
+        decision: Decision,
+        options: &ClaimOptions,
+        backend: &'static str,
+    ) -> Result<Claim> {
+        let corrupt = |what: &str| Error::Backend {
+            backend,
+            message: format!("{what} for key {:?}", self.key.as_str()),
+        };
+        Ok(match decision {
+            Decision::Acquired { ttl, takeover } => Claim::Acquired(Lease {
+                token: self.token,
+                attempt: self.attempt,
+                ttl,
+                expires_at: self
+                    .lease_expires_at
+                    .ok_or_else(|| corrupt("a granted lease without an end"))?,
+                remaining: self.lease_remaining.unwrap_or_default(),
+                takeover,
+                key: self.key,
+            }),
+            Decision::InFlight => Claim::InFlight(InFlight {
+                token: self.token,
+                attempt: self.attempt,
+                lease_expires_at: self
+                    .lease_expires_at
+                    .ok_or_else(|| corrupt("a live lease without an end"))?,
+                remaining: self.lease_remaining.unwrap_or_default(),
+                owner: self.owner,
+                key: self.key,
+            }),
+            Decision::Completed => Claim::Completed(Completed {
+                token: self.token,
+                attempt: self.attempt,
+                result: self.result.ok_or_else(|| corrupt("a completed record without a result"))?,
+                completed_at: self.completed_at.unwrap_or(self.updated_at),
+                key: self.key,
+            }),
+            Decision::Failed => Claim::Failed(Failed {
+                token: self.token,
+                attempt: self.attempt,
+                error: self
+                    .error
+                    .ok_or_else(|| corrupt("a failed record without an error"))?,
+                retry_after: self.retry_after,
+                key: self.key,
+            }),
+            Decision::Mismatch => {
+                return Err(Error::fingerprint_mismatch(&self.key, &self.kind, options));
+            }
+        })
     }
 }
 

@@ -13,17 +13,20 @@
 mod claim;
 mod coordinator;
 mod error;
+mod redact;
 mod store;
 mod types;
+pub mod waiters;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use claim::{
-    Claim, Completed, Failed, InFlight, Lease, Record, RecordState, Renewal, Timestamp,
+    Claim, Completed, Decision, Failed, InFlight, Lease, Record, RecordState, Renewal, Timestamp,
 };
 pub use coordinator::{Coordinator, JobContext, Outcome, RunError, Source};
 pub use error::{Error, Result};
+pub use redact::redact_url;
 pub use store::RequestStore;
 pub use types::{
     ClaimOptions, DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETENTION,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use onceflight_core::DEFAULT_RETENTION;
+use onceflight_core::{DEFAULT_RETENTION, redact_url as redact};
 
 /// How a [`crate::PgStore`] connects and behaves.
 ///
@@ -79,20 +79,6 @@ impl fmt::Debug for PgConfig {
             .field("retention", &self.retention)
             .field("wait_fallback", &self.wait_fallback)
             .finish()
-    }
-}
-
-/// `url` with its password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(start), Some(at)) if at > start => {
-            let userinfo = &url[start + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..start + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -9,17 +9,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use onceflight_core::{
-    Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
-    Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token, check_lease_ttl,
+    Claim, ClaimOptions, Decision, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState,
+    Renewal, RequestKey, RequestStore, Result, Token, check_lease_ttl,
 };
+use onceflight_core::waiters::{Waiters, wait_pushed};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use crate::config::{PgConfig, redact};
+use crate::config::PgConfig;
 use crate::error::{BACKEND, map};
-use crate::waiters::{Waiters, spawn_listener};
+use crate::waiters::spawn_listener;
 
 /// The embedded migrations (`migrations/`), applied by [`PgStore::migrate`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -83,7 +83,7 @@ fn check_schema(schema: &str) -> Result<()> {
 
 fn connect_options(url: &str, schema: &str) -> Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(url)
-        .map_err(|e| invalid_config(format!("invalid database URL {}: {e}", redact(url))))?;
+        .map_err(|e| invalid_config(format!("invalid database URL {}: {e}", onceflight_core::redact_url(url))))?;
     Ok(options
         .options([("search_path", schema)])
         .application_name("onceflight"))
@@ -306,47 +306,18 @@ impl RequestStore for PgStore {
         .fetch_one(&self.pool)
         .await
         .map_err(map)?;
-        let outcome: String = get(&row, "outcome")?;
-        let r = record(&row, key)?;
-        Ok(match outcome.as_str() {
-            "acquired" => Claim::Acquired(Lease {
-                key: key.clone(),
-                token: r.token,
-                attempt: r.attempt,
+        let decision = match get::<String>(&row, "outcome")?.as_str() {
+            "acquired" => Decision::Acquired {
                 ttl: millis(get(&row, "lease_ttl_ms")?),
-                expires_at: r
-                    .lease_expires_at
-                    .ok_or_else(|| corrupt("a granted lease without an end".into()))?,
-                remaining: r.lease_remaining.unwrap_or_default(),
                 takeover: get(&row, "takeover")?,
-            }),
-            "in_flight" => Claim::InFlight(InFlight {
-                key: key.clone(),
-                token: r.token,
-                attempt: r.attempt,
-                owner: r.owner,
-                lease_expires_at: r
-                    .lease_expires_at
-                    .ok_or_else(|| corrupt("a live lease without an end".into()))?,
-                remaining: r.lease_remaining.unwrap_or_default(),
-            }),
-            "completed" => Claim::Completed(Completed {
-                key: key.clone(),
-                token: r.token,
-                attempt: r.attempt,
-                result: r.result.unwrap_or_default(),
-                completed_at: r.completed_at.unwrap_or(r.updated_at),
-            }),
-            "failed" => Claim::Failed(Failed {
-                key: key.clone(),
-                token: r.token,
-                attempt: r.attempt,
-                error: r.error.unwrap_or_else(|| JobError::retryable("failed")),
-                retry_after: r.retry_after,
-            }),
-            "mismatch" => return Err(Error::fingerprint_mismatch(key, &r.kind, options)),
+            },
+            "in_flight" => Decision::InFlight,
+            "completed" => Decision::Completed,
+            "failed" => Decision::Failed,
+            "mismatch" => Decision::Mismatch,
             other => return Err(corrupt(format!("unknown claim outcome {other:?}"))),
-        })
+        };
+        record(&row, key)?.into_claim(decision, options, BACKEND)
     }
 
     async fn renew(
@@ -429,28 +400,10 @@ impl RequestStore for PgStore {
     }
 
     async fn wait(&self, key: &RequestKey, timeout: Duration) -> Result<Option<Record>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Subscribe before reading, so a change between the read and the
-            // wait still wakes us.
-            let mut changed = self.waiters.subscribe(key.as_str());
-            let record = self.get(key).await?;
-            let now = Instant::now();
-            let Some(record) = record else {
-                return Ok(None);
-            };
-            if record.is_settled() || now >= deadline {
-                return Ok(Some(record));
-            }
-            // The lease's end on the database's clock, as time left from now;
-            // the fallback bounds how long a lost notification can delay us.
-            let lease_end = now + record.lease_remaining.unwrap_or_default();
-            let wake_at = deadline.min(lease_end).min(now + self.wait_fallback);
-            tokio::select! {
-                _ = changed.changed() => {}
-                () = tokio::time::sleep_until(wake_at) => {}
-            }
-        }
+        wait_pushed(&self.waiters, key, timeout, self.wait_fallback, || {
+            self.get(key)
+        })
+        .await
     }
 
     async fn delete(&self, key: &RequestKey) -> Result<bool> {

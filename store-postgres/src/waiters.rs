@@ -1,55 +1,16 @@
 //! LISTEN/NOTIFY fan-out: one listening connection per store instance wakes
 //! any number of in-process waiters.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use onceflight_core::waiters::Waiters;
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The channel every onceflight schema notifies on; payloads are
 /// `<schema>:<key>`.
 pub(crate) const CHANNEL: &str = "onceflight";
-
-/// Waiters by key. A notification drops the key's sender, which wakes every
-/// receiver; the next waiter creates a new one.
-#[derive(Debug, Default)]
-pub(crate) struct Waiters {
-    by_key: Mutex<HashMap<String, watch::Sender<()>>>,
-}
-
-impl Waiters {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<()>>> {
-        self.by_key.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Registers interest in `key`; the receiver's `changed()` resolves (with
-    /// an error) at the next notification for it. Register before reading
-    /// the record, so that no notification can slip in between.
-    pub(crate) fn subscribe(&self, key: &str) -> watch::Receiver<()> {
-        let mut by_key = self.lock();
-        if by_key.len() > 1024 {
-            // Forget keys whose waiters all left without a notification.
-            by_key.retain(|_, sender| sender.receiver_count() > 0);
-        }
-        by_key
-            .entry(key.to_owned())
-            .or_insert_with(|| watch::channel(()).0)
-            .subscribe()
-    }
-
-    fn wake(&self, key: &str) {
-        self.lock().remove(key);
-    }
-
-    /// Wakes everyone, so that each re-reads its record: after the listening
-    /// connection was lost, notifications may have been missed.
-    fn wake_all(&self) {
-        self.lock().clear();
-    }
-}
 
 /// Starts the listening task: LISTEN on [`CHANNEL`] and wake the waiters of
 /// each notified key of `schema`. The first LISTEN happens before this

@@ -3,14 +3,15 @@
 //! same on every machine that can build the project).
 //!
 //! The commands are described in [`USAGE`]. `test` is the one that matters
-//! most: it provides the PostgreSQL and Redis servers that the backend tests
-//! need (design §10), so that `cargo xtask test` is the single command that
+//! most: it provides the PostgreSQL server, Redis server and Redis Cluster
+//! that the backend tests need (design §10), so that `cargo xtask test` is the single command that
 //! runs every test of every backend.
 
 mod lint;
 mod postgres;
 mod process;
 mod redis;
+mod redis_cluster;
 mod test;
 
 use std::process::ExitCode;
@@ -21,10 +22,12 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [args]
 
 commands:
-  test [cargo test args]  run every test of every backend. Uses DATABASE_URL and
-                          REDIS_URL when set; otherwise starts a throw-away
-                          PostgreSQL cluster and Redis server on free loopback
-                          ports and stops them afterwards. Extra arguments go to
+  test [cargo test args]  run every test of every backend. Uses DATABASE_URL,
+                          REDIS_URL and REDIS_CLUSTER_URLS (comma-separated
+                          seed URLs) when set; otherwise starts a throw-away
+                          PostgreSQL cluster, Redis server and 3-master Redis
+                          Cluster on free loopback ports and stops them
+                          afterwards. Extra arguments go to
                           `cargo test` (with `-p`/`--package`, only those
                           packages are tested instead of the whole workspace).
   lint                    `cargo fmt --check`, then clippy with -D warnings for

@@ -1,5 +1,7 @@
 //! `cargo xtask test`: every test of every backend, with the servers they
-//! need (design §10).
+//! need (design §10): PostgreSQL, a single Redis server and a three-master
+//! Redis Cluster, each either the caller's (from the environment) or a
+//! throw-away one started for this run.
 
 use std::ffi::OsString;
 
@@ -8,6 +10,7 @@ use anyhow::{Context, Result};
 use crate::postgres::Postgres;
 use crate::process;
 use crate::redis::Redis;
+use crate::redis_cluster::RedisCluster;
 
 /// Tells the tests that a missing backend is a failure, not a skip
 /// (conventions: "Tests").
@@ -16,9 +19,11 @@ const REQUIRE_BACKENDS: &str = "ONCEFLIGHT_REQUIRE_BACKENDS";
 /// Test threads per test binary unless `RUST_TEST_THREADS` is set.
 const TEST_THREADS: &str = "8";
 
-/// Runs `cargo test` with `DATABASE_URL` and `REDIS_URL` pointing at working
-/// servers: the caller's when set, otherwise throw-away ones that are
-/// stopped when this returns, whether the tests pass, fail or never start.
+/// Runs `cargo test` with `DATABASE_URL`, `REDIS_URL` and
+/// `REDIS_CLUSTER_URLS` (comma-separated seed URLs of a Redis Cluster)
+/// pointing at working servers: the caller's when set, otherwise throw-away
+/// ones that are stopped when this returns, whether the tests pass, fail or
+/// never start.
 pub(crate) fn run(extra_args: &[String]) -> Result<()> {
     // Dropped at the end of this function (also on `?`), which stops
     // whatever was started.
@@ -63,6 +68,26 @@ pub(crate) fn run(extra_args: &[String]) -> Result<()> {
             url
         }
     };
+    let redis_cluster_urls = match env_url("REDIS_CLUSTER_URLS")? {
+        Some(urls) => {
+            let redacted: Vec<String> = urls.split(',').map(process::redact_url).collect();
+            eprintln!(
+                "xtask: using REDIS_CLUSTER_URLS from the environment: {}",
+                redacted.join(",")
+            );
+            urls
+        }
+        None => {
+            let cluster = RedisCluster::start()?;
+            let urls = cluster.urls();
+            eprintln!(
+                "xtask: started a throw-away Redis Cluster at {urls} (files in {})",
+                cluster.dir().display()
+            );
+            started.redis_cluster = Some(cluster);
+            urls
+        }
+    };
 
     let mut cargo = process::cargo();
     cargo
@@ -70,7 +95,8 @@ pub(crate) fn run(extra_args: &[String]) -> Result<()> {
         .args(test_args(extra_args))
         .env(REQUIRE_BACKENDS, "1")
         .env("DATABASE_URL", &database_url)
-        .env("REDIS_URL", &redis_url);
+        .env("REDIS_URL", &redis_url)
+        .env("REDIS_CLUSTER_URLS", &redis_cluster_urls);
     // Most backend tests spend their time waiting on leases and timers, not
     // on the CPU: more test threads than cores finish sooner on this 2-core
     // machine. The caller's own setting wins.
@@ -80,10 +106,12 @@ pub(crate) fn run(extra_args: &[String]) -> Result<()> {
     process::run(&mut cargo)
 }
 
-/// Servers this run started; dropping it stops them (Redis first, as it was
-/// started last).
+/// Servers this run started; dropping it stops them in the reverse order of
+/// their start (fields drop in declaration order): the Redis Cluster first,
+/// then Redis, then PostgreSQL.
 #[derive(Default)]
 struct Started {
+    redis_cluster: Option<RedisCluster>,
     redis: Option<Redis>,
     postgres: Option<Postgres>,
 }

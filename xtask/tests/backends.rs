@@ -1,5 +1,6 @@
 //! Smoke tests for the servers `cargo xtask test` provides: each proves that
-//! the URL it is handed reaches a server that really answers.
+//! the URL it is handed reaches a server that really answers (and, for the
+//! Redis Cluster, that the cluster is whole).
 
 use onceflight_core::testkit::backend_url;
 use sqlx::Connection as _;
@@ -36,4 +37,52 @@ async fn redis_answers_ping() {
         .await
         .expect("send PING");
     assert_eq!(reply, "PONG", "Redis should answer PING with PONG");
+}
+
+#[tokio::test]
+async fn redis_cluster_is_healthy_with_three_masters() {
+    let Some(urls) = backend_url("REDIS_CLUSTER_URLS") else {
+        return;
+    };
+    // Every seed is asked on its own, with a plain (non-cluster) connection:
+    // each node must agree that the cluster is whole.
+    for (index, url) in urls.split(',').map(str::trim).enumerate() {
+        let client = redis::Client::open(url)
+            .unwrap_or_else(|error| panic!("seed {index} of REDIS_CLUSTER_URLS: {error}"));
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|error| {
+                panic!("connect to seed {index} of REDIS_CLUSTER_URLS: {error}")
+            });
+
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .expect("send CLUSTER INFO");
+        assert!(
+            info.lines().any(|line| line.trim() == "cluster_state:ok"),
+            "seed {index} should report cluster_state:ok, its CLUSTER INFO was:\n{info}"
+        );
+
+        // Each line is `<id> <address> <flags> ...`, flags comma-separated.
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await
+            .expect("send CLUSTER NODES");
+        let masters = nodes
+            .lines()
+            .filter(|line| {
+                line.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|flags| flags.split(',').any(|flag| flag == "master"))
+            })
+            .count();
+        assert_eq!(
+            masters, 3,
+            "seed {index} should list 3 masters, its CLUSTER NODES was:\n{nodes}"
+        );
+    }
 }

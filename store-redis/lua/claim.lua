@@ -1,0 +1,78 @@
+-- claim_or_get (design §3), the one atomic decision.
+-- ARGV: channel, key, kind, fingerprint ('' = none), owner ('' = none),
+--       lease ms, max attempts, backoff ms, retention ms.
+local kind, fp, owner = ARGV[3], ARGV[4], ARGV[5]
+local lease_ms, retention = tonumber(ARGV[6]), tonumber(ARGV[9])
+local now_us, now = clock()
+
+-- Grants a lease with `token` on the record and in the lease key.
+local function grant(token, fields)
+    local lexp = now + lease_ms
+    redis.call('HSET', KEYS[1], 'state', 'processing', 'token', int(token), 'ttl', int(lease_ms),
+        'lexp', int(lexp), 'rel', '0', 'updated', int(now), unpack(fields))
+    if owner == '' then
+        redis.call('HDEL', KEYS[1], 'owner')
+    else
+        redis.call('HSET', KEYS[1], 'owner', owner)
+    end
+    -- A processing record is kept until its lease ends plus retention, so
+    -- an abandoned key is forgotten by Redis without a sweep.
+    keep_until(lexp + retention)
+    redis.call('SET', KEYS[2], int(token), 'PXAT', int(lexp))
+end
+
+local r = redis.call('HMGET', KEYS[1],
+    'kind', 'fp', 'state', 'token', 'attempt', 'max', 'rel', 'lexp', 'retry_at', 'failures')
+local state = r[3]
+
+if not state then
+    -- No record, or Redis expired it past retention: a fresh one. Its first
+    -- token must exceed any token a deleted predecessor had.
+    local token = next_token(now_us, tonumber(redis.call('GET', KEYS[3])))
+    local fields = { 'kind', kind, 'attempt', '1', 'max', ARGV[7], 'backoff', ARGV[8],
+        'failures', '0', 'created', int(now) }
+    if fp ~= '' then
+        fields[#fields + 1] = 'fp'
+        fields[#fields + 1] = fp
+    end
+    redis.call('DEL', KEYS[3])
+    grant(token, fields)
+    return answer('acquired', now, '0')
+end
+
+if r[1] ~= kind or (r[2] and fp ~= '' and r[2] ~= fp) then
+    return answer('mismatch', now)
+end
+if state == 'completed' then
+    return answer('completed', now)
+end
+local released = r[7] == '1'
+if state == 'processing' and lease_left(now, state, r[7], r[8]) > 0 then
+    return answer('in_flight', now)
+end
+if state == 'failed' and (not r[9] or tonumber(r[9]) > now) then
+    return answer('failed', now)
+end
+
+local attempt, max = tonumber(r[5]), tonumber(r[6])
+if state == 'processing' and not released and attempt >= max then
+    -- An expired lease with no attempt left is not taken over.
+    redis.call('HSET', KEYS[1], 'state', 'failed',
+        'emsg', 'lease expired on attempt ' .. int(attempt) .. ' of ' .. int(max),
+        'eretry', '1', 'failures', int(tonumber(r[10]) + 1), 'updated', int(now))
+    redis.call('HDEL', KEYS[1], 'retry_at', 'lexp')
+    redis.call('DEL', KEYS[2])
+    keep_until(now + retention)
+    wake()
+    return answer('failed', now)
+end
+
+-- Takeover of an expired lease, retry after backoff, or a new lease after a
+-- release (which does not count as an attempt).
+local takeover = state == 'processing' and not released
+if not released then
+    attempt = attempt + 1
+end
+redis.call('HDEL', KEYS[1], 'emsg', 'eretry', 'retry_at')
+grant(next_token(now_us, tonumber(r[4])), { 'attempt', int(attempt) })
+return answer('acquired', now, takeover and '1' or '0')

@@ -1,0 +1,106 @@
+-- Shared by every onceflight script: prepended to each operation's file when
+-- the store builds its scripts, so each operation is still one EVALSHA.
+--
+-- Keys of one request (all share one hash tag, so one cluster slot):
+--   KEYS[1]  the record, a hash (fields below); its TTL is the retention
+--   KEYS[2]  the lease, a string holding the token, written with
+--            SET … PXAT so that Redis itself retires an abandoned lease
+--   KEYS[3]  the fence: after `delete`, the last token, kept as long as the
+--            record would have been, so tokens keep increasing
+--
+-- Record fields: kind, fp, state (processing | completed | failed), token,
+-- attempt, max, backoff (ms), ttl (lease ms), owner, lexp (lease end, ms),
+-- rel ('1' once released), result, emsg, eretry ('1' | '0'), failures,
+-- retry_at (ms), created, updated, done (completed at), exp (retention end).
+-- Instants are milliseconds of Redis's clock (TIME), never the client's.
+
+local FIELDS = {
+    'kind', 'fp', 'state', 'token', 'attempt', 'max', 'owner', 'lexp', 'rel',
+    'result', 'emsg', 'eretry', 'retry_at', 'created', 'updated', 'done', 'exp', 'ttl'
+}
+
+-- Tokens stay below 2^53 (safe in JavaScript).
+local MAX_TOKEN = 9007199254740991
+
+-- Lua numbers are doubles; '%.0f' writes integers below 2^53 exactly, where
+-- tostring would switch to exponent notation.
+local function int(n)
+    return string.format('%.0f', n)
+end
+
+-- Redis's clock, in microseconds and milliseconds.
+local function clock()
+    local t = redis.call('TIME')
+    local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    return us, math.floor(us / 1000)
+end
+
+-- A new fencing token: Redis's clock in microseconds, or one more than the
+-- last token of this key (`last`) should that be higher. See the crate docs
+-- for why this keeps tokens increasing without a counter kept forever.
+local function next_token(now_us, last)
+    local token = now_us
+    if last and last + 1 > token then
+        token = last + 1
+    end
+    if token > MAX_TOKEN then
+        error('onceflight: fencing tokens exhausted')
+    end
+    return token
+end
+
+-- Time left on the lease of a processing record, in ms: zero once released
+-- or once Redis expired the lease key; nil for a terminal record.
+local function lease_left(now, state, rel, lexp)
+    if state ~= 'processing' then
+        return nil
+    end
+    if rel == '1' or redis.call('PTTL', KEYS[2]) <= 0 then
+        return 0
+    end
+    return math.max(0, tonumber(lexp) - now)
+end
+
+-- Keeps the record until `exp` (ms, Redis's clock).
+local function keep_until(exp)
+    redis.call('HSET', KEYS[1], 'exp', int(exp))
+    redis.call('PEXPIREAT', KEYS[1], int(exp))
+end
+
+-- The reply every script shares: { outcome, now, extra, lease_left,
+-- FIELDS… } as strings, absent values as nil.
+local function answer(outcome, now, extra)
+    local r = redis.call('HMGET', KEYS[1], unpack(FIELDS))
+    local left = false
+    if r[3] then
+        local l = lease_left(now, r[3], r[9], r[8])
+        if l then
+            left = int(l)
+        end
+    end
+    local out = { outcome, int(now), extra or '', left }
+    for i = 1, #FIELDS do
+        out[#out + 1] = r[i]
+    end
+    return out
+end
+
+-- Whether `token` is the current token of a processing, unreleased record:
+-- the fence every renew, complete, fail and release passes.
+local function holds(token)
+    local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'rel')
+    return r[1] == 'processing' and r[2] == token and r[3] ~= '1'
+end
+
+-- Wakes waiters on every instance: the channel is ARGV[1], the payload the
+-- request's key, ARGV[2].
+local function wake()
+    redis.call('PUBLISH', ARGV[1], ARGV[2])
+end
+
+-- A record already settled with `token` in `state`: the same call repeated
+-- after its reply was lost succeeds again, changing nothing.
+local function repeated(token, state)
+    local r = redis.call('HMGET', KEYS[1], 'state', 'token')
+    return r[1] == state and r[2] == token
+end

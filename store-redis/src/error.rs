@@ -1,0 +1,49 @@
+//! The Redis store's failures, mapped into `onceflight_core::Error`.
+
+use onceflight_core::Error;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+pub(crate) const BACKEND: &str = "redis";
+
+/// Maps a redis error: anything about reaching or keeping the server (I/O,
+/// timeouts, a dropped connection, a server loading its data or busy with a
+/// script, a cluster resharding or failing over, a read-only replica) is
+/// `Unavailable` and safe to retry; the rest means a bug, a damaged key or a
+/// misconfiguration.
+pub(crate) fn map(error: RedisError) -> Error {
+    let retryable = error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_cluster_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                )
+        )
+        // A script running past `busy-reply-threshold` blocks every client.
+        || error.code() == Some("BUSY");
+    if retryable {
+        Error::unavailable(BACKEND, error)
+    } else {
+        Error::Backend {
+            backend: BACKEND,
+            message: error.to_string(),
+        }
+    }
+}
+
+pub(crate) fn corrupt(message: String) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        message,
+    }
+}

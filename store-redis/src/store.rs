@@ -1,0 +1,625 @@
+//! `RedisStore`: every operation one Lua script (EVALSHA), judged by Redis's
+//! clock; leases are keys that Redis expires by itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use onceflight_core::waiters::{Waiters, wait_pushed};
+use onceflight_core::{
+    Claim, ClaimOptions, Decision, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState,
+    Renewal, RequestKey, RequestStore, Result, Token, check_lease_ttl, redact_url,
+};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
+use tokio::task::JoinHandle;
+
+use crate::config::RedisConfig;
+use crate::error::{BACKEND, corrupt, map};
+
+/// Longest retention honoured (100 years): "keep forever" in practice.
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The helpers every script shares, prepended to each.
+const LIB: &str = include_str!("../lua/lib.lua");
+
+/// A [`RequestStore`] on Redis or Redis Cluster.
+///
+/// Every operation is one round trip: an EVALSHA of one of the scripts in
+/// `lua/`, deciding atomically inside Redis with its clock (`TIME`). A
+/// lease is a key written with `SET … PXAT`, so Redis retires an abandoned
+/// lease by itself; records carry their retention as a TTL. Waiters are
+/// woken through pub/sub on one connection per store, fanned out in
+/// process.
+#[derive(Debug)]
+pub struct RedisStore {
+    conn: RedisConnection,
+    scripts: Scripts,
+    prefix: String,
+    channel: String,
+    retention_ms: u64,
+    wait_fallback: Duration,
+    waiters: Arc<Waiters>,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// The store's connection: one multiplexed connection to a server, kept up
+/// by a [`ConnectionManager`], or a cluster connection routing each command
+/// by its keys' slot. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// A single server (or a proxy in front of several).
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisConnection::Single(_) => "RedisConnection::Single",
+            RedisConnection::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConnection::Single(c) => c.req_packed_command(cmd),
+            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConnection::Single(c) => c.get_db(),
+            RedisConnection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// One script per atomic operation, each `lua/lib.lua` followed by the
+/// operation's file.
+#[derive(Debug)]
+struct Scripts {
+    claim: Script,
+    renew: Script,
+    complete: Script,
+    fail: Script,
+    release: Script,
+    get: Script,
+    delete: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{body}"))
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            claim: script(include_str!("../lua/claim.lua")),
+            renew: script(include_str!("../lua/renew.lua")),
+            complete: script(include_str!("../lua/complete.lua")),
+            fail: script(include_str!("../lua/fail.lua")),
+            release: script(include_str!("../lua/release.lua")),
+            get: script(include_str!("../lua/get.lua")),
+            delete: script(include_str!("../lua/delete.lua")),
+        }
+    }
+}
+
+fn invalid_config(reason: String) -> Error {
+    Error::InvalidInput {
+        field: "store",
+        reason,
+    }
+}
+
+/// The hash tag of a request: the 64-bit FNV-1a hash of its key, in hex.
+/// Every Redis key of one request carries it, so they share a cluster slot
+/// whatever characters (braces included) the request key holds. The hash
+/// is part of the stored layout: it must never change.
+fn hash_tag(key: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+impl RedisStore {
+    /// Connects with `config`: the operations' connection, and the pub/sub
+    /// connection, which has subscribed before this returns.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        if config.prefix.contains(['{', '}']) {
+            return Err(invalid_config(format!(
+                "key prefix {:?} must not contain braces: the store owns the hash tags",
+                config.prefix
+            )));
+        }
+        if config.urls.is_empty() {
+            return Err(invalid_config("no Redis URL given".to_owned()));
+        }
+        let clients = config
+            .urls
+            .iter()
+            .map(|url| {
+                Client::open(url.as_str()).map_err(|e| {
+                    invalid_config(format!("invalid Redis URL {}: {e}", redact_url(url)))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let conn = if config.cluster {
+            let client = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.response_timeout)
+                .build()
+                .map_err(|e| invalid_config(format!("invalid Redis Cluster configuration: {e}")))?;
+            RedisConnection::Cluster(client.get_async_connection().await.map_err(map)?)
+        } else {
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.response_timeout))
+                .set_number_of_retries(2);
+            RedisConnection::Single(
+                ConnectionManager::new_with_config(clients[0].clone(), manager)
+                    .await
+                    .map_err(map)?,
+            )
+        };
+        let channel = format!("{}wake", config.prefix);
+        let waiters = Arc::new(Waiters::default());
+        let pubsub = subscribe(&clients, &channel).await.map_err(map)?;
+        let listener = tokio::spawn(listen(pubsub, clients, channel.clone(), Arc::clone(&waiters)));
+        Ok(Self {
+            conn,
+            scripts: Scripts::new(),
+            prefix: config.prefix,
+            channel,
+            retention_ms: ms(config.retention.min(MAX_RETENTION)),
+            wait_fallback: config.wait_fallback.max(Duration::from_millis(10)),
+            waiters,
+            listener,
+        })
+    }
+
+    /// A handle on the store's connection, for benchmarks and tests that
+    /// measure the store beside bare commands on the same connection.
+    pub fn connection(&self) -> RedisConnection {
+        self.conn.clone()
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The Redis keys of a request: its record (a hash), its lease (a string
+    /// holding the token, expiring with the lease) and its fence (the last
+    /// token, kept for a while after `delete`).
+    pub fn redis_keys(&self, key: &RequestKey) -> [String; 3] {
+        let tag = hash_tag(key.as_str());
+        let key = key.as_str();
+        let prefix = &self.prefix;
+        [
+            format!("{prefix}{{{tag}}}:record:{key}"),
+            format!("{prefix}{{{tag}}}:lease:{key}"),
+            format!("{prefix}{{{tag}}}:fence:{key}"),
+        ]
+    }
+
+    /// Runs `script` for `key`; `args` follow the channel and the key.
+    async fn run(&self, script: &Script, key: &RequestKey, args: &[&[u8]]) -> Result<Reply> {
+        let mut invocation = script.prepare_invoke();
+        for redis_key in self.redis_keys(key) {
+            invocation.key(redis_key);
+        }
+        invocation.arg(&self.channel).arg(key.as_str());
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let values: Vec<Option<Vec<u8>>> = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map)?;
+        Reply::parse(values, key)
+    }
+
+    /// Runs a fenced script and returns the record it answered, or
+    /// `LeaseLost`.
+    async fn fenced(
+        &self,
+        script: &Script,
+        key: &RequestKey,
+        token: Token,
+        args: &[&[u8]],
+    ) -> Result<Record> {
+        let token_arg = token.get().to_string();
+        let mut all: Vec<&[u8]> = vec![token_arg.as_bytes()];
+        all.extend_from_slice(args);
+        let reply = self.run(script, key, &all).await?;
+        match (reply.outcome.as_str(), reply.record) {
+            ("ok", Some(record)) => Ok(record),
+            ("ok", None) => Err(corrupt(format!(
+                "a fenced operation succeeded without a record for {:?}",
+                key.as_str()
+            ))),
+            _ => Err(Error::lease_lost(key, token)),
+        }
+    }
+}
+
+/// Subscribes to `channel` through the first of `clients` that answers. In
+/// a cluster any node will do: a PUBLISH reaches subscribers on every node.
+async fn subscribe(clients: &[Client], channel: &str) -> redis::RedisResult<PubSub> {
+    let mut last_error = None;
+    for client in clients {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(channel).await {
+                Ok(()) => return Ok(pubsub),
+                Err(error) => last_error = Some(error),
+            },
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Redis URL"))
+    }))
+}
+
+/// The listening task: wakes the waiters of each published key; when the
+/// subscription drops, wakes everyone (messages may have been lost, so each
+/// re-reads its record) and subscribes again, backing off while Redis is
+/// away.
+async fn listen(first: PubSub, clients: Vec<Client>, channel: String, waiters: Arc<Waiters>) {
+    let mut pubsub = Some(first);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let subscription = match pubsub.take() {
+            Some(subscription) => subscription,
+            None => match subscribe(&clients, &channel).await {
+                Ok(subscription) => {
+                    tracing::info!("Redis pub/sub subscription restored");
+                    pause = Duration::from_millis(100);
+                    // Anything published while we were away is lost.
+                    waiters.wake_all();
+                    subscription
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Redis pub/sub subscription failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        let mut messages = subscription.into_on_message();
+        while let Some(message) = messages.next().await {
+            if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
+                waiters.wake(key);
+            }
+        }
+        tracing::warn!("Redis pub/sub connection lost; reconnecting");
+        waiters.wake_all();
+    }
+}
+
+/// A script's reply: `{ outcome, now, extra, lease_left, FIELDS… }`
+/// (`lua/lib.lua`).
+struct Reply {
+    outcome: String,
+    extra: String,
+    record: Option<Record>,
+}
+
+/// The record fields in `lua/lib.lua`'s `FIELDS` order.
+const FIELDS: [&str; 18] = [
+    "kind", "fp", "state", "token", "attempt", "max", "owner", "lexp", "rel", "result", "emsg",
+    "eretry", "retry_at", "created", "updated", "done", "exp", "ttl",
+];
+
+fn field(fields: &[Option<Vec<u8>>], name: &str) -> Option<Vec<u8>> {
+    let index = FIELDS.iter().position(|f| *f == name)?;
+    fields.get(index).cloned().flatten()
+}
+
+fn text(fields: &[Option<Vec<u8>>], name: &str) -> Result<Option<String>> {
+    field(fields, name)
+        .map(|bytes| {
+            String::from_utf8(bytes).map_err(|_| corrupt(format!("field {name} is not UTF-8")))
+        })
+        .transpose()
+}
+
+fn number(fields: &[Option<Vec<u8>>], name: &str) -> Result<Option<i64>> {
+    text(fields, name)?
+        .map(|t| {
+            t.parse::<i64>()
+                .map_err(|_| corrupt(format!("field {name} is not an integer: {t:?}")))
+        })
+        .transpose()
+}
+
+fn required<T>(value: Option<T>, name: &str) -> Result<T> {
+    value.ok_or_else(|| corrupt(format!("record field {name} is missing")))
+}
+
+fn instant(ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt(format!("instant {ms} out of range")))
+}
+
+fn millis(value: i64) -> Duration {
+    Duration::from_millis(u64::try_from(value).unwrap_or(0))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Reply {
+    fn parse(mut values: Vec<Option<Vec<u8>>>, key: &RequestKey) -> Result<Self> {
+        if values.len() < 2 {
+            return Err(corrupt(format!("a script replied {} values", values.len())));
+        }
+        let rest = values.split_off(2.min(values.len()));
+        let outcome = String::from_utf8(values.remove(0).unwrap_or_default())
+            .map_err(|_| corrupt("an outcome that is not UTF-8".into()))?;
+        let now = String::from_utf8(values.remove(0).unwrap_or_default())
+            .ok()
+            .and_then(|t| t.parse::<i64>().ok())
+            .ok_or_else(|| corrupt("a reply without Redis's time".into()))?;
+        if outcome == "none" {
+            return Ok(Self {
+                outcome,
+                extra: String::new(),
+                record: None,
+            });
+        }
+        let [extra, left, fields @ ..] = rest.as_slice() else {
+            return Err(corrupt(format!("a script replied {} values", rest.len() + 2)));
+        };
+        let extra = String::from_utf8(extra.clone().unwrap_or_default()).unwrap_or_default();
+        let left = left
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| t.parse::<i64>().ok());
+        let record = if field(fields, "state").is_some() {
+            Some(record(fields, now, left, key)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            outcome,
+            extra,
+            record,
+        })
+    }
+}
+
+fn record(
+    fields: &[Option<Vec<u8>>],
+    now: i64,
+    lease_left: Option<i64>,
+    key: &RequestKey,
+) -> Result<Record> {
+    let state = match required(text(fields, "state")?, "state")?.as_str() {
+        "processing" => RecordState::Processing,
+        "completed" => RecordState::Completed,
+        "failed" => RecordState::Failed,
+        other => return Err(corrupt(format!("unknown state {other:?}"))),
+    };
+    let processing = state == RecordState::Processing;
+    let token = required(number(fields, "token")?, "token")?;
+    let token = u64::try_from(token)
+        .ok()
+        .and_then(|t| Token::new(t).ok())
+        .ok_or_else(|| corrupt(format!("token {token} out of range")))?;
+    let count = |name: &str| -> Result<u32> {
+        Ok(u32::try_from(required(number(fields, name)?, name)?).unwrap_or(0))
+    };
+    let error = text(fields, "emsg")?
+        .map(|message| JobError::new(message, text(fields, "eretry").ok().flatten().as_deref() != Some("0")));
+    let lease_expires_at = if processing {
+        Some(instant(required(number(fields, "lexp")?, "lexp")?)?)
+    } else {
+        None
+    };
+    Ok(Record {
+        key: key.clone(),
+        kind: Kind::parse(required(text(fields, "kind")?, "kind")?)
+            .map_err(|e| corrupt(e.to_string()))?,
+        fingerprint: text(fields, "fp")?
+            .map(Fingerprint::parse)
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
+        state,
+        token,
+        attempt: count("attempt")?,
+        max_attempts: count("max")?,
+        owner: text(fields, "owner")?
+            .map(Owner::parse)
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
+        lease_expires_at,
+        lease_remaining: if processing {
+            Some(millis(lease_left.unwrap_or(0)))
+        } else {
+            None
+        },
+        result: field(fields, "result").map(Bytes::from),
+        error,
+        retry_after: if state == RecordState::Failed {
+            number(fields, "retry_at")?.map(|at| millis(at - now))
+        } else {
+            None
+        },
+        created_at: instant(required(number(fields, "created")?, "created")?)?,
+        updated_at: instant(required(number(fields, "updated")?, "updated")?)?,
+        completed_at: number(fields, "done")?.map(instant).transpose()?,
+        expires_at: Some(instant(required(number(fields, "exp")?, "exp")?)?),
+    })
+}
+
+#[async_trait]
+impl RequestStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn claim_or_get(&self, key: &RequestKey, options: &ClaimOptions) -> Result<Claim> {
+        let lease_ms = ms(options.lease_ttl()).to_string();
+        let max_attempts = options.max_attempts().to_string();
+        let backoff_ms = ms(options.retry_backoff()).to_string();
+        let retention_ms = self.retention_ms.to_string();
+        let reply = self
+            .run(
+                &self.scripts.claim,
+                key,
+                &[
+                    options.kind().as_str().as_bytes(),
+                    options.fingerprint().map_or("", Fingerprint::as_str).as_bytes(),
+                    options.owner().map_or("", Owner::as_str).as_bytes(),
+                    lease_ms.as_bytes(),
+                    max_attempts.as_bytes(),
+                    backoff_ms.as_bytes(),
+                    retention_ms.as_bytes(),
+                ],
+            )
+            .await?;
+        let record = reply
+            .record
+            .ok_or_else(|| corrupt(format!("a claim answered no record for {:?}", key.as_str())))?;
+        let decision = match reply.outcome.as_str() {
+            "acquired" => Decision::Acquired {
+                ttl: options.lease_ttl(),
+                takeover: reply.extra == "1",
+            },
+            "in_flight" => Decision::InFlight,
+            "completed" => Decision::Completed,
+            "failed" => Decision::Failed,
+            "mismatch" => Decision::Mismatch,
+            other => return Err(corrupt(format!("unknown claim outcome {other:?}"))),
+        };
+        record.into_claim(decision, options, BACKEND)
+    }
+
+    async fn renew(
+        &self,
+        key: &RequestKey,
+        token: Token,
+        ttl: Option<Duration>,
+    ) -> Result<Renewal> {
+        let ttl = ttl.map(check_lease_ttl).transpose()?;
+        let ttl_ms = ttl.map(|t| ms(t).to_string()).unwrap_or_default();
+        let retention_ms = self.retention_ms.to_string();
+        let record = self
+            .fenced(
+                &self.scripts.renew,
+                key,
+                token,
+                &[ttl_ms.as_bytes(), retention_ms.as_bytes()],
+            )
+            .await?;
+        Ok(Renewal {
+            expires_at: record
+                .lease_expires_at
+                .ok_or_else(|| corrupt("a renewed lease without an end".into()))?,
+            remaining: record.lease_remaining.unwrap_or_default(),
+        })
+    }
+
+    async fn complete(&self, key: &RequestKey, token: Token, result: Bytes) -> Result<Record> {
+        let retention_ms = self.retention_ms.to_string();
+        self.fenced(
+            &self.scripts.complete,
+            key,
+            token,
+            &[result.as_ref(), retention_ms.as_bytes()],
+        )
+        .await
+    }
+
+    async fn fail(&self, key: &RequestKey, token: Token, error: &JobError) -> Result<Record> {
+        let retention_ms = self.retention_ms.to_string();
+        let retryable: &[u8] = if error.is_retryable() { b"1" } else { b"0" };
+        self.fenced(
+            &self.scripts.fail,
+            key,
+            token,
+            &[
+                error.message().as_bytes(),
+                retryable,
+                retention_ms.as_bytes(),
+            ],
+        )
+        .await
+    }
+
+    async fn release(&self, key: &RequestKey, token: Token) -> Result<Record> {
+        let retention_ms = self.retention_ms.to_string();
+        self.fenced(
+            &self.scripts.release,
+            key,
+            token,
+            &[retention_ms.as_bytes()],
+        )
+        .await
+    }
+
+    async fn get(&self, key: &RequestKey) -> Result<Option<Record>> {
+        Ok(self.run(&self.scripts.get, key, &[]).await?.record)
+    }
+
+    async fn wait(&self, key: &RequestKey, timeout: Duration) -> Result<Option<Record>> {
+        wait_pushed(&self.waiters, key, timeout, self.wait_fallback, || {
+            self.get(key)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &RequestKey) -> Result<bool> {
+        let mut invocation = self.scripts.delete.prepare_invoke();
+        for redis_key in self.redis_keys(key) {
+            invocation.key(redis_key);
+        }
+        let deleted: i64 = invocation
+            .arg(&self.channel)
+            .arg(key.as_str())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map)?;
+        Ok(deleted == 1)
+    }
+
+    /// Nothing to do: Redis forgets records past retention by their own
+    /// TTL, and abandoned leases by theirs.
+    async fn sweep(&self) -> Result<u64> {
+        Ok(0)
+    }
+}

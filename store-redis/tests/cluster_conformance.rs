@@ -1,0 +1,6 @@
+//! The shared conformance suite on a three-master Redis Cluster (started by
+//! `cargo xtask test`): every request's keys share one slot.
+
+mod common;
+
+onceflight_core::conformance_tests!(common::cluster_setup, requires "REDIS_CLUSTER_URLS");

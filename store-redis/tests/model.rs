@@ -1,0 +1,15 @@
+//! Random operation sequences on Redis checked step by step against the
+//! reference model of design §3–§4 (real time). A binary of its own, so that
+//! no other test competes with its timing.
+
+mod common;
+
+use onceflight_core::testkit::{ModelCheckConfig, backend_available, check_against_model};
+
+/// Every answer of the Redis store matches the reference model.
+#[test]
+fn redis_store_matches_the_model() {
+    if backend_available(Some("REDIS_URL")) {
+        check_against_model(common::setup, ModelCheckConfig::real());
+    }
+}

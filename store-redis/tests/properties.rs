@@ -1,0 +1,14 @@
+//! Concurrent histories on Redis checked for design §5's guarantees.
+
+mod common;
+
+use onceflight_core::testkit::{ConcurrencyConfig, backend_available, check_concurrent_history};
+
+/// Concurrent claims, completions, failures, releases, crashes and readers
+/// on Redis leave a history that upholds §5.1–§5.5.
+#[test]
+fn redis_store_concurrent_history_upholds_guarantees() {
+    if backend_available(Some("REDIS_URL")) {
+        check_concurrent_history(common::setup, ConcurrencyConfig::default());
+    }
+}
