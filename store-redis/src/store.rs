@@ -623,3 +623,16 @@ impl RequestStore for RedisStore {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::hash_tag;
+
+    #[test]
+    fn hash_tags_are_stable_fnv1a() {
+        // The stored layout depends on these values: they must never change.
+        assert_eq!(hash_tag(""), "cbf29ce484222325");
+        assert_eq!(hash_tag("a"), "af63dc4c8601ec8c");
+        assert_eq!(hash_tag("foobar"), "85944171f73967e8");
+    }
+}

@@ -1,0 +1,125 @@
+//! A Redis restart: operations in flight fail with `Unavailable` (retryable),
+//! the store reconnects by itself, reloads its scripts and subscribes again. Runs its own `redis-server` (the binary
+//! `cargo xtask test` needs anyway) so that it may kill it.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use onceflight_core::testkit::backend_available;
+use onceflight_core::{Bytes, Claim, ClaimOptions, Kind, RecordState, RequestKey, RequestStore};
+use onceflight_store_redis::{RedisConfig, RedisStore};
+
+/// A `redis-server` child on `port`, killed on drop.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run redis-server (apt-get install redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn options() -> ClaimOptions {
+    ClaimOptions::new(Kind::parse("image").expect("kind"))
+}
+
+/// Kill Redis under a store, start it again: errors are `Unavailable`
+/// meanwhile, then everything works again with no help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_is_unavailable_then_recovers_by_itself() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let server = Server::start(port);
+    let store = RedisStore::connect(
+        RedisConfig::new(&url)
+            .with_prefix(common::fresh_prefix())
+            .with_response_timeout(Duration::from_secs(2))
+            // Long enough that only a pushed wake-up or the re-check after
+            // a reconnect can end the waits below in time.
+            .with_wait_fallback(Duration::from_secs(60)),
+    )
+    .await
+    .expect("connect");
+    let store = std::sync::Arc::new(store);
+    let before = RequestKey::parse("before-restart").expect("key");
+    assert!(matches!(
+        store.claim_or_get(&before, &options()).await,
+        Ok(Claim::Acquired(_))
+    ));
+    drop(server);
+    let started = Instant::now();
+    let down = store.get(&before).await;
+    assert!(
+        matches!(&down, Err(e) if e.is_retryable()),
+        "an operation while Redis is down is Unavailable, got {down:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "it fails within its timeouts, not hangs ({:?})",
+        started.elapsed()
+    );
+
+    let _server = Server::start(port);
+    let after = RequestKey::parse("after-restart").expect("key");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lease = loop {
+        match store.claim_or_get(&after, &options()).await {
+            Ok(Claim::Acquired(lease)) => break lease,
+            Ok(other) => panic!("a fresh key after the restart is Acquired, got {other:?}"),
+            Err(e) => {
+                assert!(e.is_retryable(), "only Unavailable while reconnecting: {e}");
+                assert!(Instant::now() < deadline, "the store did not recover: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // The subscription works again: a completion wakes a new waiter.
+    let waiter = {
+        let (store, after) = (store.clone(), after.clone());
+        tokio::spawn(async move { store.wait(&after, Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    store
+        .complete(&after, lease.token, Bytes::from_static(b"1"))
+        .await
+        .expect("complete after the restart");
+    let record = waiter.await.expect("waiter").expect("wait").expect("record");
+    assert_eq!(record.state, RecordState::Completed, "woken with the result");
+    assert!(started.elapsed() < Duration::from_secs(20), "woken by pub/sub");
+}

@@ -1,0 +1,131 @@
+//! One round trip per operation (design §9), counted on Redis's side with
+//! `INFO commandstats`. A binary of its own: the counters are server-wide,
+//! so no other test may run beside it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use onceflight_core::testkit::backend_available;
+use onceflight_core::{
+    Bytes, Claim, ClaimOptions, Error, JobError, Kind, RequestKey, RequestStore, Token,
+};
+use redis::aio::MultiplexedConnection;
+
+/// The calls per command name on the server.
+async fn command_calls(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: &str) -> u64 {
+    after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+}
+
+/// The commands a client could use to do an operation's work itself, or to
+/// spread it over several round trips; the scripts run their commands
+/// inside Redis, where they count too, so those are not listed.
+const NEVER_FROM_THE_CLIENT: [&str; 6] = ["eval", "script|load", "multi", "exec", "watch", "hgetall"];
+
+/// Every operation — claims of each outcome, renew, complete, fail, release,
+/// get, delete — is exactly one EVALSHA once the scripts are loaded.
+#[tokio::test]
+async fn each_operation_is_one_evalsha() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    let url = common::redis_url();
+    let store = common::store_on(&url, &common::fresh_prefix(), Duration::from_secs(3600)).await;
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let k = RequestKey::parse("counted").expect("key");
+    let opts = ClaimOptions::new(Kind::parse("image").expect("kind"));
+    // Loads every script once (NOSCRIPT, SCRIPT LOAD, EVALSHA).
+    let warm = RequestKey::parse("warm-up").expect("key");
+    for _ in 0..2 {
+        if let Ok(Claim::Acquired(lease)) = store.claim_or_get(&warm, &opts).await {
+            store.renew(&warm, lease.token, None).await.expect("renew");
+            store.release(&warm, lease.token).await.expect("release");
+        }
+    }
+    for token in [1, 2] {
+        let _ = store.complete(&warm, Token::new(token).expect("token"), Bytes::new()).await;
+        let _ = store.fail(&warm, Token::new(token).expect("token"), &JobError::permanent("x")).await;
+    }
+    store.get(&warm).await.expect("get");
+    store.delete(&warm).await.expect("delete");
+
+    let mut token = Token::new(1).expect("token");
+    for step in [
+        "claim (fresh)",
+        "claim (in flight)",
+        "renew",
+        "release",
+        "claim (after release)",
+        "fail",
+        "claim (failed)",
+        "get",
+        "complete (lease lost)",
+        "delete",
+        "claim (fresh again)",
+        "complete",
+        "claim (completed)",
+    ] {
+        let before = command_calls(&mut conn).await;
+        match step {
+            "claim (fresh)" | "claim (after release)" | "claim (fresh again)" => {
+                match store.claim_or_get(&k, &opts).await.expect(step) {
+                    Claim::Acquired(lease) => token = lease.token,
+                    other => panic!("{step}: expected Acquired, got {other:?}"),
+                }
+            }
+            "claim (in flight)" | "claim (failed)" | "claim (completed)" => {
+                store.claim_or_get(&k, &opts).await.expect(step);
+            }
+            "renew" => {
+                store.renew(&k, token, None).await.expect(step);
+            }
+            "release" => {
+                store.release(&k, token).await.expect(step);
+            }
+            "fail" => {
+                store.fail(&k, token, &JobError::permanent("no")).await.expect(step);
+            }
+            "get" => {
+                store.get(&k).await.expect(step);
+            }
+            "complete (lease lost)" => {
+                let lost = store.complete(&k, token, Bytes::new()).await;
+                assert!(matches!(lost, Err(Error::LeaseLost { .. })), "{step}: {lost:?}");
+            }
+            "delete" => assert!(store.delete(&k).await.expect(step), "{step}: deleted"),
+            "complete" => {
+                store.complete(&k, token, Bytes::from_static(b"1")).await.expect(step);
+            }
+            other => panic!("unknown step {other}"),
+        }
+        let after = command_calls(&mut conn).await;
+        assert_eq!(delta(&before, &after, "evalsha"), 1, "{step}: one EVALSHA");
+        for name in NEVER_FROM_THE_CLIENT {
+            assert_eq!(delta(&before, &after, name), 0, "{step}: no {name}");
+        }
+    }
+}
