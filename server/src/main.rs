@@ -31,8 +31,9 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct StoreArgs {
-    /// The store: memory://, postgres://…, redis://… (credentials are never
-    /// logged).
+    /// The store: memory://, postgres://…, redis://… or rediss://… (a Redis
+    /// Cluster: several comma-separated seed URLs, or redis+cluster://…);
+    /// credentials are never logged.
     #[arg(
         long,
         env = "ONCEFLIGHT_STORE",
@@ -43,6 +44,11 @@ struct StoreArgs {
 
     #[command(flatten)]
     postgres: PgArgs,
+
+    /// The prefix of every Redis key and channel (`redis://…`; other stores
+    /// ignore it), so that several services share one Redis.
+    #[arg(long, env = "ONCEFLIGHT_REDIS_PREFIX", default_value = "onceflight:")]
+    redis_prefix: String,
 }
 
 /// Options of the Postgres store (`postgres://…`); other stores ignore them.
@@ -73,15 +79,18 @@ impl StoreArgs {
             pg_schema: Some(self.postgres.pg_schema.clone()),
             pg_pool_size: self.postgres.pg_pool_size,
             pg_listen_url: self.postgres.pg_listen_url.clone(),
+            redis_prefix: Some(self.redis_prefix.clone()),
         }
     }
 
-    /// What to log about the store: its URL without credentials, and for
-    /// Postgres its schema.
+    /// What to log about the store: its URL without credentials, and its
+    /// Postgres schema or Redis key prefix.
     fn describe(&self) -> String {
         let url = redact_url(&self.store);
         if url.starts_with("postgres") {
             format!("{url} (schema {})", self.postgres.pg_schema)
+        } else if url.starts_with("redis") {
+            format!("{url} (key prefix {:?})", self.redis_prefix)
         } else {
             url
         }

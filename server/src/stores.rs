@@ -1,5 +1,7 @@
 //! Opening the store a URL names: `memory://` (feature `memory`),
-//! `postgres://…` / `postgresql://…` (feature `postgres`), and the schemes of
+//! `postgres://…` / `postgresql://…` (feature `postgres`), `redis://…`,
+//! `rediss://…`, a comma-separated list of cluster seeds or
+//! `redis+cluster://…` (feature `redis`), and the schemes of
 //! stores this build lacks, which are refused with the cargo feature that
 //! would bring them.
 
@@ -10,7 +12,7 @@ use std::time::Duration;
 use onceflight_core::{DEFAULT_RETENTION, RequestStore};
 
 /// How a store is opened. The `pg_*` fields only matter to `postgres://`
-/// URLs; other stores ignore them.
+/// URLs, `redis_prefix` only to Redis URLs; other stores ignore them.
 ///
 /// `Debug` never shows the password of `pg_listen_url`.
 #[derive(Clone, PartialEq, Eq)]
@@ -34,6 +36,9 @@ pub struct StoreOptions {
     /// (PgBouncer, Supavisor), which cannot hold a LISTEN. Default: the store
     /// URL.
     pub pg_listen_url: Option<String>,
+    /// The prefix of every Redis key and channel (default `onceflight:`), so
+    /// that several services share one Redis without meeting.
+    pub redis_prefix: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -44,6 +49,7 @@ impl Default for StoreOptions {
             pg_schema: None,
             pg_pool_size: None,
             pg_listen_url: None,
+            redis_prefix: None,
         }
     }
 }
@@ -59,6 +65,7 @@ impl fmt::Debug for StoreOptions {
                 "pg_listen_url",
                 &self.pg_listen_url.as_deref().map(redact_url),
             )
+            .field("redis_prefix", &self.redis_prefix)
             .finish()
     }
 }
@@ -132,11 +139,9 @@ pub async fn open(
     match scheme {
         "memory" => open_memory(options),
         "postgres" | "postgresql" => open_postgres(url, scheme, options).await,
-        "redis" | "rediss" => Err(OpenStoreError::NotCompiled {
-            scheme: scheme.to_owned(),
-            store: "Redis",
-            feature: "redis",
-        }),
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+            open_redis(url, scheme, options).await
+        }
         _ => Err(OpenStoreError::Unknown {
             url: redact_url(url),
         }),
@@ -235,6 +240,40 @@ async fn open_postgres(
 
 /// `url` with any password replaced by `***`, for logs and errors.
 pub use onceflight_core::redact_url;
+
+#[cfg(feature = "redis")]
+async fn open_redis(
+    url: &str,
+    _scheme: &str,
+    options: &StoreOptions,
+) -> Result<Arc<dyn RequestStore>, OpenStoreError> {
+    use onceflight_store_redis::{RedisConfig, RedisStore};
+
+    let mut config = RedisConfig::new(url).with_retention(options.retention);
+    if let Some(prefix) = &options.redis_prefix {
+        config = config.with_prefix(prefix.as_str());
+    }
+    let store = RedisStore::connect(config)
+        .await
+        .map_err(|source| OpenStoreError::Connect {
+            store: "Redis",
+            source,
+        })?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(
+    _url: &str,
+    scheme: &str,
+    _options: &StoreOptions,
+) -> Result<Arc<dyn RequestStore>, OpenStoreError> {
+    Err(OpenStoreError::NotCompiled {
+        scheme: scheme.to_owned(),
+        store: "Redis",
+        feature: "redis",
+    })
+}
 
 #[cfg(test)]
 mod tests {

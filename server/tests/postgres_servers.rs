@@ -10,13 +10,12 @@
 mod common;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Launch, call, client, onceflight};
+use common::{Launch, call, client, fleet, onceflight};
 use onceflight_core::testkit::{backend_available, unique_name};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use tokio::task::JoinSet;
 
 /// How long a server may take to answer `/readyz` after it is spawned
 /// (connecting and migrating included).
@@ -141,7 +140,6 @@ async fn completed_results_survive_a_restart() {
 /// told it is in flight under that lease's token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_schema_grant_one_lease() {
-    const HERD: usize = 40;
     let Some(database) = database_url() else {
         return;
     };
@@ -151,45 +149,7 @@ async fn two_servers_on_one_schema_grant_one_lease() {
     let mut b = pg_server(&database, &schema, &[]).spawn();
     a.wait_ready().await;
     b.wait_ready().await;
-    let urls = [
-        a.url("/v1/requests/image%7Cherd/claim"),
-        b.url("/v1/requests/image%7Cherd/claim"),
-    ];
-
-    let http = client();
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(HERD));
-    let mut herd = JoinSet::new();
-    for i in 0..HERD {
-        let (http, url, start) = (http.clone(), urls[i % 2].clone(), start.clone());
-        herd.spawn(async move {
-            start.wait().await;
-            let body = json!({"kind": "image", "owner": format!("w{i}"), "lease_ms": 60000});
-            (i, call(&http, Method::POST, &url, Some(body), None).await)
-        });
-    }
-    let replies = herd.join_all().await;
-
-    let acquired: Vec<_> = replies
-        .iter()
-        .filter(|(_, r)| r.status == StatusCode::CREATED)
-        .collect();
-    assert_eq!(
-        acquired.len(),
-        1,
-        "exactly one claim of {HERD} acquires: {acquired:?}"
-    );
-    let (winner, lease) = acquired[0];
-    assert_eq!(lease.json["state"], "acquired", "{:?}", lease);
-    let token = lease.token();
-    for (i, reply) in &replies {
-        if i == winner {
-            continue;
-        }
-        let body = reply.expect(StatusCode::ACCEPTED);
-        assert_eq!(body["state"], "in_flight", "claim {i}: {body}");
-        assert_eq!(body["token"], token, "claim {i}: {body}");
-        assert_eq!(body["owner"], format!("w{winner}"), "claim {i}: {body}");
-    }
+    fleet::a_herd_over_two_servers_gets_one_lease(&a, &b).await;
 }
 
 /// A long-poll held on one server is answered as soon as the job completes
@@ -205,64 +165,7 @@ async fn a_long_poll_wakes_when_another_server_completes() {
     let mut b = pg_server(&database, &schema, &[]).spawn();
     a.wait_ready().await;
     b.wait_ready().await;
-    let http = client();
-    let key = "image%7Cwake";
-
-    let claim = call(
-        &http,
-        Method::POST,
-        &b.url(&format!("/v1/requests/{key}/claim")),
-        Some(json!({"kind": "image", "owner": "worker-b", "lease_ms": 60000})),
-        None,
-    )
-    .await;
-    claim.expect(StatusCode::CREATED);
-    let token = claim.token();
-
-    let url = a.url(&format!("/v1/requests/{key}?wait_ms=20000"));
-    let asked = Instant::now();
-    let held = tokio::spawn(async move {
-        let reply = call(&client(), Method::GET, &url, None, None).await;
-        (reply, Instant::now())
-    });
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        !held.is_finished(),
-        "the long-poll on A is held while B's lease is live"
-    );
-
-    let completed_at = Instant::now();
-    call(
-        &http,
-        Method::POST,
-        &b.url(&format!("/v1/requests/{key}/complete")),
-        Some(json!({"token": token, "result": {"url": "https://cdn/wake.png"}})),
-        None,
-    )
-    .await
-    .expect(StatusCode::OK);
-
-    let (reply, answered) = tokio::time::timeout(Duration::from_secs(25), held)
-        .await
-        .expect("the held long-poll is answered")
-        .expect("the long-poll task");
-    let body = reply.expect(StatusCode::OK);
-    assert_eq!(body["state"], "completed", "{body}");
-    assert_eq!(
-        body["result"],
-        json!({"url": "https://cdn/wake.png"}),
-        "{body}"
-    );
-    let total = answered.saturating_duration_since(asked);
-    let after_complete = answered.saturating_duration_since(completed_at);
-    assert!(
-        total < Duration::from_secs(5),
-        "answered {total:?} after it was asked: not woken across instances"
-    );
-    assert!(
-        after_complete < Duration::from_secs(2),
-        "answered {after_complete:?} after B's complete: not woken by a notification"
-    );
+    fleet::a_long_poll_on_one_server_wakes_on_completion_through_the_other(&a, &b).await;
 }
 
 /// `onceflight migrate` prepares a schema (and says so), after which a server

@@ -6,6 +6,8 @@
 // Each test binary uses a part of these helpers.
 #![allow(dead_code)]
 
+pub(crate) mod fleet;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::PathBuf;

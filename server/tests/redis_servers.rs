@@ -1,0 +1,95 @@
+//! The real `onceflight` binary on Redis: several servers share one Redis
+//! and key prefix (one lease per key across all of them, long-polls woken
+//! across instances through pub/sub), and a bad prefix is refused at start.
+//!
+//! Needs `REDIS_URL`; without it each test skips and says so, unless
+//! `ONCEFLIGHT_REQUIRE_BACKENDS=1`. Each test works under a fresh prefix and
+//! kills its servers when dropped.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Launch, fleet, onceflight};
+use onceflight_core::testkit::{backend_available, unique_name};
+
+/// How long a server may take to answer `/readyz` after it is spawned.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// The Redis server, or `None` (after saying so loudly) when the test must
+/// skip.
+fn redis_url() -> Option<String> {
+    if !backend_available(Some("REDIS_URL")) {
+        return None;
+    }
+    std::env::var("REDIS_URL").ok()
+}
+
+/// `onceflight serve` on a free loopback port, on `redis` under `prefix`;
+/// ready once `/readyz` answers 200 within [`STARTUP`].
+fn redis_server(redis: &str, prefix: &str) -> Launch {
+    Launch::new()
+        .args(&["--store", redis, "--redis-prefix", prefix])
+        .env("RUST_LOG", "info")
+        .ready_when("/readyz", STARTUP)
+}
+
+/// Horizontal scale on Redis: a herd spread over two servers under one
+/// prefix grants exactly one lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_redis_grant_one_lease() {
+    let Some(redis) = redis_url() else {
+        return;
+    };
+    let prefix = format!("{}:", unique_name("t_srv"));
+    let mut a = redis_server(&redis, &prefix).spawn();
+    let mut b = redis_server(&redis, &prefix).spawn();
+    a.wait_ready().await;
+    b.wait_ready().await;
+    fleet::a_herd_over_two_servers_gets_one_lease(&a, &b).await;
+}
+
+/// A long-poll held on one server is woken through Redis pub/sub by a
+/// completion through another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_wakes_when_another_server_completes() {
+    let Some(redis) = redis_url() else {
+        return;
+    };
+    let prefix = format!("{}:", unique_name("t_srv"));
+    let mut a = redis_server(&redis, &prefix).spawn();
+    let mut b = redis_server(&redis, &prefix).spawn();
+    a.wait_ready().await;
+    b.wait_ready().await;
+    fleet::a_long_poll_on_one_server_wakes_on_completion_through_the_other(&a, &b).await;
+}
+
+/// A prefix the store cannot use (braces would break its hash tags) stops
+/// the server at start with a clear message, and the password in the store
+/// URL never reaches the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_prefix_is_refused_at_start_without_leaking_the_password() {
+    let Some(redis) = redis_url() else {
+        return;
+    };
+    let with_password = redis.replacen("redis://", "redis://:hunter2-secret@", 1);
+    let output = onceflight(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--store",
+        &with_password,
+        "--redis-prefix",
+        "bad{prefix}",
+    ])
+    .output()
+    .expect("run onceflight");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "refused: {text}");
+    assert!(text.contains("braces"), "names the problem: {text}");
+    assert!(!text.contains("hunter2-secret"), "no password in the output: {text}");
+}
