@@ -272,7 +272,9 @@ impl Record {
             Decision::Completed => Claim::Completed(Completed {
                 token: self.token,
                 attempt: self.attempt,
-                result: self.result.ok_or_else(|| corrupt("a completed record without a result"))?,
+                result: self
+                    .result
+                    .ok_or_else(|| corrupt("a completed record without a result"))?,
                 completed_at: self.completed_at.unwrap_or(self.updated_at),
                 key: self.key,
             }),

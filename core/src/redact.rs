@@ -51,7 +51,10 @@ mod tests {
                 "redis://:a@n1:7000,redis://:b@n2:7001/",
                 "redis://:***@n1:7000,redis://:***@n2:7001/",
             ),
-            ("postgres://db/app?user=a&password=b", "postgres://db/app?***"),
+            (
+                "postgres://db/app?user=a&password=b",
+                "postgres://db/app?***",
+            ),
             ("memory://", "memory://"),
             ("not a url", "not a url"),
         ];

@@ -91,5 +91,8 @@ async fn a_bad_prefix_is_refused_at_start_without_leaking_the_password() {
     );
     assert!(!output.status.success(), "refused: {text}");
     assert!(text.contains("braces"), "names the problem: {text}");
-    assert!(!text.contains("hunter2-secret"), "no password in the output: {text}");
+    assert!(
+        !text.contains("hunter2-secret"),
+        "no password in the output: {text}"
+    );
 }

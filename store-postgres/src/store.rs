@@ -8,11 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use onceflight_core::waiters::{Waiters, wait_pushed};
 use onceflight_core::{
     Claim, ClaimOptions, Decision, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState,
     Renewal, RequestKey, RequestStore, Result, Token, check_lease_ttl,
 };
-use onceflight_core::waiters::{Waiters, wait_pushed};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::task::JoinHandle;
@@ -82,8 +82,12 @@ fn check_schema(schema: &str) -> Result<()> {
 }
 
 fn connect_options(url: &str, schema: &str) -> Result<PgConnectOptions> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|e| invalid_config(format!("invalid database URL {}: {e}", onceflight_core::redact_url(url))))?;
+    let options = PgConnectOptions::from_str(url).map_err(|e| {
+        invalid_config(format!(
+            "invalid database URL {}: {e}",
+            onceflight_core::redact_url(url)
+        ))
+    })?;
     Ok(options
         .options([("search_path", schema)])
         .application_name("onceflight"))

@@ -196,7 +196,12 @@ impl RedisStore {
         let channel = format!("{}wake", config.prefix);
         let waiters = Arc::new(Waiters::default());
         let pubsub = subscribe(&clients, &channel).await.map_err(map)?;
-        let listener = tokio::spawn(listen(pubsub, clients, channel.clone(), Arc::clone(&waiters)));
+        let listener = tokio::spawn(listen(
+            pubsub,
+            clients,
+            channel.clone(),
+            Arc::clone(&waiters),
+        ));
         Ok(Self {
             conn,
             scripts: Scripts::new(),
@@ -402,7 +407,10 @@ impl Reply {
             });
         }
         let [extra, left, fields @ ..] = rest.as_slice() else {
-            return Err(corrupt(format!("a script replied {} values", rest.len() + 2)));
+            return Err(corrupt(format!(
+                "a script replied {} values",
+                rest.len() + 2
+            )));
         };
         let extra = String::from_utf8(extra.clone().unwrap_or_default()).unwrap_or_default();
         let left = left
@@ -443,8 +451,12 @@ fn record(
     let count = |name: &str| -> Result<u32> {
         Ok(u32::try_from(required(number(fields, name)?, name)?).unwrap_or(0))
     };
-    let error = text(fields, "emsg")?
-        .map(|message| JobError::new(message, text(fields, "eretry").ok().flatten().as_deref() != Some("0")));
+    let error = text(fields, "emsg")?.map(|message| {
+        JobError::new(
+            message,
+            text(fields, "eretry").ok().flatten().as_deref() != Some("0"),
+        )
+    });
     let lease_expires_at = if processing {
         Some(instant(required(number(fields, "lexp")?, "lexp")?)?)
     } else {
@@ -503,7 +515,10 @@ impl RequestStore for RedisStore {
                 key,
                 &[
                     options.kind().as_str().as_bytes(),
-                    options.fingerprint().map_or("", Fingerprint::as_str).as_bytes(),
+                    options
+                        .fingerprint()
+                        .map_or("", Fingerprint::as_str)
+                        .as_bytes(),
                     options.owner().map_or("", Owner::as_str).as_bytes(),
                     lease_ms.as_bytes(),
                     max_attempts.as_bytes(),

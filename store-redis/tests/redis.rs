@@ -71,7 +71,11 @@ async fn an_abandoned_lease_is_retired_by_redis_itself() {
         "the lease key carries the lease's TTL, got {ttl} ms"
     );
     let holder: String = conn.get(&lease_key).await.expect("GET lease");
-    assert_eq!(holder, first.token.get().to_string(), "the lease holds the token");
+    assert_eq!(
+        holder,
+        first.token.get().to_string(),
+        "the lease holds the token"
+    );
     // The worker "crashes": it never renews, completes or releases.
     tokio::time::sleep(Duration::from_millis(450)).await;
     let exists: bool = conn.exists(&lease_key).await.expect("EXISTS");
@@ -86,7 +90,9 @@ async fn an_abandoned_lease_is_retired_by_redis_itself() {
     assert!(second.token > first.token, "with a higher token");
     assert!(
         matches!(
-            store.complete(&k, first.token, Bytes::from_static(b"late")).await,
+            store
+                .complete(&k, first.token, Bytes::from_static(b"late"))
+                .await,
             Err(Error::LeaseLost { .. })
         ),
         "the crashed worker's late write is fenced off"
@@ -103,16 +109,36 @@ async fn script_flush_mid_run_is_transparent() {
     let store = fresh_store().await;
     let mut conn = raw(&common::redis_url()).await;
     let k = key("flushed");
-    let lease = acquired(store.claim_or_get(&k, &options(Duration::from_secs(30))).await.expect("claim"));
-    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("SCRIPT FLUSH");
-    store.renew(&k, lease.token, None).await.expect("renew after SCRIPT FLUSH");
-    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("SCRIPT FLUSH");
+    let lease = acquired(
+        store
+            .claim_or_get(&k, &options(Duration::from_secs(30)))
+            .await
+            .expect("claim"),
+    );
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("SCRIPT FLUSH");
+    store
+        .renew(&k, lease.token, None)
+        .await
+        .expect("renew after SCRIPT FLUSH");
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("SCRIPT FLUSH");
     let record = store
         .complete(&k, lease.token, Bytes::from_static(b"\"done\""))
         .await
         .expect("complete after SCRIPT FLUSH");
     assert_eq!(record.state, RecordState::Completed, "completed");
-    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("SCRIPT FLUSH");
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("SCRIPT FLUSH");
     assert!(
         matches!(
             store.claim_or_get(&k, &options(Duration::from_secs(30))).await,
@@ -162,7 +188,11 @@ async fn two_instances_share_one_decision_and_wake_each_other() {
             _ => None,
         })
         .collect();
-    assert_eq!(winners.len(), 1, "exactly one Acquired across both instances");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one Acquired across both instances"
+    );
     let lease = winners[0].clone();
 
     let waiter = {
@@ -174,10 +204,16 @@ async fn two_instances_share_one_decision_and_wake_each_other() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    b.complete(&k, lease.token, Bytes::from_static(b"42")).await.expect("complete on b");
+    b.complete(&k, lease.token, Bytes::from_static(b"42"))
+        .await
+        .expect("complete on b");
     let (record, waited) = waiter.await.expect("waiter");
     let record = record.expect("record");
-    assert_eq!(record.state, RecordState::Completed, "the waiter on a sees b's result");
+    assert_eq!(
+        record.state,
+        RecordState::Completed,
+        "the waiter on a sees b's result"
+    );
     // The fallback is 60 s and the timeout 30 s: returning at all within the
     // timeout with the result means the message arrived.
     assert!(
@@ -216,7 +252,10 @@ async fn waiters_re_read_after_the_subscription_reconnects() {
         let (store, k) = (store.clone(), k.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            (store.wait(&k, Duration::from_secs(40)).await, started.elapsed())
+            (
+                store.wait(&k, Duration::from_secs(40)).await,
+                started.elapsed(),
+            )
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -237,7 +276,10 @@ async fn waiters_re_read_after_the_subscription_reconnects() {
         .await
         .expect("write behind the store's back");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished(), "no message was sent, so the waiter still waits");
+    assert!(
+        !waiter.is_finished(),
+        "no message was sent, so the waiter still waits"
+    );
     let () = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -248,7 +290,11 @@ async fn waiters_re_read_after_the_subscription_reconnects() {
         .expect("CLIENT KILL TYPE pubsub");
     let (record, waited) = waiter.await.expect("waiter");
     let record = record.expect("wait").expect("record");
-    assert_eq!(record.state, RecordState::Completed, "the re-read saw the change");
+    assert_eq!(
+        record.state,
+        RecordState::Completed,
+        "the re-read saw the change"
+    );
     assert!(
         waited < Duration::from_secs(20),
         "woken by the re-check after reconnecting, not the fallback ({waited:?})"
@@ -269,10 +315,19 @@ async fn any_key_runs_on_the_cluster() {
         Duration::from_secs(3600),
     )
     .await;
-    let keys = ["{", "}", "{}", "a{b}c", "}{", "{{x}}", "image|{prompt}", "ключ"]
-        .into_iter()
-        .map(String::from)
-        .chain((0..32).map(|i| format!("spread-{i}")));
+    let keys = [
+        "{",
+        "}",
+        "{}",
+        "a{b}c",
+        "}{",
+        "{{x}}",
+        "image|{prompt}",
+        "ключ",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain((0..32).map(|i| format!("spread-{i}")));
     for name in keys {
         let k = key(&name);
         let lease = acquired(

@@ -29,7 +29,10 @@ impl Server {
             .expect("run redis-server (apt-get install redis-server)");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child }
@@ -119,7 +122,18 @@ async fn a_redis_restart_is_unavailable_then_recovers_by_itself() {
         .complete(&after, lease.token, Bytes::from_static(b"1"))
         .await
         .expect("complete after the restart");
-    let record = waiter.await.expect("waiter").expect("wait").expect("record");
-    assert_eq!(record.state, RecordState::Completed, "woken with the result");
-    assert!(started.elapsed() < Duration::from_secs(20), "woken by pub/sub");
+    let record = waiter
+        .await
+        .expect("waiter")
+        .expect("wait")
+        .expect("record");
+    assert_eq!(
+        record.state,
+        RecordState::Completed,
+        "woken with the result"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "woken by pub/sub"
+    );
 }

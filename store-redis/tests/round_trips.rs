@@ -40,7 +40,8 @@ fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: &str
 /// The commands a client could use to do an operation's work itself, or to
 /// spread it over several round trips; the scripts run their commands
 /// inside Redis, where they count too, so those are not listed.
-const NEVER_FROM_THE_CLIENT: [&str; 6] = ["eval", "script|load", "multi", "exec", "watch", "hgetall"];
+const NEVER_FROM_THE_CLIENT: [&str; 6] =
+    ["eval", "script|load", "multi", "exec", "watch", "hgetall"];
 
 /// Every operation — claims of each outcome, renew, complete, fail, release,
 /// get, delete — is exactly one EVALSHA once the scripts are loaded.
@@ -67,8 +68,16 @@ async fn each_operation_is_one_evalsha() {
         }
     }
     for token in [1, 2] {
-        let _ = store.complete(&warm, Token::new(token).expect("token"), Bytes::new()).await;
-        let _ = store.fail(&warm, Token::new(token).expect("token"), &JobError::permanent("x")).await;
+        let _ = store
+            .complete(&warm, Token::new(token).expect("token"), Bytes::new())
+            .await;
+        let _ = store
+            .fail(
+                &warm,
+                Token::new(token).expect("token"),
+                &JobError::permanent("x"),
+            )
+            .await;
     }
     store.get(&warm).await.expect("get");
     store.delete(&warm).await.expect("delete");
@@ -107,18 +116,27 @@ async fn each_operation_is_one_evalsha() {
                 store.release(&k, token).await.expect(step);
             }
             "fail" => {
-                store.fail(&k, token, &JobError::permanent("no")).await.expect(step);
+                store
+                    .fail(&k, token, &JobError::permanent("no"))
+                    .await
+                    .expect(step);
             }
             "get" => {
                 store.get(&k).await.expect(step);
             }
             "complete (lease lost)" => {
                 let lost = store.complete(&k, token, Bytes::new()).await;
-                assert!(matches!(lost, Err(Error::LeaseLost { .. })), "{step}: {lost:?}");
+                assert!(
+                    matches!(lost, Err(Error::LeaseLost { .. })),
+                    "{step}: {lost:?}"
+                );
             }
             "delete" => assert!(store.delete(&k).await.expect(step), "{step}: deleted"),
             "complete" => {
-                store.complete(&k, token, Bytes::from_static(b"1")).await.expect(step);
+                store
+                    .complete(&k, token, Bytes::from_static(b"1"))
+                    .await
+                    .expect(step);
             }
             other => panic!("unknown step {other}"),
         }

@@ -42,6 +42,11 @@ const CLIPPY_RUNS: &[ClippyRun] = &[
         package: Some("onceflight-server"),
         features: &["--no-default-features", "--features", "postgres,client"],
     },
+    // The server on Redis alone, with the client.
+    ClippyRun {
+        package: Some("onceflight-server"),
+        features: &["--no-default-features", "--features", "redis,client"],
+    },
 ];
 
 pub(crate) fn run() -> Result<()> {
