@@ -301,12 +301,38 @@ mod tests {
         }
     }
 
+    #[cfg(not(feature = "redis"))]
     #[tokio::test]
-    async fn stores_this_build_lacks_are_named_with_their_feature() {
-        let error = open("redis://localhost", &StoreOptions::default())
+    async fn redis_needs_its_feature() {
+        for url in [
+            "redis://localhost",
+            "rediss://localhost",
+            "redis+cluster://a",
+        ] {
+            let error = open(url, &StoreOptions::default())
+                .await
+                .expect_err("no Redis store in this build");
+            assert!(error.to_string().contains("--features redis"), "{error}");
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn an_unreachable_redis_is_a_connect_error_without_its_password() {
+        // Port 1 on loopback: refused at once, nothing leaves the machine.
+        let error = open("redis://:s3cret@127.0.0.1:1/", &StoreOptions::default())
             .await
-            .expect_err("no Redis store in this build");
-        assert!(error.to_string().contains("--features redis"), "{error}");
+            .expect_err("nothing listens on port 1");
+        assert!(
+            matches!(error, OpenStoreError::Connect { store: "Redis", .. }),
+            "{error}"
+        );
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused() {
         let error = open("ftp://x", &StoreOptions::default())
             .await
             .expect_err("unknown scheme");

@@ -1,6 +1,8 @@
 //! One round trip per operation (design §9), counted on Redis's side with
-//! `INFO commandstats`. A binary of its own: the counters are server-wide,
-//! so no other test may run beside it.
+//! `INFO commandstats`, and a claim's hit path that writes nothing, counted
+//! by Redis's dirty counter. A binary of its own: the counters are
+//! server-wide, so no other test may run beside these, and these two take
+//! turns.
 
 mod common;
 
@@ -12,6 +14,9 @@ use onceflight_core::{
     Bytes, Claim, ClaimOptions, Error, JobError, Kind, RequestKey, RequestStore, Token,
 };
 use redis::aio::MultiplexedConnection;
+
+/// Taken by each test here for its whole run: the counters are server-wide.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The calls per command name on the server.
 async fn command_calls(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
@@ -50,6 +55,7 @@ async fn each_operation_is_one_evalsha() {
     if !backend_available(Some("REDIS_URL")) {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().await;
     let url = common::redis_url();
     let store = common::store_on(&url, &common::fresh_prefix(), Duration::from_secs(3600)).await;
     let mut conn = redis::Client::open(url.as_str())
@@ -146,4 +152,87 @@ async fn each_operation_is_one_evalsha() {
             assert_eq!(delta(&before, &after, name), 0, "{step}: no {name}");
         }
     }
+}
+
+/// Writes Redis has made since its last save (`INFO persistence`); every
+/// write command adds to it, whether or not Redis saves anything.
+async fn dirty(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(conn)
+        .await
+        .expect("INFO persistence");
+    info.lines()
+        .find_map(|line| line.strip_prefix("rdb_changes_since_last_save:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("rdb_changes_since_last_save in INFO persistence")
+}
+
+/// A claim that finds a live lease, a result, a final failure or a
+/// mismatch — and `get` — write nothing: Redis's dirty counter stands
+/// still, while a claim that acquires does move it (so the check can fail).
+#[tokio::test]
+async fn the_hit_path_writes_nothing() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let url = common::redis_url();
+    let store = common::store_on(&url, &common::fresh_prefix(), Duration::from_secs(3600)).await;
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let opts = ClaimOptions::new(Kind::parse("image").expect("kind"));
+    let other_kind = ClaimOptions::new(Kind::parse("video").expect("kind"));
+    let (live, done, failed) = (
+        RequestKey::parse("live").expect("key"),
+        RequestKey::parse("done").expect("key"),
+        RequestKey::parse("failed").expect("key"),
+    );
+    let before = dirty(&mut conn).await;
+    let Ok(Claim::Acquired(_)) = store.claim_or_get(&live, &opts).await else {
+        panic!("fresh claim acquires");
+    };
+    assert!(
+        dirty(&mut conn).await > before,
+        "acquiring writes (the check can fail)"
+    );
+    let Ok(Claim::Acquired(lease)) = store.claim_or_get(&done, &opts).await else {
+        panic!("fresh claim acquires");
+    };
+    store
+        .complete(&done, lease.token, Bytes::from_static(b"1"))
+        .await
+        .expect("complete");
+    let Ok(Claim::Acquired(lease)) = store.claim_or_get(&failed, &opts).await else {
+        panic!("fresh claim acquires");
+    };
+    store
+        .fail(&failed, lease.token, &JobError::permanent("no"))
+        .await
+        .expect("fail");
+
+    let before = dirty(&mut conn).await;
+    for _ in 0..3 {
+        assert!(matches!(
+            store.claim_or_get(&live, &opts).await,
+            Ok(Claim::InFlight(_))
+        ));
+        assert!(matches!(
+            store.claim_or_get(&done, &opts).await,
+            Ok(Claim::Completed(_))
+        ));
+        assert!(matches!(
+            store.claim_or_get(&failed, &opts).await,
+            Ok(Claim::Failed(_))
+        ));
+        assert!(matches!(
+            store.claim_or_get(&done, &other_kind).await,
+            Err(Error::FingerprintMismatch { .. })
+        ));
+        store.get(&live).await.expect("get");
+    }
+    assert_eq!(dirty(&mut conn).await, before, "no hit wrote anything");
 }
