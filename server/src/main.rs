@@ -49,6 +49,12 @@ struct StoreArgs {
     /// ignore it), so that several services share one Redis.
     #[arg(long, env = "ONCEFLIGHT_REDIS_PREFIX", default_value = "onceflight:")]
     redis_prefix: String,
+
+    /// A PEM file of the certificate authority that signed the Redis
+    /// server's certificate, for rediss://… with a private CA [default: the
+    /// public webpki roots].
+    #[arg(long, env = "ONCEFLIGHT_REDIS_TLS_CA_FILE")]
+    redis_tls_ca_file: Option<PathBuf>,
 }
 
 /// Options of the Postgres store (`postgres://…`); other stores ignore them.
@@ -80,6 +86,7 @@ impl StoreArgs {
             pg_pool_size: self.postgres.pg_pool_size,
             pg_listen_url: self.postgres.pg_listen_url.clone(),
             redis_prefix: Some(self.redis_prefix.clone()),
+            redis_tls_ca_file: self.redis_tls_ca_file.clone(),
         }
     }
 

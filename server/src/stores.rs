@@ -39,6 +39,9 @@ pub struct StoreOptions {
     /// The prefix of every Redis key and channel (default `onceflight:`), so
     /// that several services share one Redis without meeting.
     pub redis_prefix: Option<String>,
+    /// A PEM file of the certificate authority that signed the Redis
+    /// server's certificate, for `rediss://` with a private CA.
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for StoreOptions {
@@ -50,6 +53,7 @@ impl Default for StoreOptions {
             pg_pool_size: None,
             pg_listen_url: None,
             redis_prefix: None,
+            redis_tls_ca_file: None,
         }
     }
 }
@@ -66,6 +70,7 @@ impl fmt::Debug for StoreOptions {
                 &self.pg_listen_url.as_deref().map(redact_url),
             )
             .field("redis_prefix", &self.redis_prefix)
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
             .finish()
     }
 }
@@ -252,6 +257,9 @@ async fn open_redis(
     let mut config = RedisConfig::new(url).with_retention(options.retention);
     if let Some(prefix) = &options.redis_prefix {
         config = config.with_prefix(prefix.as_str());
+    }
+    if let Some(ca_file) = &options.redis_tls_ca_file {
+        config = config.with_tls_root_cert(ca_file);
     }
     let store = RedisStore::connect(config)
         .await

@@ -1,6 +1,7 @@
 //! Typed configuration of the Redis store.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use onceflight_core::{DEFAULT_RETENTION, redact_url};
@@ -32,6 +33,10 @@ pub struct RedisConfig {
     /// Longest wait for a reply, after which the operation is `Unavailable`
     /// (default 5 s).
     pub response_timeout: Duration,
+    /// A PEM file of the certificate authority that signed the server's
+    /// certificate, for `rediss://` with a private CA. Default: the webpki
+    /// roots (public CAs, as managed Redis services use).
+    pub tls_root_cert: Option<PathBuf>,
 }
 
 impl RedisConfig {
@@ -65,6 +70,7 @@ impl RedisConfig {
             wait_fallback: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
+            tls_root_cert: None,
         }
     }
 
@@ -98,6 +104,13 @@ impl RedisConfig {
         self
     }
 
+    /// Trusts the certificate authority in the PEM file at `path` for
+    /// `rediss://`.
+    pub fn with_tls_root_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_root_cert = Some(path.into());
+        self
+    }
+
     /// Sets the reply timeout.
     pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
@@ -118,6 +131,7 @@ impl fmt::Debug for RedisConfig {
             .field("wait_fallback", &self.wait_fallback)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("tls_root_cert", &self.tls_root_cert)
             .finish()
     }
 }

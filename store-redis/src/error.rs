@@ -8,7 +8,8 @@ pub(crate) const BACKEND: &str = "redis";
 /// Maps a redis error: anything about reaching or keeping the server (I/O,
 /// timeouts, a dropped connection, a server loading its data or busy with a
 /// script, a cluster resharding or failing over, a read-only replica) is
-/// `Unavailable` and safe to retry; the rest means a bug, a damaged key or a
+/// `Unavailable` and safe to retry (as is a script cache flushed under every
+/// reload); the rest means a bug, a damaged key or a
 /// misconfiguration.
 pub(crate) fn map(error: RedisError) -> Error {
     let retryable = error.is_io_error()
@@ -27,6 +28,8 @@ pub(crate) fn map(error: RedisError) -> Error {
                         | ServerErrorKind::ReadOnly
                         | ServerErrorKind::Moved
                         | ServerErrorKind::Ask
+                        // Scripts flushed again and again under the store.
+                        | ServerErrorKind::NoScript
                 )
         )
         // A script running past `busy-reply-threshold` blocks every client.

@@ -16,7 +16,7 @@ use onceflight_core::{
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Client, Cmd, Pipeline, RedisFuture, Script, TlsCertificates, Value};
 use tokio::task::JoinHandle;
 
 use crate::config::RedisConfig;
@@ -24,6 +24,10 @@ use crate::error::{BACKEND, corrupt, map};
 
 /// Longest retention honoured (100 years): "keep forever" in practice.
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// How many times an operation loads its script and calls it again when
+/// Redis keeps answering `NOSCRIPT` (scripts flushed under it).
+const NOSCRIPT_ATTEMPTS: u32 = 3;
 
 /// The helpers every script shares, prepended to each.
 const LIB: &str = include_str!("../lua/lib.lua");
@@ -133,6 +137,10 @@ impl Scripts {
     }
 }
 
+fn is_noscript(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
 fn invalid_config(reason: String) -> Error {
     Error::InvalidInput {
         field: "store",
@@ -166,19 +174,39 @@ impl RedisStore {
         if config.urls.is_empty() {
             return Err(invalid_config("no Redis URL given".to_owned()));
         }
+        let certificates = match &config.tls_root_cert {
+            Some(path) => Some(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(path).map_err(|e| {
+                    invalid_config(format!(
+                        "cannot read the TLS root certificate {}: {e}",
+                        path.display()
+                    ))
+                })?),
+            }),
+            None => None,
+        };
         let clients = config
             .urls
             .iter()
             .map(|url| {
-                Client::open(url.as_str()).map_err(|e| {
-                    invalid_config(format!("invalid Redis URL {}: {e}", redact_url(url)))
-                })
+                match &certificates {
+                    Some(certificates) => {
+                        Client::build_with_tls(url.as_str(), certificates.clone())
+                    }
+                    None => Client::open(url.as_str()),
+                }
+                .map_err(|e| invalid_config(format!("invalid Redis URL {}: {e}", redact_url(url))))
             })
             .collect::<Result<Vec<_>>>()?;
         let conn = if config.cluster {
-            let client = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
+            let mut builder = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
                 .connection_timeout(config.connect_timeout)
-                .response_timeout(config.response_timeout)
+                .response_timeout(config.response_timeout);
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates);
+            }
+            let client = builder
                 .build()
                 .map_err(|e| invalid_config(format!("invalid Redis Cluster configuration: {e}")))?;
             RedisConnection::Cluster(client.get_async_connection().await.map_err(map)?)
@@ -249,11 +277,26 @@ impl RedisStore {
         for arg in args {
             invocation.arg(*arg);
         }
-        let values: Vec<Option<Vec<u8>>> = invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(map)?;
+        let values: Vec<Option<Vec<u8>>> = self.invoke(&invocation).await?;
         Reply::parse(values, key)
+    }
+
+    /// EVALSHA, loading the script on `NOSCRIPT` (after a restart, a
+    /// failover or `SCRIPT FLUSH`) — again if it was flushed once more
+    /// between the load and the call. The script runs once at most: a
+    /// `NOSCRIPT` reply means it did not run.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match invocation.invoke_async(&mut self.conn.clone()).await {
+                Err(error) if is_noscript(&error) && attempts < NOSCRIPT_ATTEMPTS => continue,
+                other => return other.map_err(map),
+            }
+        }
     }
 
     /// Runs a fenced script and returns the record it answered, or
@@ -623,12 +666,8 @@ impl RequestStore for RedisStore {
         for redis_key in self.redis_keys(key) {
             invocation.key(redis_key);
         }
-        let deleted: i64 = invocation
-            .arg(&self.channel)
-            .arg(key.as_str())
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(map)?;
+        invocation.arg(&self.channel).arg(key.as_str());
+        let deleted: i64 = self.invoke(&invocation).await?;
         Ok(deleted == 1)
     }
 

@@ -4,54 +4,13 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use onceflight_core::testkit::backend_available;
 use onceflight_core::{Bytes, Claim, ClaimOptions, Kind, RecordState, RequestKey, RequestStore};
 use onceflight_store_redis::{RedisConfig, RedisStore};
 
-/// A `redis-server` child on `port`, killed on drop.
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run redis-server (apt-get install redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use common::ChildRedis;
 
 fn options() -> ClaimOptions {
     ClaimOptions::new(Kind::parse("image").expect("kind"))
@@ -64,9 +23,9 @@ async fn a_redis_restart_is_unavailable_then_recovers_by_itself() {
     if !backend_available(Some("REDIS_URL")) {
         return;
     }
-    let port = free_port();
+    let port = common::free_port();
     let url = format!("redis://127.0.0.1:{port}/");
-    let server = Server::start(port);
+    let server = ChildRedis::start(port, &[]).wait_for(port);
     let store = RedisStore::connect(
         RedisConfig::new(&url)
             .with_prefix(common::fresh_prefix())
@@ -96,7 +55,7 @@ async fn a_redis_restart_is_unavailable_then_recovers_by_itself() {
         started.elapsed()
     );
 
-    let _server = Server::start(port);
+    let _server = ChildRedis::start(port, &[]).wait_for(port);
     let after = RequestKey::parse("after-restart").expect("key");
     let deadline = Instant::now() + Duration::from_secs(20);
     let lease = loop {

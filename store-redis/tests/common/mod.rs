@@ -5,7 +5,9 @@
 // Each test binary uses a part of these helpers.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use onceflight_core::testkit::SuiteConfig;
 use onceflight_store_redis::{RedisConfig, RedisStore};
@@ -45,4 +47,55 @@ pub(crate) async fn setup(config: SuiteConfig) -> RedisStore {
 /// The conformance suite's setup on the cluster.
 pub(crate) async fn cluster_setup(config: SuiteConfig) -> RedisStore {
     store_on(&cluster_urls(), &fresh_prefix(), config.retention).await
+}
+
+/// A port that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A `redis-server` of the test's own (the binary `cargo xtask test` needs
+/// anyway), for tests that must kill or configure their Redis; killed on
+/// drop. Listens on loopback `port` (plain, or TLS when `extra` says
+/// `--port 0 --tls-port …`), keeps nothing on disk.
+pub(crate) struct ChildRedis {
+    child: Child,
+}
+
+impl ChildRedis {
+    pub(crate) fn start(port: u16, extra: &[&str]) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run redis-server (apt-get install redis-server)");
+        Self { child }
+    }
+
+    /// Waits until something accepts connections on `port`.
+    pub(crate) fn wait_for(self, port: u16) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self
+    }
+}
+
+impl Drop for ChildRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
