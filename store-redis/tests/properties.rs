@@ -1,4 +1,5 @@
-//! Concurrent histories on Redis checked for design §5's guarantees.
+//! Concurrent histories on Redis and Redis Cluster checked for design §5's
+//! guarantees.
 
 mod common;
 
@@ -10,5 +11,14 @@ use onceflight_core::testkit::{ConcurrencyConfig, backend_available, check_concu
 fn redis_store_concurrent_history_upholds_guarantees() {
     if backend_available(Some("REDIS_URL")) {
         check_concurrent_history(common::setup, ConcurrencyConfig::default());
+    }
+}
+
+/// The same on the three-master cluster, where every operation is routed by
+/// its request's hash tag.
+#[test]
+fn redis_cluster_concurrent_history_upholds_guarantees() {
+    if backend_available(Some("REDIS_CLUSTER_URLS")) {
+        check_concurrent_history(common::cluster_setup, ConcurrencyConfig::default());
     }
 }
