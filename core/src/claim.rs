@@ -294,6 +294,23 @@ impl Record {
     }
 }
 
+impl Record {
+    /// The [`Renewal`] a store answers with the record it renewed; a record
+    /// without a lease end is a `Backend` error of `backend`.
+    pub fn into_renewal(self, backend: &'static str) -> Result<Renewal> {
+        Ok(Renewal {
+            expires_at: self.lease_expires_at.ok_or_else(|| Error::Backend {
+                backend,
+                message: format!(
+                    "a renewed lease without an end for key {:?}",
+                    self.key.as_str()
+                ),
+            })?,
+            remaining: self.lease_remaining.unwrap_or_default(),
+        })
+    }
+}
+
 /// The new end of a renewed lease.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Renewal {

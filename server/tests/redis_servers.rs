@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Launch, fleet, onceflight};
+use common::{Launch, Server, fleet, onceflight};
 use onceflight_core::testkit::{backend_available, unique_name};
 
 /// How long a server may take to answer `/readyz` after it is spawned.
@@ -34,6 +34,16 @@ fn redis_server(redis: &str, prefix: &str) -> Launch {
         .ready_when("/readyz", STARTUP)
 }
 
+/// Two servers on `redis` under one fresh prefix, both ready.
+async fn two_servers(redis: &str) -> (Server, Server) {
+    let prefix = format!("{}:", unique_name("t_srv"));
+    let mut a = redis_server(redis, &prefix).spawn();
+    let mut b = redis_server(redis, &prefix).spawn();
+    a.wait_ready().await;
+    b.wait_ready().await;
+    (a, b)
+}
+
 /// Horizontal scale on Redis: a herd spread over two servers under one
 /// prefix grants exactly one lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,11 +51,7 @@ async fn two_servers_on_one_redis_grant_one_lease() {
     let Some(redis) = redis_url() else {
         return;
     };
-    let prefix = format!("{}:", unique_name("t_srv"));
-    let mut a = redis_server(&redis, &prefix).spawn();
-    let mut b = redis_server(&redis, &prefix).spawn();
-    a.wait_ready().await;
-    b.wait_ready().await;
+    let (a, b) = two_servers(&redis).await;
     fleet::a_herd_over_two_servers_gets_one_lease(&a, &b).await;
 }
 
@@ -56,11 +62,7 @@ async fn a_long_poll_wakes_when_another_server_completes() {
     let Some(redis) = redis_url() else {
         return;
     };
-    let prefix = format!("{}:", unique_name("t_srv"));
-    let mut a = redis_server(&redis, &prefix).spawn();
-    let mut b = redis_server(&redis, &prefix).spawn();
-    a.wait_ready().await;
-    b.wait_ready().await;
+    let (a, b) = two_servers(&redis).await;
     fleet::a_long_poll_on_one_server_wakes_on_completion_through_the_other(&a, &b).await;
 }
 

@@ -344,12 +344,7 @@ impl RequestStore for PgStore {
                 token,
             )
             .await?;
-        Ok(Renewal {
-            expires_at: record
-                .lease_expires_at
-                .ok_or_else(|| corrupt("a renewed lease without an end".into()))?,
-            remaining: record.lease_remaining.unwrap_or_default(),
-        })
+        record.into_renewal(BACKEND)
     }
 
     async fn complete(&self, key: &RequestKey, token: Token, result: Bytes) -> Result<Record> {

@@ -12,7 +12,6 @@ use onceflight_core::{
 };
 use onceflight_store_redis::RedisStore;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 
 fn key(name: &str) -> RequestKey {
     RequestKey::parse(name).expect("valid key")
@@ -29,14 +28,6 @@ fn acquired(claim: Claim) -> Lease {
         Claim::Acquired(lease) => lease,
         other => panic!("expected Acquired, got {other:?}"),
     }
-}
-
-async fn raw(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection")
 }
 
 async fn fresh_store() -> RedisStore {
@@ -56,7 +47,7 @@ async fn an_abandoned_lease_is_retired_by_redis_itself() {
         return;
     }
     let store = fresh_store().await;
-    let mut conn = raw(&common::redis_url()).await;
+    let mut conn = common::raw(&common::redis_url()).await;
     let k = key("abandoned");
     let [_, lease_key, _] = store.redis_keys(&k);
     let first = acquired(
@@ -107,7 +98,7 @@ async fn script_flush_mid_run_is_transparent() {
         return;
     }
     let store = fresh_store().await;
-    let mut conn = raw(&common::redis_url()).await;
+    let mut conn = common::raw(&common::redis_url()).await;
     let k = key("flushed");
     let lease = acquired(
         store
@@ -240,7 +231,7 @@ async fn waiters_re_read_after_the_subscription_reconnects() {
         .await
         .expect("connect"),
     );
-    let mut conn = raw(&common::redis_url()).await;
+    let mut conn = common::raw(&common::redis_url()).await;
     let k = key("lost-message");
     acquired(
         store

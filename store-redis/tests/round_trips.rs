@@ -13,10 +13,18 @@ use onceflight_core::testkit::backend_available;
 use onceflight_core::{
     Bytes, Claim, ClaimOptions, Error, JobError, Kind, RequestKey, RequestStore, Token,
 };
+use onceflight_store_redis::RedisStore;
 use redis::aio::MultiplexedConnection;
 
 /// Taken by each test here for its whole run: the counters are server-wide.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A fresh store, and a plain connection for reading the counters.
+async fn store_and_counters() -> (RedisStore, MultiplexedConnection) {
+    let url = common::redis_url();
+    let store = common::store_on(&url, &common::fresh_prefix(), Duration::from_secs(3600)).await;
+    (store, common::raw(&url).await)
+}
 
 /// The calls per command name on the server.
 async fn command_calls(conn: &mut MultiplexedConnection) -> HashMap<String, u64> {
@@ -56,13 +64,7 @@ async fn each_operation_is_one_evalsha() {
         return;
     }
     let _turn = ONE_AT_A_TIME.lock().await;
-    let url = common::redis_url();
-    let store = common::store_on(&url, &common::fresh_prefix(), Duration::from_secs(3600)).await;
-    let mut conn = redis::Client::open(url.as_str())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
+    let (store, mut conn) = store_and_counters().await;
     let k = RequestKey::parse("counted").expect("key");
     let opts = ClaimOptions::new(Kind::parse("image").expect("kind"));
     // Loads every script once (NOSCRIPT, SCRIPT LOAD, EVALSHA).
@@ -177,13 +179,7 @@ async fn the_hit_path_writes_nothing() {
         return;
     }
     let _turn = ONE_AT_A_TIME.lock().await;
-    let url = common::redis_url();
-    let store = common::store_on(&url, &common::fresh_prefix(), Duration::from_secs(3600)).await;
-    let mut conn = redis::Client::open(url.as_str())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
+    let (store, mut conn) = store_and_counters().await;
     let opts = ClaimOptions::new(Kind::parse("image").expect("kind"));
     let other_kind = ClaimOptions::new(Kind::parse("video").expect("kind"));
     let (live, done, failed) = (

@@ -49,6 +49,15 @@ pub(crate) async fn cluster_setup(config: SuiteConfig) -> RedisStore {
     store_on(&cluster_urls(), &fresh_prefix(), config.retention).await
 }
 
+/// A plain connection to `url`, for looking behind the store's back.
+pub(crate) async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("a valid Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a plain Redis connection")
+}
+
 /// A port that was free a moment ago.
 pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
