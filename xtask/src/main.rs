@@ -4,14 +4,22 @@
 //!
 //! The commands are described in [`USAGE`]. `test` is the one that matters
 //! most: it provides the PostgreSQL server, Redis server and Redis Cluster
-//! that the backend tests need (design §10), so that `cargo xtask test` is the single command that
-//! runs every test of every backend.
+//! that the backend tests need (design §10), so that `cargo xtask test` is
+//! the single command that runs every test of every backend. `bench` runs the
+//! criterion benchmarks of design §9 against the same kind of servers and
+//! turns what they record into a report; it is not part of `ci`, because
+//! numbers from a shared machine are no gate (`.ci/run` runs it in quick
+//! mode, which only proves the benchmarks still run and are correct).
 
+mod backends;
+mod bench;
+mod chart;
 mod lint;
 mod postgres;
 mod process;
 mod redis;
 mod redis_cluster;
+mod report;
 mod test;
 
 use std::process::ExitCode;
@@ -33,11 +41,20 @@ commands:
   lint                    `cargo fmt --check`, then clippy with -D warnings for
                           every feature set CI checks.
   ci                      lint, then test: what to run before landing a commit.
-  bench                   benchmarks (not implemented yet).
+  bench [--quick] [-- args]
+                          build the server binary, then run the criterion
+                          benchmarks (design §9) against PostgreSQL and Redis
+                          (DATABASE_URL / REDIS_URL when set, otherwise
+                          throw-away servers) and write report.md,
+                          results.json and chart.svg to
+                          <target dir>/onceflight-bench/. --quick takes short,
+                          rough measurements; arguments after `--` go to the
+                          bench binaries (e.g. a criterion filter). Fails when
+                          a correctness check fails, never on a missed speed
+                          target.
 ";
 
-/// Exit code for a command line that xtask does not understand, or a command
-/// it does not implement yet.
+/// Exit code for a command line that xtask does not understand.
 const USAGE_EXIT: u8 = 2;
 
 fn main() -> ExitCode {
@@ -49,13 +66,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&rest),
         Some("lint") => no_extra_args("lint", &rest).and_then(|()| lint::run()),
         Some("ci") => no_extra_args("ci", &rest).and_then(|()| ci()),
-        Some("bench") => {
-            eprintln!(
-                "xtask: `cargo xtask bench` is not implemented yet: the criterion \
-                 benchmarks (design §9) arrive with a later issue."
-            );
-            return ExitCode::from(USAGE_EXIT);
-        }
+        Some("bench") => bench::run(&rest),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

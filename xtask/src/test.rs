@@ -1,20 +1,12 @@
 //! `cargo xtask test`: every test of every backend, with the servers they
 //! need (design §10): PostgreSQL, a single Redis server and a three-master
 //! Redis Cluster, each either the caller's (from the environment) or a
-//! throw-away one started for this run.
+//! throw-away one started for this run (see [`crate::backends`]).
 
-use std::ffi::OsString;
+use anyhow::Result;
 
-use anyhow::{Context, Result};
-
-use crate::postgres::Postgres;
+use crate::backends::{Backends, Needs, REQUIRE_BACKENDS};
 use crate::process;
-use crate::redis::Redis;
-use crate::redis_cluster::RedisCluster;
-
-/// Tells the tests that a missing backend is a failure, not a skip
-/// (conventions: "Tests").
-const REQUIRE_BACKENDS: &str = "ONCEFLIGHT_REQUIRE_BACKENDS";
 
 /// Test threads per test binary unless `RUST_TEST_THREADS` is set.
 const TEST_THREADS: &str = "8";
@@ -27,76 +19,18 @@ const TEST_THREADS: &str = "8";
 pub(crate) fn run(extra_args: &[String]) -> Result<()> {
     // Dropped at the end of this function (also on `?`), which stops
     // whatever was started.
-    let mut started = Started::default();
-
-    let database_url = match env_url("DATABASE_URL")? {
-        Some(url) => {
-            eprintln!(
-                "xtask: using DATABASE_URL from the environment: {}",
-                process::redact_url(&url)
-            );
-            url
-        }
-        None => {
-            let postgres = Postgres::start()?;
-            let url = postgres.url();
-            eprintln!(
-                "xtask: started a throw-away PostgreSQL {} at {url} (files in {})",
-                postgres.version(),
-                postgres.dir().display()
-            );
-            started.postgres = Some(postgres);
-            url
-        }
-    };
-    let redis_url = match env_url("REDIS_URL")? {
-        Some(url) => {
-            eprintln!(
-                "xtask: using REDIS_URL from the environment: {}",
-                process::redact_url(&url)
-            );
-            url
-        }
-        None => {
-            let redis = Redis::start()?;
-            let url = redis.url();
-            eprintln!(
-                "xtask: started a throw-away Redis at {url} (files in {})",
-                redis.dir().display()
-            );
-            started.redis = Some(redis);
-            url
-        }
-    };
-    let redis_cluster_urls = match env_url("REDIS_CLUSTER_URLS")? {
-        Some(urls) => {
-            let redacted: Vec<String> = urls.split(',').map(process::redact_url).collect();
-            eprintln!(
-                "xtask: using REDIS_CLUSTER_URLS from the environment: {}",
-                redacted.join(",")
-            );
-            urls
-        }
-        None => {
-            let cluster = RedisCluster::start()?;
-            let urls = cluster.urls();
-            eprintln!(
-                "xtask: started a throw-away Redis Cluster at {urls} (files in {})",
-                cluster.dir().display()
-            );
-            started.redis_cluster = Some(cluster);
-            urls
-        }
-    };
+    let backends = Backends::start(Needs {
+        postgres: true,
+        redis: true,
+        cluster: true,
+    })?;
 
     let mut cargo = process::cargo();
     cargo
         .arg("test")
         .args(test_args(extra_args))
         .env(REQUIRE_BACKENDS, "1")
-        .env("DATABASE_URL", &database_url)
-        .env("REDIS_URL", &redis_url)
-        .env("REDIS_CLUSTER_URLS", &redis_cluster_urls);
+        .envs(backends.env());
     // Most backend tests spend their time waiting on leases and timers, not
     // on the CPU: more test threads than cores finish sooner on this 2-core
     // machine. The caller's own setting wins.
@@ -104,29 +38,6 @@ pub(crate) fn run(extra_args: &[String]) -> Result<()> {
         cargo.env("RUST_TEST_THREADS", TEST_THREADS);
     }
     process::run(&mut cargo)
-}
-
-/// Servers this run started; dropping it stops them in the reverse order of
-/// their start (fields drop in declaration order): the Redis Cluster first,
-/// then Redis, then PostgreSQL.
-#[derive(Default)]
-struct Started {
-    redis_cluster: Option<RedisCluster>,
-    redis: Option<Redis>,
-    postgres: Option<Postgres>,
-}
-
-/// The value of `name`, treating empty as unset.
-fn env_url(name: &str) -> Result<Option<String>> {
-    match std::env::var_os(name) {
-        None => Ok(None),
-        Some(value) if value.is_empty() => Ok(None),
-        Some(value) => value
-            .into_string()
-            .map(Some)
-            .map_err(|value: OsString| anyhow::anyhow!("{value:?} is not UTF-8"))
-            .with_context(|| format!("{name} is set but unusable")),
-    }
 }
 
 /// The `cargo test` arguments: the whole workspace with all features, unless

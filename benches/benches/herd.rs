@@ -1,0 +1,476 @@
+//! The herd of design §9, and the incident's own approach beside ours.
+//!
+//! - Herd: 1,000 concurrent `Coordinator::get_or_run` for one fresh key
+//!   with a 50 ms job, spread over 8 coordinators (as 8 processes would
+//!   be) on one store: the job must run exactly once (a correctness check),
+//!   and the time from the job's completion to each caller's return is
+//!   measured (p50, p99).
+//! - The seed's approach (`seed/000_11623b1c91619f4c.txt`), implemented
+//!   faithfully on the same Postgres: check a cache table, check for a
+//!   pending row, insert (catching 23505 and re-reading), poll every 500 ms
+//!   for completion. Its herd figure stands beside ours as the baseline;
+//!   its throughput beside `get_or_run`'s, and the duplicate-key errors it
+//!   hits are counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode};
+use onceflight_benches::load::{self, Series};
+use onceflight_benches::report::{self, Figure};
+use onceflight_benches::{criterion, runtime, stores};
+use onceflight_core::{Bytes, ClaimOptions, Coordinator, Kind, RequestKey, RequestStore};
+use parking_lot::Mutex;
+use sqlx::PgPool;
+use tokio::runtime::Runtime;
+
+const BENCH: &str = "herd";
+const HERD: usize = 1_000;
+const COORDINATORS: usize = 8;
+const JOB: Duration = Duration::from_millis(50);
+const SEED_POLL: Duration = Duration::from_millis(500);
+
+/// What the herds of one series saw.
+#[derive(Default)]
+struct HerdStats {
+    herds: u64,
+    /// Job runs per herd that ran other than once.
+    wrong_runs: Vec<usize>,
+    /// Completion → return, per caller, over all herds.
+    after_completion: Series,
+    duplicate_key_errors: u64,
+}
+
+/// One herd of `get_or_run` on `coordinators` for a fresh key.
+async fn our_herd(
+    coordinators: &[Arc<Coordinator<dyn RequestStore>>],
+    key: String,
+    stats: &Mutex<HerdStats>,
+) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let done_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let key = RequestKey::parse(key).expect("key");
+    let options = ClaimOptions::new(Kind::parse("image").expect("kind"));
+    let callers: Vec<_> = (0..HERD)
+        .map(|i| {
+            let coordinator = Arc::clone(&coordinators[i % coordinators.len()]);
+            let (key, options, runs, done_at) = (
+                key.clone(),
+                options.clone(),
+                Arc::clone(&runs),
+                Arc::clone(&done_at),
+            );
+            tokio::spawn(async move {
+                coordinator
+                    .get_or_run(key, options, move |_| async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(JOB).await;
+                        *done_at.lock() = Some(Instant::now());
+                        Ok(Bytes::from_static(br#"{"url":"https://cdn/herd.png"}"#))
+                    })
+                    .await
+                    .expect("get_or_run");
+                Instant::now()
+            })
+        })
+        .collect();
+    let mut returned = Vec::with_capacity(HERD);
+    for caller in callers {
+        returned.push(caller.await.expect("caller"));
+    }
+    record_herd(
+        stats,
+        runs.load(Ordering::SeqCst),
+        *done_at.lock(),
+        &returned,
+        0,
+    );
+}
+
+fn record_herd(
+    stats: &Mutex<HerdStats>,
+    runs: usize,
+    done_at: Option<Instant>,
+    returned: &[Instant],
+    duplicates: u64,
+) {
+    let done_at = done_at.expect("the job completed");
+    let latencies: Vec<Duration> = returned
+        .iter()
+        .map(|r| r.saturating_duration_since(done_at))
+        .collect();
+    let last = latencies.iter().max().copied().unwrap_or_default();
+    let mut stats = stats.lock();
+    stats.herds += 1;
+    if runs != 1 {
+        stats.wrong_runs.push(runs);
+    }
+    stats.duplicate_key_errors += duplicates;
+    stats
+        .after_completion
+        .add(returned.len() as u64, last, latencies);
+}
+
+/// The seed's schema: a cache table and a request table with a unique
+/// request hash.
+async fn seed_schema(pool: &PgPool) {
+    for statement in [
+        "CREATE TABLE asset_cache (request_hash text PRIMARY KEY, result text NOT NULL)",
+        "CREATE TABLE asset_requests (id bigserial PRIMARY KEY, request_hash text NOT NULL UNIQUE, \
+         status text NOT NULL, result text, created_at timestamptz NOT NULL DEFAULT now(), \
+         updated_at timestamptz NOT NULL DEFAULT now())",
+    ] {
+        sqlx::query(statement)
+            .execute(pool)
+            .await
+            .expect("seed schema");
+    }
+}
+
+/// The seed's `getOrGenerate`: what its patch proposed, step by step.
+/// Returns whether this caller ran the job, and the duplicate-key errors
+/// it hit.
+async fn seed_get_or_generate(pool: &PgPool, hash: &str, job: Duration) -> (bool, u64) {
+    // 1. Cache check.
+    if sqlx::query_scalar::<_, String>("SELECT result FROM asset_cache WHERE request_hash = $1")
+        .bind(hash)
+        .fetch_optional(pool)
+        .await
+        .expect("cache check")
+        .is_some()
+    {
+        return (false, 0);
+    }
+    // 2. Pending check.
+    let pending = sqlx::query_scalar::<_, String>(
+        "SELECT status FROM asset_requests WHERE request_hash = $1 AND status = 'pending'",
+    )
+    .bind(hash)
+    .fetch_optional(pool)
+    .await
+    .expect("pending check");
+    if pending.is_some() {
+        poll(pool, hash).await;
+        return (false, 0);
+    }
+    // 3. Insert, catching 23505 and re-reading.
+    let inserted =
+        sqlx::query("INSERT INTO asset_requests (request_hash, status) VALUES ($1, 'pending')")
+            .bind(hash)
+            .execute(pool)
+            .await;
+    match inserted {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+            poll(pool, hash).await;
+            return (false, 1);
+        }
+        Err(e) => panic!("seed insert: {e}"),
+    }
+    // 4. Generate, mark done, fill the cache.
+    tokio::time::sleep(job).await;
+    let result = r#"{"url":"https://cdn/seed.png"}"#;
+    sqlx::query("UPDATE asset_requests SET status = 'done', result = $2, updated_at = now() WHERE request_hash = $1")
+        .bind(hash)
+        .bind(result)
+        .execute(pool)
+        .await
+        .expect("mark done");
+    sqlx::query(
+        "INSERT INTO asset_cache (request_hash, result) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(hash)
+    .bind(result)
+    .execute(pool)
+    .await
+    .expect("fill cache");
+    (true, 0)
+}
+
+/// The seed's wait: re-read every 500 ms until the row is done.
+async fn poll(pool: &PgPool, hash: &str) {
+    loop {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM asset_requests WHERE request_hash = $1")
+                .bind(hash)
+                .fetch_optional(pool)
+                .await
+                .expect("poll");
+        if status.as_deref() == Some("done") {
+            return;
+        }
+        tokio::time::sleep(SEED_POLL).await;
+    }
+}
+
+async fn seed_herd(pool: &PgPool, hash: String, stats: &Mutex<HerdStats>) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let done_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let duplicates = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..HERD)
+        .map(|_| {
+            let (pool, hash, runs, done_at, duplicates) = (
+                pool.clone(),
+                hash.clone(),
+                Arc::clone(&runs),
+                Arc::clone(&done_at),
+                Arc::clone(&duplicates),
+            );
+            tokio::spawn(async move {
+                let (ran, dups) = seed_get_or_generate(&pool, &hash, JOB).await;
+                if ran {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    // The job's caller returns right after marking it done.
+                    done_at.lock().get_or_insert_with(Instant::now);
+                }
+                duplicates.fetch_add(dups, Ordering::Relaxed);
+                Instant::now()
+            })
+        })
+        .collect();
+    let mut returned = Vec::with_capacity(HERD);
+    for caller in callers {
+        returned.push(caller.await.expect("caller"));
+    }
+    record_herd(
+        stats,
+        runs.load(Ordering::SeqCst),
+        *done_at.lock(),
+        &returned,
+        duplicates.load(Ordering::Relaxed),
+    );
+}
+
+fn herd_figure(store: &str, ours: &mut HerdStats, seed: Option<&mut HerdStats>) {
+    let p99 = |s: &mut HerdStats| s.after_completion.percentile_us(0.99);
+    let p50 = |s: &mut HerdStats| s.after_completion.percentile_us(0.5);
+    let (baseline, baseline_p50, baseline_p99, dups) = match seed {
+        Some(seed) => (
+            p99(seed).map(|us| us / 1000.0),
+            p50(seed),
+            p99(seed),
+            Some(seed.duplicate_key_errors as f64 / seed.herds.max(1) as f64),
+        ),
+        None => (None, None, None, None),
+    };
+    report::figure(&Figure {
+        bench: BENCH,
+        group: "Herd: 1,000 get_or_run on one key, 50 ms job — completion to return (p99)"
+            .to_owned(),
+        name: "completion → caller return, p99".to_owned(),
+        store: store.to_owned(),
+        concurrency: Some(HERD),
+        unit: "ms",
+        higher_is_better: false,
+        ours: p99(ours).unwrap_or(0.0) / 1000.0,
+        baseline,
+        baseline_name: baseline.map(|_| {
+            "the seed's approach: check, check, insert (23505), poll every 500 ms".to_owned()
+        }),
+        target: None,
+        target_text: None,
+        p50_us: p50(ours),
+        p99_us: p99(ours),
+        baseline_p50_us: baseline_p50,
+        baseline_p99_us: baseline_p99,
+        note: Some(match dups {
+            Some(d) => format!(
+                "{} herds each; {COORDINATORS} coordinators share the store; the seed's callers hit {d:.0} duplicate-key errors (23505) per herd",
+                ours.herds
+            ),
+            None => format!(
+                "{} herds; {COORDINATORS} coordinators share the store",
+                ours.herds
+            ),
+        }),
+    });
+    report::check_eq(
+        BENCH,
+        &format!("herds of {HERD} in which the job ran other than once"),
+        store,
+        ours.wrong_runs.len() as f64,
+        0.0,
+        &format!("{} herds; runs counted inside the job", ours.herds),
+    );
+}
+
+fn measure_ours(
+    c: &mut Criterion,
+    rt: &Runtime,
+    name: &str,
+    store: Arc<dyn RequestStore>,
+) -> HerdStats {
+    let coordinators: Arc<Vec<Arc<Coordinator<dyn RequestStore>>>> = Arc::new(
+        (0..COORDINATORS)
+            .map(|_| Arc::new(Coordinator::new(Arc::clone(&store))))
+            .collect(),
+    );
+    let stats = Arc::new(Mutex::new(HerdStats::default()));
+    let next = Arc::new(AtomicU64::new(0));
+    let prefix = stores::unique("herd");
+    let mut group = c.benchmark_group(format!("herd/{name}"));
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    group.bench_function("ours", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (coordinators, stats, next, prefix) = (
+                Arc::clone(&coordinators),
+                Arc::clone(&stats),
+                Arc::clone(&next),
+                prefix.clone(),
+            );
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let key = format!("{prefix}|{}", next.fetch_add(1, Ordering::Relaxed));
+                    our_herd(&coordinators, key, &stats).await;
+                }
+                start.elapsed()
+            }
+        });
+    });
+    group.finish();
+    Arc::try_unwrap(stats)
+        .ok()
+        .expect("no herd runs on")
+        .into_inner()
+}
+
+fn measure_seed(c: &mut Criterion, rt: &Runtime, pool: &PgPool) -> HerdStats {
+    let stats = Arc::new(Mutex::new(HerdStats::default()));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut group = c.benchmark_group("herd/postgres");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    group.bench_function("seed", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (pool, stats, next) = (pool.clone(), Arc::clone(&stats), Arc::clone(&next));
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    seed_herd(
+                        &pool,
+                        format!("image|herd-{}", next.fetch_add(1, Ordering::Relaxed)),
+                        &stats,
+                    )
+                    .await;
+                }
+                start.elapsed()
+            }
+        });
+    });
+    group.finish();
+    Arc::try_unwrap(stats)
+        .ok()
+        .expect("no herd runs on")
+        .into_inner()
+}
+
+/// Throughput on fresh keys with an instant job, 64 callers: ours
+/// (`get_or_run`: claim, run, complete) beside the seed's approach (cache
+/// check, pending check, insert, mark done, fill cache).
+fn throughput(c: &mut Criterion, rt: &Runtime, store: Arc<dyn RequestStore>, pool: &PgPool) {
+    const CALLERS: usize = 64;
+    let coordinator = Arc::new(Coordinator::new(store));
+    let ours = load::series();
+    let seed = load::series();
+    let prefix = stores::unique("tp");
+    let mut group = c.benchmark_group("get_or_run/fresh/postgres");
+    {
+        let (coordinator, prefix) = (Arc::clone(&coordinator), prefix.clone());
+        let next = Arc::new(AtomicU64::new(0));
+        group.bench_function(format!("ours/{CALLERS}"), |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let (coordinator, prefix) = (Arc::clone(&coordinator), prefix.clone());
+                let (next, series) = (Arc::clone(&next), Arc::clone(&ours));
+                async move {
+                    load::run(CALLERS, iters, &series, move |i| {
+                        let coordinator = Arc::clone(&coordinator);
+                        let key = RequestKey::parse(format!(
+                            "{prefix}|{}",
+                            next.fetch_add(1, Ordering::Relaxed)
+                        ))
+                        .expect("key");
+                        let _ = i;
+                        async move {
+                            coordinator
+                                .get_or_run(
+                                    key,
+                                    ClaimOptions::new(Kind::parse("image").expect("kind")),
+                                    |_| async { Ok(Bytes::from_static(b"1")) },
+                                )
+                                .await
+                                .expect("get_or_run");
+                        }
+                    })
+                    .await
+                }
+            });
+        });
+    }
+    let round = Arc::new(AtomicU64::new(0));
+    group.bench_function(format!("seed/{CALLERS}"), |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (pool, series) = (pool.clone(), Arc::clone(&seed));
+            let round = round.fetch_add(1, Ordering::Relaxed);
+            async move {
+                load::run(CALLERS, iters, &series, move |i| {
+                    let pool = pool.clone();
+                    async move {
+                        seed_get_or_generate(
+                            &pool,
+                            &format!("image|tp-{round}-{i}"),
+                            Duration::ZERO,
+                        )
+                        .await;
+                    }
+                })
+                .await
+            }
+        });
+    });
+    group.finish();
+    let (mut ours, mut seed) = (ours.lock(), seed.lock());
+    report::figure(&Figure {
+        bench: BENCH,
+        group: "get_or_run on fresh keys (instant job), beside the seed's approach".to_owned(),
+        name: "get_or_run".to_owned(),
+        store: "postgres".to_owned(),
+        concurrency: Some(CALLERS),
+        unit: "jobs/s",
+        higher_is_better: true,
+        ours: ours.throughput(),
+        baseline: Some(seed.throughput()),
+        baseline_name: Some("the seed's approach (5 statements, no lease)".to_owned()),
+        target: None,
+        target_text: None,
+        p50_us: ours.percentile_us(0.5),
+        p99_us: ours.percentile_us(0.99),
+        baseline_p50_us: seed.percentile_us(0.5),
+        baseline_p99_us: seed.percentile_us(0.99),
+        note: Some("ours: claim + complete with a lease and fencing; the seed: cache check, pending check, insert, update, cache insert".to_owned()),
+    });
+}
+
+fn main() {
+    let rt = runtime();
+    let mut c = criterion();
+    let memory: Arc<dyn RequestStore> = Arc::new(stores::memory());
+    let mut stats = measure_ours(&mut c, &rt, "memory", memory);
+    herd_figure("memory", &mut stats, None);
+
+    if let Some(pg) = rt.block_on(stores::postgres(stores::PG_POOL)) {
+        let pool = pg.pool().clone();
+        rt.block_on(seed_schema(&pool));
+        let store: Arc<dyn RequestStore> = Arc::new(pg);
+        let mut ours = measure_ours(&mut c, &rt, "postgres", Arc::clone(&store));
+        let mut seed = measure_seed(&mut c, &rt, &pool);
+        herd_figure("postgres", &mut ours, Some(&mut seed));
+        throughput(&mut c, &rt, store, &pool);
+    }
+
+    if let Some(redis) = rt.block_on(stores::redis()) {
+        let mut stats = measure_ours(&mut c, &rt, "redis", Arc::new(redis));
+        herd_figure("redis", &mut stats, None);
+    }
+    c.final_summary();
+}
