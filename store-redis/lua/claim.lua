@@ -21,8 +21,8 @@ local function grant(token, fields)
     redis.call('SET', KEYS[2], int(token), 'PXAT', int(lexp))
 end
 
-local r = redis.call('HMGET', KEYS[1],
-    'kind', 'fp', 'state', 'token', 'attempt', 'max', 'rel', 'lexp', 'retry_at', 'failures')
+-- One read of the whole record: the hit paths below answer from it.
+local r = read()
 local state = r[3]
 
 if not state then
@@ -41,17 +41,17 @@ if not state then
 end
 
 if r[1] ~= kind or (r[2] and fp ~= '' and r[2] ~= fp) then
-    return answer('mismatch', now)
+    return answer('mismatch', now, '', r)
 end
 if state == 'completed' then
-    return answer('completed', now)
+    return answer('completed', now, '', r)
 end
-local released = r[7] == '1'
-if state == 'processing' and lease_left(now, state, r[7], r[8]) > 0 then
-    return answer('in_flight', now)
+local released = r[9] == '1'
+if state == 'processing' and lease_left(now, state, r[9], r[8]) > 0 then
+    return answer('in_flight', now, '', r)
 end
-if state == 'failed' and (not r[9] or tonumber(r[9]) > now) then
-    return answer('failed', now)
+if state == 'failed' and (not r[13] or tonumber(r[13]) > now) then
+    return answer('failed', now, '', r)
 end
 
 local attempt, max = tonumber(r[5]), tonumber(r[6])
@@ -59,7 +59,8 @@ if state == 'processing' and not released and attempt >= max then
     -- An expired lease with no attempt left is not taken over.
     redis.call('HSET', KEYS[1], 'state', 'failed',
         'emsg', 'lease expired on attempt ' .. int(attempt) .. ' of ' .. int(max),
-        'eretry', '1', 'failures', int(tonumber(r[10]) + 1), 'updated', int(now))
+        'eretry', '1', 'failures', int(tonumber(redis.call('HGET', KEYS[1], 'failures')) + 1),
+        'updated', int(now))
     redis.call('HDEL', KEYS[1], 'retry_at', 'lexp')
     redis.call('DEL', KEYS[2])
     keep_until(now + retention)

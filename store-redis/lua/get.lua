@@ -1,7 +1,8 @@
 -- get (design §4): the record as Redis's clock sees it now.
 -- ARGV: channel, key.
 local _, now = clock()
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local r = read()
+if not r[3] then
     return { 'none', int(now) }
 end
-return answer('ok', now)
+return answer('ok', now, '', r)

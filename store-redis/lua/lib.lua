@@ -67,10 +67,17 @@ local function keep_until(exp)
     redis.call('PEXPIREAT', KEYS[1], int(exp))
 end
 
+-- The record's FIELDS, in order (absent ones false).
+local function read()
+    return redis.call('HMGET', KEYS[1], unpack(FIELDS))
+end
+
 -- The reply every script shares: { outcome, now, extra, lease_left,
--- FIELDS… } as strings, absent values as nil.
-local function answer(outcome, now, extra)
-    local r = redis.call('HMGET', KEYS[1], unpack(FIELDS))
+-- FIELDS… } as strings, absent values as nil. `r` is the record as `read`
+-- returned it, when the script has not changed it since; otherwise it is
+-- read again.
+local function answer(outcome, now, extra, r)
+    r = r or read()
     local left = false
     if r[3] then
         local l = lease_left(now, r[3], r[9], r[8])
