@@ -256,14 +256,7 @@ fn resident_bytes() -> u64 {
     last
 }
 
-/// `VmRSS` of `/proc/self/status`, bytes.
+/// `VmRSS` of this process, bytes.
 fn vm_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .expect("VmRSS in /proc/self/status (Linux only)")
+    onceflight_benches::resident_bytes("self")
 }

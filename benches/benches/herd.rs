@@ -61,7 +61,7 @@ async fn our_herd(
                 Arc::clone(&runs),
                 Arc::clone(&done_at),
             );
-            tokio::spawn(async move {
+            async move {
                 coordinator
                     .get_or_run(key, options, move |_| async move {
                         runs.fetch_add(1, Ordering::SeqCst);
@@ -71,14 +71,10 @@ async fn our_herd(
                     })
                     .await
                     .expect("get_or_run");
-                Instant::now()
-            })
+            }
         })
         .collect();
-    let mut returned = Vec::with_capacity(HERD);
-    for caller in callers {
-        returned.push(caller.await.expect("caller"));
-    }
+    let returned = gather(callers).await;
     record_herd(
         stats,
         runs.load(Ordering::SeqCst),
@@ -86,6 +82,27 @@ async fn our_herd(
         &returned,
         0,
     );
+}
+
+/// Runs the herd's callers at once and returns when each got its answer.
+async fn gather<F>(callers: Vec<F>) -> Vec<Instant>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let running: Vec<_> = callers
+        .into_iter()
+        .map(|caller| {
+            tokio::spawn(async move {
+                caller.await;
+                Instant::now()
+            })
+        })
+        .collect();
+    let mut returned = Vec::with_capacity(running.len());
+    for caller in running {
+        returned.push(caller.await.expect("caller"));
+    }
+    returned
 }
 
 fn record_herd(
@@ -217,7 +234,7 @@ async fn seed_herd(pool: &PgPool, hash: String, stats: &Mutex<HerdStats>) {
                 Arc::clone(&done_at),
                 Arc::clone(&duplicates),
             );
-            tokio::spawn(async move {
+            async move {
                 let (ran, dups) = seed_get_or_generate(&pool, &hash, JOB).await;
                 if ran {
                     runs.fetch_add(1, Ordering::SeqCst);
@@ -225,14 +242,10 @@ async fn seed_herd(pool: &PgPool, hash: String, stats: &Mutex<HerdStats>) {
                     done_at.lock().get_or_insert_with(Instant::now);
                 }
                 duplicates.fetch_add(dups, Ordering::Relaxed);
-                Instant::now()
-            })
+            }
         })
         .collect();
-    let mut returned = Vec::with_capacity(HERD);
-    for caller in callers {
-        returned.push(caller.await.expect("caller"));
-    }
+    let returned = gather(callers).await;
     record_herd(
         stats,
         runs.load(Ordering::SeqCst),

@@ -695,15 +695,7 @@ fn open_files(pid: u32) -> usize {
 
 /// `VmRSS` of the process `pid`, bytes.
 fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .expect("VmRSS in /proc/<pid>/status (Linux only)")
+    onceflight_benches::resident_bytes(&pid.to_string())
 }
 
 /// The resident memory of `pid` once two readings 100 ms apart agree (or

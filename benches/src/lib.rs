@@ -52,5 +52,19 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// The resident memory (`VmRSS`) of process `pid` — `"self"` for this one
+/// — in bytes (Linux's `/proc`).
+pub fn resident_bytes(pid: &str) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or_else(|| panic!("VmRSS in {path} (Linux only)"))
+}
+
 /// The concurrency levels of design §9.
 pub const CALLERS: [usize; 3] = [1, 8, 64];
