@@ -216,7 +216,6 @@ async fn drive(
     iters: u64,
     keys: Arc<Keys>,
     series: Shared,
-    acquired_per_race: Option<Arc<Mutex<Vec<usize>>>>,
 ) -> Duration {
     if scenario == Scenario::Race {
         // One race per iteration: `callers` claims of one fresh key at once.
@@ -236,9 +235,6 @@ async fn drive(
                 .collect();
             for racer in racers {
                 latencies.push(racer.await.expect("racer"));
-            }
-            if let Some(acquired) = &acquired_per_race {
-                acquired.lock().push(usize::MAX); // filled in by `count_race`
             }
         }
         let elapsed = start.elapsed();
@@ -395,7 +391,6 @@ fn measure(c: &mut Criterion, rt: &Runtime, make: &dyn Fn() -> Subject) {
                             iters,
                             Arc::clone(&keys),
                             Arc::clone(series),
-                            None,
                         )
                     });
                 });

@@ -308,35 +308,31 @@ fn herd_figure(store: &str, ours: &mut HerdStats, seed: Option<&mut HerdStats>) 
     );
 }
 
-fn measure_ours(
+/// Runs herds as criterion's `group`/`id` (flat sampling: a herd takes
+/// from 50 ms to a second), each `herd(n, stats)` with `n` counting herds
+/// so that each gets a fresh key; returns what the herds saw.
+fn measure_herds<F, Fut>(
     c: &mut Criterion,
     rt: &Runtime,
-    name: &str,
-    store: Arc<dyn RequestStore>,
-) -> HerdStats {
-    let coordinators: Arc<Vec<Arc<Coordinator<dyn RequestStore>>>> = Arc::new(
-        (0..COORDINATORS)
-            .map(|_| Arc::new(Coordinator::new(Arc::clone(&store))))
-            .collect(),
-    );
+    group: &str,
+    id: &str,
+    herd: F,
+) -> HerdStats
+where
+    F: Fn(u64, Arc<Mutex<HerdStats>>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let stats = Arc::new(Mutex::new(HerdStats::default()));
-    let next = Arc::new(AtomicU64::new(0));
-    let prefix = stores::unique("herd");
-    let mut group = c.benchmark_group(format!("herd/{name}"));
+    let next = AtomicU64::new(0);
+    let mut group = c.benchmark_group(group);
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
-    group.bench_function("ours", |b| {
+    group.bench_function(id, |b| {
         b.to_async(rt).iter_custom(|iters| {
-            let (coordinators, stats, next, prefix) = (
-                Arc::clone(&coordinators),
-                Arc::clone(&stats),
-                Arc::clone(&next),
-                prefix.clone(),
-            );
+            let (herd, stats, next) = (&herd, &stats, &next);
             async move {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let key = format!("{prefix}|{}", next.fetch_add(1, Ordering::Relaxed));
-                    our_herd(&coordinators, key, &stats).await;
+                    herd(next.fetch_add(1, Ordering::Relaxed), Arc::clone(stats)).await;
                 }
                 start.elapsed()
             }
@@ -349,33 +345,28 @@ fn measure_ours(
         .into_inner()
 }
 
+/// Herds of `get_or_run` on `store`, through [`COORDINATORS`] coordinators.
+fn measure_ours(
+    c: &mut Criterion,
+    rt: &Runtime,
+    name: &str,
+    store: Arc<dyn RequestStore>,
+) -> HerdStats {
+    let coordinators: Vec<Arc<Coordinator<dyn RequestStore>>> = (0..COORDINATORS)
+        .map(|_| Arc::new(Coordinator::new(Arc::clone(&store))))
+        .collect();
+    let prefix = stores::unique("herd");
+    measure_herds(c, rt, &format!("herd/{name}"), "ours", |n, stats| {
+        let (coordinators, key) = (&coordinators, format!("{prefix}|{n}"));
+        async move { our_herd(coordinators, key, &stats).await }
+    })
+}
+
+/// Herds of the seed's approach on `pool`.
 fn measure_seed(c: &mut Criterion, rt: &Runtime, pool: &PgPool) -> HerdStats {
-    let stats = Arc::new(Mutex::new(HerdStats::default()));
-    let next = Arc::new(AtomicU64::new(0));
-    let mut group = c.benchmark_group("herd/postgres");
-    group.sampling_mode(SamplingMode::Flat).sample_size(10);
-    group.bench_function("seed", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let (pool, stats, next) = (pool.clone(), Arc::clone(&stats), Arc::clone(&next));
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    seed_herd(
-                        &pool,
-                        format!("image|herd-{}", next.fetch_add(1, Ordering::Relaxed)),
-                        &stats,
-                    )
-                    .await;
-                }
-                start.elapsed()
-            }
-        });
-    });
-    group.finish();
-    Arc::try_unwrap(stats)
-        .ok()
-        .expect("no herd runs on")
-        .into_inner()
+    measure_herds(c, rt, "herd/postgres", "seed", |n, stats| async move {
+        seed_herd(pool, format!("image|herd-{n}"), &stats).await;
+    })
 }
 
 /// Throughput on fresh keys with an instant job, 64 callers: ours
@@ -396,14 +387,13 @@ fn throughput(c: &mut Criterion, rt: &Runtime, store: Arc<dyn RequestStore>, poo
                 let (coordinator, prefix) = (Arc::clone(&coordinator), prefix.clone());
                 let (next, series) = (Arc::clone(&next), Arc::clone(&ours));
                 async move {
-                    load::run(CALLERS, iters, &series, move |i| {
+                    load::run(CALLERS, iters, &series, move |_| {
                         let coordinator = Arc::clone(&coordinator);
                         let key = RequestKey::parse(format!(
                             "{prefix}|{}",
                             next.fetch_add(1, Ordering::Relaxed)
                         ))
                         .expect("key");
-                        let _ = i;
                         async move {
                             coordinator
                                 .get_or_run(
