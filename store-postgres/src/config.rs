@@ -29,6 +29,11 @@ pub struct PgConfig {
     /// How often a waiter re-reads its record even without a notification:
     /// the bounded fallback for a lost one (default 5 s).
     pub wait_fallback: Duration,
+    /// Longest one operation may take, waiting for a pooled connection
+    /// included; past it the operation answers `Unavailable` (default 5 s).
+    /// A server that stops answering mid-query (a frozen network path, a
+    /// stalled host) then costs a caller this long, not forever.
+    pub operation_timeout: Duration,
 }
 
 impl PgConfig {
@@ -41,7 +46,14 @@ impl PgConfig {
             pool_size: 10,
             retention: DEFAULT_RETENTION,
             wait_fallback: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Sets the operation timeout.
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
     }
 
     /// Sets the schema.
@@ -78,6 +90,7 @@ impl fmt::Debug for PgConfig {
             .field("pool_size", &self.pool_size)
             .field("retention", &self.retention)
             .field("wait_fallback", &self.wait_fallback)
+            .field("operation_timeout", &self.operation_timeout)
             .finish()
     }
 }

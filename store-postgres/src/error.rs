@@ -4,6 +4,11 @@ use onceflight_core::Error;
 
 pub(crate) const BACKEND: &str = "postgres";
 
+/// An operation that ran out of its operation timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("Postgres did not answer within {0:?}")]
+pub(crate) struct TimedOut(pub(crate) std::time::Duration);
+
 /// Maps a sqlx error: anything about reaching or keeping the server
 /// (I/O, TLS, pool, a terminated or restarting backend, too many
 /// connections, a serialization failure or deadlock) is `Unavailable` and

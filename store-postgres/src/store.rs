@@ -18,7 +18,7 @@ use sqlx::{Connection, PgConnection, Row};
 use tokio::task::JoinHandle;
 
 use crate::config::PgConfig;
-use crate::error::{BACKEND, map};
+use crate::error::{BACKEND, TimedOut, map};
 use crate::waiters::spawn_listener;
 
 /// The embedded migrations (`migrations/`), applied by [`PgStore::migrate`].
@@ -43,6 +43,7 @@ pub struct PgStore {
     schema: String,
     retention_ms: i64,
     wait_fallback: Duration,
+    operation_timeout: Duration,
     waiters: Arc<Waiters>,
     listener: JoinHandle<()>,
 }
@@ -110,6 +111,7 @@ impl PgStore {
     /// migrate; call [`PgStore::migrate`] (or `onceflight migrate`) first.
     pub async fn connect(config: PgConfig) -> Result<Self> {
         check_schema(&config.schema)?;
+        let operation_timeout = config.operation_timeout.max(Duration::from_millis(1));
         let options = connect_options(&config.url, &config.schema)?;
         let listen_options = match &config.listen_url {
             Some(url) => connect_options(url, &config.schema)?,
@@ -129,7 +131,7 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(1))
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(operation_timeout)
             .connect_with(options)
             .await
             .map_err(map)?;
@@ -148,6 +150,7 @@ impl PgStore {
             // Clamped to 100 years ("forever"), which Postgres intervals hold.
             retention_ms: ms(config.retention.min(MAX_RETENTION)),
             wait_fallback: config.wait_fallback.max(Duration::from_millis(10)),
+            operation_timeout,
             waiters,
             listener,
         })
@@ -187,6 +190,22 @@ impl PgStore {
         &self.schema
     }
 
+    /// Runs one statement, bounded by the operation timeout. A statement cut
+    /// off by the timeout is dropped mid-flight; sqlx then discards or
+    /// resynchronises that connection before it serves anyone else.
+    async fn bounded<T>(
+        &self,
+        statement: impl Future<Output = std::result::Result<T, sqlx::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.operation_timeout, statement).await {
+            Ok(result) => result.map_err(map),
+            Err(_) => Err(Error::unavailable(
+                BACKEND,
+                TimedOut(self.operation_timeout),
+            )),
+        }
+    }
+
     /// Calls a fenced function (`renew`, `complete`, `fail`, `release`) and
     /// returns the record it answered, or `LeaseLost`.
     async fn fenced(
@@ -195,7 +214,7 @@ impl PgStore {
         key: &RequestKey,
         token: Token,
     ) -> Result<Record> {
-        let row = query.fetch_one(&self.pool).await.map_err(map)?;
+        let row = self.bounded(query.fetch_one(&self.pool)).await?;
         let outcome: String = row.try_get("outcome").map_err(map)?;
         if outcome != "ok" {
             return Err(Error::lease_lost(key, token));
@@ -307,9 +326,8 @@ impl RequestStore for PgStore {
         .bind(i32::try_from(options.max_attempts()).unwrap_or(i32::MAX))
         .bind(ms(options.retry_backoff()))
         .bind(self.retention_ms)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(map)?;
+        .fetch_one(&self.pool);
+        let row = self.bounded(row).await?;
         let decision = match get::<String>(&row, "outcome")?.as_str() {
             "acquired" => Decision::Acquired {
                 ttl: millis(get(&row, "lease_ttl_ms")?),
@@ -392,9 +410,8 @@ impl RequestStore for PgStore {
              WHERE r.key = $1 AND r.expires_at > clock_timestamp()",
         )
         .bind(key.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map)?;
+        .fetch_optional(&self.pool);
+        let row = self.bounded(row).await?;
         row.map(|row| record(&row, key)).transpose()
     }
 
@@ -406,11 +423,12 @@ impl RequestStore for PgStore {
     }
 
     async fn delete(&self, key: &RequestKey) -> Result<bool> {
-        sqlx::query_scalar("SELECT onceflight_delete($1)")
-            .bind(key.as_str())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map)
+        self.bounded(
+            sqlx::query_scalar("SELECT onceflight_delete($1)")
+                .bind(key.as_str())
+                .fetch_one(&self.pool),
+        )
+        .await
     }
 
     async fn sweep(&self) -> Result<u64> {
@@ -418,16 +436,18 @@ impl RequestStore for PgStore {
         loop {
             // Bounded batches, skipping rows a claim holds, so a large sweep
             // never stalls the hot path.
-            let deleted = sqlx::query(
-                "DELETE FROM onceflight_records WHERE key IN ( \
+            let deleted = self
+                .bounded(
+                    sqlx::query(
+                        "DELETE FROM onceflight_records WHERE key IN ( \
                      SELECT key FROM onceflight_records WHERE expires_at <= clock_timestamp() \
                      LIMIT $1 FOR UPDATE SKIP LOCKED)",
-            )
-            .bind(SWEEP_BATCH)
-            .execute(&self.pool)
-            .await
-            .map_err(map)?
-            .rows_affected();
+                    )
+                    .bind(SWEEP_BATCH)
+                    .execute(&self.pool),
+                )
+                .await?
+                .rows_affected();
             swept += deleted;
             if deleted < SWEEP_BATCH as u64 {
                 return Ok(swept);
