@@ -300,9 +300,14 @@ impl JobError {
     }
 
     /// A failure with an explicit retryability. Long messages are cut to
-    /// [`MAX_MESSAGE_BYTES`] so that a job's error can always be recorded.
+    /// [`MAX_MESSAGE_BYTES`], and NUL characters (which PostgreSQL's `text`
+    /// cannot hold) become U+FFFD, so that a job's error can always be
+    /// recorded, on every store alike.
     pub fn new(message: impl Into<String>, retryable: bool) -> Self {
         let mut message = message.into();
+        if message.contains('\0') {
+            message = message.replace('\0', "\u{fffd}");
+        }
         if message.len() > MAX_MESSAGE_BYTES {
             let mut end = MAX_MESSAGE_BYTES;
             while !message.is_char_boundary(end) {
@@ -314,13 +319,21 @@ impl JobError {
     }
 
     /// Like [`JobError::new`] but refuses instead of cutting an over-long
-    /// message: for input from outside, which must get a clear error.
+    /// message or replacing a NUL: for input from outside, which must get a
+    /// clear error. Other control characters are kept: line breaks and tabs
+    /// belong in stack traces.
     pub fn parse(message: impl Into<String>, retryable: bool) -> Result<Self> {
         let message = message.into();
         if message.len() > MAX_MESSAGE_BYTES {
             return Err(invalid(
                 "message",
                 format!("must be at most {MAX_MESSAGE_BYTES} bytes"),
+            ));
+        }
+        if message.contains('\0') {
+            return Err(invalid(
+                "message",
+                "must not contain NUL (U+0000), which not every store can hold",
             ));
         }
         Ok(Self { message, retryable })
@@ -502,6 +515,24 @@ mod tests {
             cut.message().chars().all(|c| c == 'é'),
             "no broken character"
         );
+    }
+
+    #[test]
+    fn job_error_never_holds_a_nul() {
+        let replaced = JobError::permanent("a\0b");
+        assert_eq!(replaced.message(), "a\u{fffd}b", "NUL becomes U+FFFD");
+        assert!(
+            matches!(
+                JobError::parse("a\0b", true),
+                Err(Error::InvalidInput {
+                    field: "message",
+                    ..
+                })
+            ),
+            "input from outside with NUL is refused"
+        );
+        let kept = JobError::parse("line 1\n\tline 2\r", true).expect("line breaks are kept");
+        assert_eq!(kept.message(), "line 1\n\tline 2\r", "other controls kept");
     }
 
     #[test]

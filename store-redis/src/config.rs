@@ -45,10 +45,24 @@ impl RedisConfig {
     /// reached through one seed).
     pub fn new(url: impl AsRef<str>) -> Self {
         let mut cluster = false;
-        let urls = url
-            .as_ref()
-            .split(',')
-            .map(str::trim)
+        // Split only at commas that begin another URL (`…,redis://…`), as
+        // `redact_url` does: any other comma is part of the URL it is in,
+        // perhaps of its password, which must then neither break the URL
+        // nor be printed half-redacted.
+        let mut pieces: Vec<String> = Vec::new();
+        for piece in url.as_ref().split(',') {
+            match pieces.last_mut() {
+                Some(last) if !piece.contains("://") => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ => pieces.push(piece.to_owned()),
+            }
+        }
+        let urls = pieces
+            .iter()
+            // A trailing comma ends a list; it is no part of the last URL.
+            .map(|u| u.trim().trim_end_matches(',').trim_end())
             .filter(|u| !u.is_empty())
             .map(|u| {
                 let plain = u
@@ -155,6 +169,18 @@ mod tests {
         let config = RedisConfig::new("rediss+cluster://:pw@a:7000");
         assert_eq!(config.urls, ["rediss://:pw@a:7000"]);
         assert!(config.cluster, "the +cluster scheme names a cluster");
+    }
+
+    #[test]
+    fn a_comma_in_a_password_is_part_of_the_url() {
+        let config = RedisConfig::new("redis://:pa,ss@a:7000/,");
+        assert_eq!(config.urls, ["redis://:pa,ss@a:7000/"]);
+        assert!(!config.cluster, "one URL, whatever its password holds");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("pa,ss") && !shown.contains("ss@"),
+            "{shown}"
+        );
     }
 
     #[test]
