@@ -360,7 +360,14 @@ impl RequestStore for MemoryStore {
         let now = Instant::now();
         let mut shard = self.shard(key).lock();
         let entry = shard.fenced(key, token, now, |e| e.holds(token))?;
-        entry.lease_expires_at = now + ttl.unwrap_or(entry.lease_ttl);
+        let lease_expires_at = now + ttl.unwrap_or(entry.lease_ttl);
+        if lease_expires_at < entry.lease_expires_at {
+            // Waiters sleep until the lease end they saw; a shorter lease
+            // must wake them, or they would sleep past its expiry (a
+            // takeover's chance) until their timeout.
+            entry.wake();
+        }
+        entry.lease_expires_at = lease_expires_at;
         entry.updated_at = now;
         entry.expires_at = entry.lease_expires_at + self.retention;
         Ok(Renewal {
