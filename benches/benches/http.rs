@@ -93,8 +93,11 @@ fn main() {
 
 /// Claims on a hot completed key and on fresh keys, beside `GET /healthz`.
 fn claims(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
+    // Idle connections are dropped before the server's header timeout
+    // (10 s) closes them, which could fail a request sent at that moment.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CALLERS)
+        .pool_idle_timeout(Duration::from_secs(4))
         .timeout(Duration::from_secs(30))
         .build()
         .expect("an HTTP client");

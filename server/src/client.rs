@@ -40,6 +40,10 @@ const BACKEND: &str = "http";
 /// Default time limit of one request (long-polls get their wait on top).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an idle pooled connection is kept: well under the service's
+/// default header timeout (10 s), after which it closes idle connections.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// How much longer than the wait it asked for a long-poll may take before the
 /// client gives up on it: room for the round trip and a busy server.
 const WAIT_GRACE: Duration = Duration::from_secs(5);
@@ -119,7 +123,12 @@ impl HttpStore {
                     .to_owned(),
             ));
         }
+        // The service closes a keep-alive connection left idle for its header
+        // timeout (10 s by default). A request sent on such a connection just
+        // as the service closes it fails without being retried, so idle
+        // connections are dropped here first.
         let client = reqwest::Client::builder()
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .build()
             .map_err(|e| Error::Backend {
                 backend: BACKEND,

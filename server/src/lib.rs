@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +22,7 @@ pub mod api;
 pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;
+mod edge;
 pub mod metrics;
 pub mod stores;
 
@@ -29,7 +31,13 @@ use api::routes;
 use auth::Tokens;
 use metrics::{InstrumentedStore, Metrics};
 
-/// Size and concurrency limits of the service.
+/// Size, time and concurrency limits of the service.
+///
+/// The edge limits (`header_timeout` … `max_connections`) hold clients that
+/// are slow, stalled or hostile before they reach a handler: a client that
+/// trickles its headers or body holds a connection only until its timeout,
+/// and headers are bounded in size and count. None of them bounds how long
+/// a response may take, so long-polls are never cut (see [`serve`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest result a `complete` may store, in bytes of JSON (default
@@ -41,6 +49,30 @@ pub struct Limits {
     /// Most `GET ?wait_ms` long-polls held at once; past it, 503
     /// `too_many_waiters` (default 10000).
     pub max_waiters: usize,
+    /// Longest a store operation may take before the request answers 503
+    /// `store_unavailable` (a long-poll gets its `wait_ms` on top; default
+    /// 5 s).
+    pub store_timeout: Duration,
+    /// Longest a client may take to send a request's headers, counted from
+    /// the moment its connection is ready for them (accepted, or the
+    /// previous response written); past it the connection is closed without
+    /// an answer. The same timer closes keep-alive connections idle that
+    /// long (default 10 s).
+    pub header_timeout: Duration,
+    /// Longest a request body may take to arrive whole, counted from its
+    /// headers; past it the request answers 408 `request_timeout` and the
+    /// connection is closed (default 30 s).
+    pub body_timeout: Duration,
+    /// Largest header block (request line and headers), in bytes; past it,
+    /// 431 and the connection is closed (default 64 KiB).
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; past it, 431 and the connection is
+    /// closed (default 100).
+    pub max_headers: usize,
+    /// Most connections served at once; further clients wait in the
+    /// listener's backlog until one closes (default: no cap, as each held
+    /// long-poll needs its own connection and `max_waiters` bounds those).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -56,6 +88,12 @@ impl Limits {
             max_result_bytes,
             max_body_bytes: max_result_bytes.saturating_add(64 * 1024),
             max_waiters: 10_000,
+            store_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: None,
         }
     }
 }
@@ -83,7 +121,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         Self {
             inner: Arc::new(Inner {
-                store: InstrumentedStore::new(store, Arc::clone(&metrics)),
+                store: InstrumentedStore::new(store, Arc::clone(&metrics), limits.store_timeout),
                 tokens,
                 limits,
                 metrics,
@@ -163,17 +201,20 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves; then answers held
-/// long-polls at once, finishes the requests in progress, and returns.
+/// long-polls at once, finishes the requests in progress, and returns once
+/// every connection has closed.
+///
+/// Connections are held to the edge limits of [`Limits`]: headers within
+/// `header_timeout` (idle keep-alive connections close after it too), at
+/// most `max_header_bytes` and `max_headers` of them (431 past either), a
+/// body within `body_timeout` (408 `request_timeout`), and at most
+/// `max_connections` connections at once. A response may take as long as
+/// its handler needs, so a 60 s long-poll is never cut.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = app(state.clone());
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            state.begin_shutdown();
-        })
-        .await
+    edge::serve(listener, router, state, shutdown).await
 }

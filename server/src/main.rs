@@ -78,7 +78,12 @@ struct PgArgs {
 
 impl StoreArgs {
     /// How to open the store, keeping results for `retention`.
-    fn options(&self, retention: Duration, migrate: bool) -> StoreOptions {
+    fn options(
+        &self,
+        retention: Duration,
+        migrate: bool,
+        operation_timeout: Option<Duration>,
+    ) -> StoreOptions {
         StoreOptions {
             retention,
             migrate,
@@ -87,6 +92,7 @@ impl StoreArgs {
             pg_listen_url: self.postgres.pg_listen_url.clone(),
             redis_prefix: Some(self.redis_prefix.clone()),
             redis_tls_ca_file: self.redis_tls_ca_file.clone(),
+            operation_timeout,
         }
     }
 
@@ -133,6 +139,39 @@ struct ServeArgs {
     /// Most long-polls (`GET ?wait_ms`) held at once.
     #[arg(long, env = "ONCEFLIGHT_MAX_WAITERS", default_value_t = 10_000)]
     max_waiters: usize,
+
+    /// Longest a store operation may take, in milliseconds, before the
+    /// request answers 503 store_unavailable (long-polls get their wait on
+    /// top).
+    #[arg(long, env = "ONCEFLIGHT_STORE_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    store_timeout_ms: u64,
+
+    /// Longest a client may take to send a request's headers, in
+    /// milliseconds, from the moment its connection is ready for them; past
+    /// it the connection is closed. Keep-alive connections idle this long are
+    /// closed too (at most 24 h).
+    #[arg(long, env = "ONCEFLIGHT_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    header_timeout_ms: u64,
+
+    /// Longest a request body may take to arrive whole, in milliseconds from
+    /// its headers; past it the request answers 408 request_timeout (at most
+    /// 24 h).
+    #[arg(long, env = "ONCEFLIGHT_BODY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    body_timeout_ms: u64,
+
+    /// Largest request header block (request line and headers), in bytes;
+    /// past it, 431.
+    #[arg(long, env = "ONCEFLIGHT_MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    max_header_bytes: u64,
+
+    /// Most header fields in a request; past it, 431.
+    #[arg(long, env = "ONCEFLIGHT_MAX_HEADERS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(8..=10_000))]
+    max_headers: u64,
+
+    /// Most connections served at once; further clients wait in the
+    /// listen backlog [default: no cap; --max-waiters bounds long-polls].
+    #[arg(long, env = "ONCEFLIGHT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
 
     /// Seconds between sweeps of records past retention (housekeeping only).
     #[arg(long, env = "ONCEFLIGHT_SWEEP_SECS", default_value_t = 60)]
@@ -229,9 +268,12 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             args.bind
         );
     }
-    let options = args
-        .store
-        .options(Duration::from_secs(args.retention_secs), !args.no_migrate);
+    let store_timeout = Duration::from_millis(args.store_timeout_ms);
+    let options = args.store.options(
+        Duration::from_secs(args.retention_secs),
+        !args.no_migrate,
+        Some(store_timeout),
+    );
     let store = stores::open(&args.store.store, &options)
         .await
         .with_context(|| format!("opening the store {}", args.store.describe()))?;
@@ -241,6 +283,12 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     );
     let mut limits = Limits::with_result_limit(args.max_result_bytes);
     limits.max_waiters = args.max_waiters;
+    limits.store_timeout = store_timeout;
+    limits.header_timeout = Duration::from_millis(args.header_timeout_ms);
+    limits.body_timeout = Duration::from_millis(args.body_timeout_ms);
+    limits.max_header_bytes = usize::try_from(args.max_header_bytes)?;
+    limits.max_headers = usize::try_from(args.max_headers)?;
+    limits.max_connections = args.max_connections.map(usize::try_from).transpose()?;
     let authenticated = !tokens.is_empty();
     let state = AppState::new(store, tokens, limits);
     let listener = TcpListener::bind(args.bind)
@@ -260,7 +308,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
 async fn run_migrate(args: StoreArgs) -> Result<()> {
     // Opening with `migrate` applies the migrations (and logs it); retention
     // is irrelevant here.
-    let store = stores::open(&args.store, &args.options(DEFAULT_RETENTION, true))
+    let store = stores::open(&args.store, &args.options(DEFAULT_RETENTION, true, None))
         .await
         .with_context(|| format!("migrating the store {}", args.describe()))?;
     match store.backend() {

@@ -1,5 +1,14 @@
 //! Prometheus metrics, and `InstrumentedStore`, which times every store
 //! operation by operation and backend.
+//!
+//! Besides counters and latencies, a few gauges say whether the process holds
+//! what it should and nothing more, so that a leak shows on a dashboard
+//! before it shows as an outage: long-polls held right now
+//! (`onceflight_waits_in_progress`), the tokio runtime's alive tasks
+//! (`onceflight_runtime_alive_tasks`), and, on Linux, the usual
+//! `process_open_fds`, `process_max_fds` and `process_resident_memory_bytes`
+//! (read from `/proc/self` at scrape time, with the names Prometheus's own
+//! process collectors use, so existing dashboards and alerts apply).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +21,7 @@ use onceflight_core::{
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -50,6 +60,104 @@ pub struct Metrics {
     waits: Counter,
     wait_seconds: Histogram,
     store_seconds: Family<StoreLabels, Histogram, fn() -> Histogram>,
+    waits_in_progress: Gauge,
+    alive_tasks: Gauge,
+    /// Unprefixed process gauges (`process_*`), filled in at scrape time.
+    process: ProcessGauges,
+}
+
+/// The `process_*` gauges of Prometheus's process collectors, in their own
+/// registry because they carry no `onceflight_` prefix.
+#[derive(Debug)]
+struct ProcessGauges {
+    registry: Registry,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    resident_bytes: Gauge,
+}
+
+impl Default for ProcessGauges {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let open_fds = Gauge::default();
+        let max_fds = Gauge::default();
+        let resident_bytes = Gauge::default();
+        // Only Linux has the `/proc/self` these are read from; elsewhere the
+        // registry stays empty rather than exporting zeros.
+        if cfg!(target_os = "linux") {
+            registry.register(
+                "process_open_fds",
+                "Open file descriptors: sockets of clients and stores included",
+                open_fds.clone(),
+            );
+            registry.register(
+                "process_max_fds",
+                "The soft limit of open file descriptors",
+                max_fds.clone(),
+            );
+            registry.register(
+                "process_resident_memory_bytes",
+                "Resident memory of the process",
+                resident_bytes.clone(),
+            );
+        }
+        Self {
+            registry,
+            open_fds,
+            max_fds,
+            resident_bytes,
+        }
+    }
+}
+
+impl ProcessGauges {
+    /// Reads the current figures from `/proc/self`; a figure that cannot be
+    /// read keeps its last value.
+    fn refresh(&self) {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            // The directory handle being read is one of the entries.
+            let open = entries.count().saturating_sub(1);
+            self.open_fds.set(i64::try_from(open).unwrap_or(i64::MAX));
+        }
+        if let Some(max) = proc_field("/proc/self/limits", "Max open files")
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        {
+            self.max_fds.set(max);
+        }
+        if let Some(kib) = proc_field("/proc/self/status", "VmRSS:")
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<i64>().ok())
+        {
+            self.resident_bytes.set(kib.saturating_mul(1024));
+        }
+    }
+}
+
+/// The rest of the first line of the file at `path` that starts with
+/// `label`.
+fn proc_field(path: &str, label: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(label))
+        .map(str::to_owned)
+}
+
+/// Counts one held long-poll in `onceflight_waits_in_progress` for as long
+/// as it lives. Dropping it, whichever way the request ends (answered, timed
+/// out, or its future dropped because the client went away), uncounts it,
+/// so the gauge cannot drift.
+#[derive(Debug)]
+#[must_use = "the long-poll is counted only while the guard lives"]
+pub struct WaitInProgress {
+    gauge: Gauge,
+}
+
+impl Drop for WaitInProgress {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -84,6 +192,18 @@ impl Default for Metrics {
             "Store operation latency by operation and backend",
             store_seconds.clone(),
         );
+        let waits_in_progress = Gauge::default();
+        registry.register(
+            "waits_in_progress",
+            "GET ?wait_ms long-polls held right now",
+            waits_in_progress.clone(),
+        );
+        let alive_tasks = Gauge::default();
+        registry.register(
+            "runtime_alive_tasks",
+            "Tasks alive in the tokio runtime: one per open client connection, plus the store's and the service's own",
+            alive_tasks.clone(),
+        );
         Self {
             registry,
             claims,
@@ -91,6 +211,9 @@ impl Default for Metrics {
             waits,
             wait_seconds,
             store_seconds,
+            waits_in_progress,
+            alive_tasks,
+            process: ProcessGauges::default(),
         }
     }
 }
@@ -122,32 +245,71 @@ impl Metrics {
         self.wait_seconds.observe(waited.as_secs_f64());
     }
 
+    /// Counts a long-poll as held until the returned guard is dropped.
+    pub fn wait_in_progress(&self) -> WaitInProgress {
+        self.waits_in_progress.inc();
+        WaitInProgress {
+            gauge: self.waits_in_progress.clone(),
+        }
+    }
+
     fn store_op(&self, operation: &'static str, backend: &'static str, took: Duration) {
         self.store_seconds
             .get_or_create(&StoreLabels { operation, backend })
             .observe(took.as_secs_f64());
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric. The gauges of the
+    /// runtime and the process are read now.
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.alive_tasks
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
+        self.process.refresh();
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
+        let _ =
+            prometheus_client::encoding::text::encode_registry(&mut text, &self.process.registry);
+        let _ = prometheus_client::encoding::text::encode_eof(&mut text);
         text
     }
 }
 
-/// A store that times each operation of the store it wraps.
+/// A store that times each operation of the store it wraps, and bounds it.
+///
+/// Every operation gets at most `timeout` (a `wait` gets its own timeout plus
+/// `timeout`); past it the call is dropped and answers
+/// [`Error::Unavailable`], so a store that stops answering — a frozen
+/// network path, a stalled server — turns into 503 `store_unavailable`
+/// within a known time instead of a request that hangs. The stores have
+/// their own timeouts too; this one holds whatever the store does.
 #[derive(Debug)]
 pub struct InstrumentedStore {
     inner: Arc<dyn RequestStore>,
     metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+/// The error of a store operation that ran out of time.
+#[derive(Debug, thiserror::Error)]
+#[error("the store did not answer {operation} within {timeout:?}")]
+struct TimedOut {
+    operation: &'static str,
+    timeout: Duration,
 }
 
 impl InstrumentedStore {
-    /// Wraps `inner`, recording into `metrics`.
-    pub fn new(inner: Arc<dyn RequestStore>, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
+    /// Wraps `inner`, recording into `metrics` and giving each operation at
+    /// most `timeout`.
+    pub fn new(inner: Arc<dyn RequestStore>, metrics: Arc<Metrics>, timeout: Duration) -> Self {
+        Self {
+            inner,
+            metrics,
+            timeout,
+        }
     }
 
     async fn timed<T>(
@@ -155,8 +317,23 @@ impl InstrumentedStore {
         operation: &'static str,
         op: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        self.bounded(operation, self.timeout, op).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        timeout: Duration,
+        op: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let started = Instant::now();
-        let result = op.await;
+        let result = match tokio::time::timeout(timeout, op).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::unavailable(
+                self.inner.backend(),
+                TimedOut { operation, timeout },
+            )),
+        };
         self.metrics
             .store_op(operation, self.inner.backend(), started.elapsed());
         if matches!(result, Err(Error::LeaseLost { .. })) {
@@ -200,7 +377,9 @@ impl RequestStore for InstrumentedStore {
         self.timed("get", self.inner.get(key)).await
     }
     async fn wait(&self, key: &RequestKey, timeout: Duration) -> Result<Option<Record>> {
-        self.timed("wait", self.inner.wait(key, timeout)).await
+        let bound = timeout.saturating_add(self.timeout);
+        self.bounded("wait", bound, self.inner.wait(key, timeout))
+            .await
     }
     async fn delete(&self, key: &RequestKey) -> Result<bool> {
         self.timed("delete", self.inner.delete(key)).await

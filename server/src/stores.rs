@@ -42,6 +42,10 @@ pub struct StoreOptions {
     /// A PEM file of the certificate authority that signed the Redis
     /// server's certificate, for `rediss://` with a private CA.
     pub redis_tls_ca_file: Option<std::path::PathBuf>,
+    /// Longest one store operation may take before it answers
+    /// `Unavailable` (default: the store's own, 5 s): Postgres's operation
+    /// timeout, Redis's response and connect timeouts.
+    pub operation_timeout: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -54,6 +58,7 @@ impl Default for StoreOptions {
             pg_listen_url: None,
             redis_prefix: None,
             redis_tls_ca_file: None,
+            operation_timeout: None,
         }
     }
 }
@@ -71,6 +76,7 @@ impl fmt::Debug for StoreOptions {
             )
             .field("redis_prefix", &self.redis_prefix)
             .field("redis_tls_ca_file", &self.redis_tls_ca_file)
+            .field("operation_timeout", &self.operation_timeout)
             .finish()
     }
 }
@@ -190,6 +196,9 @@ async fn open_postgres(
     if let Some(listen_url) = &options.pg_listen_url {
         config = config.with_listen_url(listen_url.as_str());
     }
+    if let Some(timeout) = options.operation_timeout {
+        config = config.with_operation_timeout(timeout);
+    }
     let store = PgStore::connect(config)
         .await
         .map_err(|source| OpenStoreError::Connect {
@@ -260,6 +269,10 @@ async fn open_redis(
     }
     if let Some(ca_file) = &options.redis_tls_ca_file {
         config = config.with_tls_root_cert(ca_file);
+    }
+    if let Some(timeout) = options.operation_timeout {
+        config.response_timeout = timeout;
+        config.connect_timeout = timeout;
     }
     let store = RedisStore::connect(config)
         .await

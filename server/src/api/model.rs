@@ -19,16 +19,28 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct ClaimBody {
     /// The job type: 1–64 characters of `[a-z0-9_.-]`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_.-]+$")]
     pub kind: String,
     /// Hash of the full request parameters (≤ 128 bytes); a claim whose
     /// fingerprint differs from the record's is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub fingerprint: Option<String>,
     /// Free-form id of the worker (≤ 128 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub owner: Option<String>,
     /// Lease time to live, 1–86400000 ms (default 30000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub lease_ms: Option<u64>,
     /// Leases the record may be granted, 1–1000 (default 3); taken from the
     /// claim that creates the record.
@@ -38,6 +50,7 @@ pub struct ClaimBody {
     /// Backoff after the record's first retryable failure, doubling after
     /// each further one, 1–3600000 ms (default 1000). Extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3_600_000)]
     pub retry_backoff_ms: Option<u64>,
 }
 
@@ -46,9 +59,11 @@ pub struct ClaimBody {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
     /// The lease's fencing token.
+    #[schema(maximum = 9_007_199_254_740_991_i64)]
     pub token: u64,
     /// New time to live from now, 1–86400000 ms (default: the lease's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub lease_ms: Option<u64>,
 }
 
@@ -57,9 +72,10 @@ pub struct HeartbeatBody {
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     /// The lease's fencing token.
+    #[schema(maximum = 9_007_199_254_740_991_i64)]
     pub token: u64,
     /// The job's result: any JSON value.
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub result: Box<RawValue>,
 }
 
@@ -68,8 +84,11 @@ pub struct CompleteBody {
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
     /// The lease's fencing token.
+    #[schema(maximum = 9_007_199_254_740_991_i64)]
     pub token: u64,
-    /// Why the job failed (≤ 4096 bytes).
+    /// Why the job failed (≤ 4096 bytes, no NUL; line breaks and tabs are
+    /// kept).
+    #[schema(max_length = 4096, pattern = "^[^\\u0000]*$")]
     pub message: String,
     /// Whether a later attempt may succeed (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,16 +100,19 @@ pub struct FailBody {
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
     /// The lease's fencing token.
+    #[schema(maximum = 9_007_199_254_740_991_i64)]
     pub token: u64,
 }
 
 /// Query of `GET /v1/requests/{key}`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GetQuery {
     /// Hold the response up to this long (0–60000 ms) while the record is
     /// `processing` with a live lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 0, maximum = 60_000, nullable = false)]
     pub wait_ms: Option<u64>,
 }
 
@@ -126,6 +148,7 @@ pub enum ClaimResponse {
         /// Leases granted to the record, this one included.
         attempt: u32,
         /// When the lease ends (store clock, RFC 3339).
+        #[schema(format = DateTime)]
         lease_expires_at: String,
         /// Time left on the lease.
         lease_ms: u64,
@@ -141,8 +164,10 @@ pub enum ClaimResponse {
         /// The record's attempt number.
         attempt: u32,
         /// The holder's owner id.
+        #[schema(required = true)]
         owner: Option<String>,
         /// When the holder's lease ends unless renewed.
+        #[schema(format = DateTime)]
         lease_expires_at: String,
         /// Time left on the holder's lease.
         retry_after_ms: u64,
@@ -155,10 +180,11 @@ pub enum ClaimResponse {
         token: u64,
         /// The completing attempt.
         attempt: u32,
-        /// The job's result.
-        #[schema(value_type = Object)]
+        /// The job's result: any JSON value.
+        #[schema(value_type = serde_json::Value)]
         result: Box<RawValue>,
         /// When the job completed.
+        #[schema(format = DateTime)]
         completed_at: String,
     },
     /// The job failed and no lease can be granted now.
@@ -172,6 +198,7 @@ pub enum ClaimResponse {
         /// The stored failure.
         error: ErrorInfo,
         /// When a retry will be allowed; null when none will be.
+        #[schema(required = true)]
         retry_after_ms: Option<u64>,
     },
 }
@@ -180,43 +207,54 @@ pub enum ClaimResponse {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct RecordBody {
     /// `processing`, `completed` or `failed`.
+    #[schema(pattern = "^(processing|completed|failed)$")]
     pub state: String,
     /// The request's key.
     pub key: String,
     /// The job type.
     pub kind: String,
     /// The fingerprint, if the creating claim gave one.
+    #[schema(required = true)]
     pub fingerprint: Option<String>,
     /// The current (or last) lease's token.
     pub token: u64,
     /// Leases granted to the record (releases excepted).
     pub attempt: u32,
     /// The current (or last) lease's owner.
+    #[schema(required = true)]
     pub owner: Option<String>,
     /// When the lease ends; null for a terminal record.
+    #[schema(required = true, format = DateTime)]
     pub lease_expires_at: Option<String>,
     /// Whether a `processing` record's lease has expired or was released.
     pub lease_expired: bool,
-    /// The result of a completed record.
-    #[schema(value_type = Option<Object>)]
+    /// The result of a completed record: any JSON value.
+    #[schema(value_type = Option<serde_json::Value>, required = true)]
     pub result: Option<Box<RawValue>>,
     /// The failure of a failed record.
+    #[schema(required = true)]
     pub error: Option<ErrorInfo>,
     /// When the record was created.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// When the record last changed.
+    #[schema(format = DateTime)]
     pub updated_at: String,
     /// When the record completed.
+    #[schema(required = true, format = DateTime)]
     pub completed_at: Option<String>,
     /// When the record will be forgotten (retention).
+    #[schema(required = true, format = DateTime)]
     pub expires_at: Option<String>,
     /// Leases the record may be granted. Extension.
     pub max_attempts: u32,
     /// Time left on the lease (0 once over); null for a terminal record.
     /// Extension.
+    #[schema(required = true)]
     pub lease_ms: Option<u64>,
     /// For a failed record, time until a retry is allowed; null when none
     /// will be. Extension.
+    #[schema(required = true)]
     pub retry_after_ms: Option<u64>,
 }
 
@@ -224,6 +262,7 @@ pub struct RecordBody {
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 pub struct HeartbeatResponse {
     /// When the lease now ends.
+    #[schema(format = DateTime)]
     pub lease_expires_at: String,
     /// Time left on the lease.
     pub lease_ms: u64,

@@ -70,6 +70,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large("the request body is over the size limit")
+            } else if crate::edge::is_body_timeout(&rejection) {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request body did not arrive in time",
+                )
             } else {
                 ApiError::invalid_request(rejection.body_text())
             }
@@ -138,12 +144,15 @@ fn retry_after_secs(d: Duration) -> u64 {
     request_body = ClaimBody,
     responses(
         (status = 201, description = "Acquired: the caller must do the job", body = ClaimResponse),
-        (status = 202, description = "In flight elsewhere (with Retry-After)", body = ClaimResponse),
+        (status = 202, description = "In flight elsewhere", body = ClaimResponse,
+            headers(("Retry-After" = u64, description = "Whole seconds left on the holder's lease"))),
         (status = 200, description = "Completed or failed", body = ClaimResponse),
-        (status = 400, description = "invalid_key or invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 422, description = "fingerprint_mismatch", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody),
+        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
+        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "too_large: the body is over the size limit", body = ErrorBody),
+        (status = 422, description = "fingerprint_mismatch: the kind or fingerprint differs from the record's", body = ErrorBody),
+        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
 )]
@@ -182,10 +191,12 @@ pub(crate) async fn claim(
     request_body = HeartbeatBody,
     responses(
         (status = 200, description = "The lease's new end", body = HeartbeatResponse),
-        (status = 400, description = "invalid_key or invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 409, description = "lease_lost", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody),
+        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
+        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
+        (status = 413, description = "too_large: the body is over the size limit", body = ErrorBody),
+        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
 )]
@@ -216,11 +227,12 @@ pub(crate) async fn heartbeat(
     request_body = CompleteBody,
     responses(
         (status = 200, description = "The completed record", body = RecordBody),
-        (status = 400, description = "invalid_key or invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 409, description = "lease_lost", body = ErrorBody),
-        (status = 413, description = "too_large", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody),
+        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
+        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
+        (status = 413, description = "too_large: the body or the result is over the size limit", body = ErrorBody),
+        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
 )]
@@ -259,10 +271,12 @@ pub(crate) async fn complete(
     request_body = FailBody,
     responses(
         (status = 200, description = "The failed record", body = RecordBody),
-        (status = 400, description = "invalid_key or invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 409, description = "lease_lost", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody),
+        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
+        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
+        (status = 413, description = "too_large: the body is over the size limit", body = ErrorBody),
+        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
 )]
@@ -291,10 +305,12 @@ pub(crate) async fn fail(
     request_body = ReleaseBody,
     responses(
         (status = 200, description = "The released record", body = RecordBody),
-        (status = 400, description = "invalid_key or invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 409, description = "lease_lost", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody),
+        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
+        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
+        (status = 413, description = "too_large: the body is over the size limit", body = ErrorBody),
+        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
 )]
@@ -321,10 +337,10 @@ pub(crate) async fn release(
     params(("key" = String, Path, description = "The request key, percent-encoded"), GetQuery),
     responses(
         (status = 200, description = "The record", body = RecordBody),
-        (status = 400, description = "invalid_key or invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "store_unavailable or too_many_waiters", body = ErrorBody),
+        (status = 400, description = "invalid_key or invalid_request (unknown query parameter, wait_ms out of range)", body = ErrorBody),
+        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
+        (status = 404, description = "not_found: no record for the key", body = ErrorBody),
+        (status = 503, description = "store_unavailable, or too_many_waiters (too many long-polls held)", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
 )]
@@ -346,6 +362,9 @@ pub(crate) async fn get_record(
         state.store().get(&store_key).await?
     } else {
         let _permit = state.waiter_permit()?;
+        // Counted until this future ends, however it ends (a client that
+        // goes away drops it).
+        let _held = state.metrics().wait_in_progress();
         let started = Instant::now();
         let record = tokio::select! {
             record = state.store().wait(&store_key, Duration::from_millis(wait_ms)) => record?,
@@ -371,9 +390,9 @@ pub(crate) async fn get_record(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "invalid_key", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody),
+        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
+        (status = 404, description = "not_found: no record for the key", body = ErrorBody),
+        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
 )]
@@ -394,7 +413,7 @@ pub(crate) async fn delete_record(
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "The process is up")))]
+    responses((status = 200, description = "The process is up: `{\"status\": \"ok\"}`", body = serde_json::Value)))]
 pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
@@ -402,8 +421,8 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
 /// Readiness: the store answers.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "The store answers"),
-        (status = 503, description = "store_unavailable", body = ErrorBody),
+        (status = 200, description = "The store answers: `{\"status\": \"ready\", \"store\": <backend>}`", body = serde_json::Value),
+        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ))]
 pub(crate) async fn readyz(
     State(state): State<AppState>,
@@ -430,7 +449,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3 document of this API")))]
+    responses((status = 200, description = "The OpenAPI 3 document of this API", body = serde_json::Value)))]
 pub(crate) async fn openapi() -> impl IntoResponse {
     Json(super::openapi::document())
 }
