@@ -7,6 +7,10 @@
 #![allow(dead_code)]
 
 pub(crate) mod fleet;
+pub(crate) mod history;
+pub(crate) mod pg_cluster;
+pub(crate) mod proxy;
+pub(crate) mod redis_child;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -224,6 +228,11 @@ impl Server {
         self.expect_clean_exit().await;
     }
 
+    /// The server's process id (for reading `/proc/<pid>`).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The URL of `path` on this server.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -244,10 +253,13 @@ impl Drop for Server {
     }
 }
 
-/// An HTTP client with a 60 s timeout.
+/// An HTTP client with a 60 s timeout, which drops idle connections before
+/// the server's header timeout closes them (a request sent just as the
+/// server closes its connection would fail).
 pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(4))
         .build()
         .expect("an HTTP client")
 }
