@@ -166,7 +166,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 
 /// Cargo's target directory as the child cargo sees it: `CARGO_TARGET_DIR`
 /// (relative to the workspace root, where the child runs) or `target/`.
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => root.join(dir),
         _ => root.join("target"),

@@ -20,6 +20,7 @@ mod process;
 mod redis;
 mod redis_cluster;
 mod report;
+mod schemathesis;
 mod test;
 
 use std::process::ExitCode;
@@ -38,6 +39,14 @@ commands:
                           afterwards. Extra arguments go to
                           `cargo test` (with `-p`/`--package`, only those
                           packages are tested instead of the whole workspace).
+                          A whole-workspace run ends with `schemathesis`.
+  schemathesis            start the server on the memory store, without and
+                          with bearer tokens, and run schemathesis (pinned,
+                          from PyPI, installed into
+                          <target dir>/schemathesis-venv) against its
+                          /openapi.json: no 5xx, and every answer as the
+                          document says. Needs python3 with venv (Debian:
+                          python3-venv).
   lint                    `cargo fmt --check`, then clippy with -D warnings for
                           every feature set CI checks.
   ci                      lint, then test: what to run before landing a commit.
@@ -67,6 +76,9 @@ fn main() -> ExitCode {
         Some("lint") => no_extra_args("lint", &rest).and_then(|()| lint::run()),
         Some("ci") => no_extra_args("ci", &rest).and_then(|()| ci()),
         Some("bench") => bench::run(&rest),
+        Some("schemathesis") => {
+            no_extra_args("schemathesis", &rest).and_then(|()| schemathesis::run())
+        }
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

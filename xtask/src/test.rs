@@ -1,12 +1,14 @@
 //! `cargo xtask test`: every test of every backend, with the servers they
 //! need (design §10): PostgreSQL, a single Redis server and a three-master
 //! Redis Cluster, each either the caller's (from the environment) or a
-//! throw-away one started for this run (see [`crate::backends`]).
+//! throw-away one started for this run (see [`crate::backends`]). A run of
+//! the whole workspace ends with [`crate::schemathesis`], which holds the
+//! live server to its OpenAPI document.
 
 use anyhow::Result;
 
 use crate::backends::{Backends, Needs, REQUIRE_BACKENDS};
-use crate::process;
+use crate::{process, schemathesis};
 
 /// Test threads per test binary unless `RUST_TEST_THREADS` is set.
 const TEST_THREADS: &str = "8";
@@ -15,8 +17,17 @@ const TEST_THREADS: &str = "8";
 /// `REDIS_CLUSTER_URLS` (comma-separated seed URLs of a Redis Cluster)
 /// pointing at working servers: the caller's when set, otherwise throw-away
 /// ones that are stopped when this returns, whether the tests pass, fail or
-/// never start.
+/// never start. When the caller picked no package, the tests are followed by
+/// `cargo xtask schemathesis`.
 pub(crate) fn run(extra_args: &[String]) -> Result<()> {
+    run_tests(extra_args)?;
+    if whole_workspace(extra_args) {
+        schemathesis::run()?;
+    }
+    Ok(())
+}
+
+fn run_tests(extra_args: &[String]) -> Result<()> {
     // Dropped at the end of this function (also on `?`), which stops
     // whatever was started.
     let backends = Backends::start(Needs {
@@ -40,14 +51,25 @@ pub(crate) fn run(extra_args: &[String]) -> Result<()> {
     process::run(&mut cargo)
 }
 
+/// Arguments for cargo itself: those after `--` belong to the test binaries.
+fn cargo_args(extra_args: &[String]) -> impl Iterator<Item = &str> {
+    extra_args
+        .iter()
+        .take_while(|arg| *arg != "--")
+        .map(String::as_str)
+}
+
+/// Whether the caller picked no package (or asked for the whole workspace
+/// outright), so the run covers every package.
+fn whole_workspace(extra_args: &[String]) -> bool {
+    !cargo_args(extra_args)
+        .any(|arg| arg == "--package" || arg.starts_with("--package=") || arg.starts_with("-p"))
+}
+
 /// The `cargo test` arguments: the whole workspace with all features, unless
 /// the caller picks packages or features, in which case theirs win.
 fn test_args(extra_args: &[String]) -> Vec<String> {
-    // Arguments after `--` belong to the test binaries, not to cargo.
-    let cargo_args = extra_args
-        .iter()
-        .take_while(|arg| *arg != "--")
-        .map(String::as_str);
+    let cargo_args = cargo_args(extra_args);
     let mut picks_packages = false;
     let mut picks_features = false;
     for arg in cargo_args {
@@ -76,7 +98,7 @@ fn test_args(extra_args: &[String]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::test_args;
+    use super::{test_args, whole_workspace};
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
@@ -112,6 +134,29 @@ mod tests {
             args(&["-p", "x", "--no-default-features", "-F", "redis"]),
             "caller's features win"
         );
+    }
+
+    #[test]
+    fn only_a_whole_workspace_run_ends_with_schemathesis() {
+        for whole in [
+            &[][..],
+            &["--workspace"],
+            &["--all-features"],
+            &["--", "-p", "--package"],
+        ] {
+            assert!(whole_workspace(&args(whole)), "{whole:?} tests everything");
+        }
+        for picked in [
+            &["-p", "xtask"][..],
+            &["-pxtask"],
+            &["--package", "xtask"],
+            &["--package=xtask"],
+        ] {
+            assert!(
+                !whole_workspace(&args(picked)),
+                "{picked:?} picks a package"
+            );
+        }
     }
 
     #[test]
