@@ -390,27 +390,18 @@ async fn expect_result_kept(server: &Server, before: &Before) {
     );
 }
 
-/// A proxy between a served store and its server, frozen, then healed.
-async fn frozen_path(store_url: &str, default_port: u16, redis: bool) {
-    let proxy = Proxy::start(upstream(store_url, default_port)).await;
-    let url = through(store_url, proxy.port());
-    let server = serve(if redis {
-        Store::Redis(&url)
-    } else {
-        Store::Postgres(&url)
-    })
-    .await;
-    let before = prepare(&server).await;
-    proxy.freeze();
-    expect_outage(&server, &before).await;
-    proxy.heal();
-    expect_result_kept(&server, &before).await;
-    expect_resumed(&server).await;
+/// How the proxy breaks the path.
+#[derive(Clone, Copy)]
+enum Break {
+    /// Every byte held; connections stay open.
+    Freeze,
+    /// Every connection reset, new ones refused.
+    Cut,
 }
 
-/// A proxy between a served store and its server, cutting every connection
-/// and refusing new ones, then healed.
-async fn cut_path(store_url: &str, default_port: u16, redis: bool) {
+/// A proxy between a served store and its server breaks the path, then
+/// heals it.
+async fn broken_path(store_url: &str, default_port: u16, redis: bool, how: Break) {
     let proxy = Proxy::start(upstream(store_url, default_port)).await;
     let url = through(store_url, proxy.port());
     let server = serve(if redis {
@@ -420,7 +411,10 @@ async fn cut_path(store_url: &str, default_port: u16, redis: bool) {
     })
     .await;
     let before = prepare(&server).await;
-    proxy.cut();
+    match how {
+        Break::Freeze => proxy.freeze(),
+        Break::Cut => proxy.cut(),
+    }
     expect_outage(&server, &before).await;
     proxy.heal();
     expect_result_kept(&server, &before).await;
@@ -432,7 +426,7 @@ async fn postgres_frozen_path_answers_503_within_the_timeout_and_recovers() {
     let Some(url) = backend_url("DATABASE_URL") else {
         return;
     };
-    frozen_path(&url, 5432, false).await;
+    broken_path(&url, 5432, false, Break::Freeze).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,7 +434,7 @@ async fn postgres_cut_connections_answer_503_and_recover() {
     let Some(url) = backend_url("DATABASE_URL") else {
         return;
     };
-    cut_path(&url, 5432, false).await;
+    broken_path(&url, 5432, false, Break::Cut).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,7 +442,7 @@ async fn redis_frozen_path_answers_503_within_the_timeout_and_recovers() {
     let Some(url) = backend_url("REDIS_URL") else {
         return;
     };
-    frozen_path(&url, 6379, true).await;
+    broken_path(&url, 6379, true, Break::Freeze).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,7 +450,7 @@ async fn redis_cut_connections_answer_503_and_recover() {
     let Some(url) = backend_url("REDIS_URL") else {
         return;
     };
-    cut_path(&url, 6379, true).await;
+    broken_path(&url, 6379, true, Break::Cut).await;
 }
 
 /// PostgreSQL crashes (`pg_ctl stop -m immediate`) and starts again: 503s

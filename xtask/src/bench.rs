@@ -173,12 +173,17 @@ pub(crate) fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
-/// Builds the server binary and returns its absolute path.
+/// Builds the release server binary and returns its absolute path.
 fn build_server(target: &Path) -> Result<PathBuf> {
-    process::run(process::cargo().args(SERVER_BUILD))?;
-    let binary = target
-        .join("release")
-        .join(format!("onceflight{}", std::env::consts::EXE_SUFFIX));
+    build_binary(SERVER_BUILD, &target.join("release"))
+}
+
+/// Runs `cargo <build>` (a build of the `onceflight` binary) and returns the
+/// binary's absolute path in `profile_dir`, failing clearly when it is not
+/// there.
+pub(crate) fn build_binary(build: &[&str], profile_dir: &Path) -> Result<PathBuf> {
+    process::run(process::cargo().args(build))?;
+    let binary = profile_dir.join(format!("onceflight{}", std::env::consts::EXE_SUFFIX));
     if !binary.is_file() {
         bail!(
             "built the server, but found no binary at {}: is the target directory set \

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::bench::target_dir;
+use crate::bench::{build_binary, target_dir};
 use crate::process::{self, TempDir};
 
 /// The schemathesis release the run is pinned to; raise it deliberately.
@@ -173,24 +173,17 @@ pub(crate) fn run() -> Result<()> {
     let target = target_dir(&process::repo_root());
     // Built with the same profile and features as `cargo test
     // --all-features`, so after the tests this is a no-op.
-    process::run(process::cargo().args([
-        "build",
-        "-p",
-        "onceflight-server",
-        "--all-features",
-        "--bin",
-        "onceflight",
-    ]))?;
-    let server = target
-        .join("debug")
-        .join(format!("onceflight{}", std::env::consts::EXE_SUFFIX));
-    if !server.is_file() {
-        bail!(
-            "built the server, but found no binary at {}: is the target directory set \
-             somewhere other than CARGO_TARGET_DIR (e.g. `build.target-dir` in a cargo config)?",
-            server.display()
-        );
-    }
+    let server = build_binary(
+        &[
+            "build",
+            "-p",
+            "onceflight-server",
+            "--all-features",
+            "--bin",
+            "onceflight",
+        ],
+        &target.join("debug"),
+    )?;
     let schemathesis = install(&target.join("schemathesis-venv"))?;
 
     let work = TempDir::new("schemathesis")?;
