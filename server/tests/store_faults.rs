@@ -22,7 +22,6 @@
 
 mod common;
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use common::pg_cluster::PgCluster;
@@ -79,26 +78,6 @@ async fn serve(store: Store<'_>) -> Server {
         }
     };
     launch.start().await
-}
-
-/// The address of the server a store URL names.
-fn upstream(url: &str, default_port: u16) -> SocketAddr {
-    let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| panic!("parse {url}: {e}"));
-    let host = parsed.host_str().expect("the store URL names a host");
-    let port = parsed.port().unwrap_or(default_port);
-    (host, port)
-        .to_socket_addrs()
-        .unwrap_or_else(|e| panic!("resolve {host}:{port}: {e}"))
-        .next()
-        .expect("an address")
-}
-
-/// `url` with its port replaced by `port` (the proxy's).
-fn through(url: &str, port: u16) -> String {
-    let mut parsed = reqwest::Url::parse(url).expect("a store URL");
-    parsed.set_host(Some("127.0.0.1")).expect("a host");
-    parsed.set_port(Some(port)).expect("a port");
-    parsed.to_string()
 }
 
 /// A raw answer, which may be a 503 (unlike [`call`]'s), and how long it
@@ -402,8 +381,7 @@ enum Break {
 /// A proxy between a served store and its server breaks the path, then
 /// heals it.
 async fn broken_path(store_url: &str, default_port: u16, redis: bool, how: Break) {
-    let proxy = Proxy::start(upstream(store_url, default_port)).await;
-    let url = through(store_url, proxy.port());
+    let (proxy, url) = Proxy::in_front_of(store_url, default_port).await;
     let server = serve(if redis {
         Store::Redis(&url)
     } else {

@@ -5,7 +5,7 @@
 //! store crashes or a firewall drops the flow), and [`Proxy::heal`] lets
 //! traffic through again.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -57,6 +57,24 @@ impl Proxy {
             mode,
             accept,
         }
+    }
+
+    /// A proxy in front of the server that the store URL `url` names
+    /// (`default_port` when the URL has none), and the URL that reaches the
+    /// same store through the proxy.
+    pub(crate) async fn in_front_of(url: &str, default_port: u16) -> (Self, String) {
+        let mut parsed = reqwest::Url::parse(url).unwrap_or_else(|e| panic!("parse {url}: {e}"));
+        let host = parsed.host_str().expect("the store URL names a host");
+        let port = parsed.port().unwrap_or(default_port);
+        let upstream = (host, port)
+            .to_socket_addrs()
+            .unwrap_or_else(|e| panic!("resolve {host}:{port}: {e}"))
+            .next()
+            .expect("an address");
+        let proxy = Self::start(upstream).await;
+        parsed.set_host(Some("127.0.0.1")).expect("a host");
+        parsed.set_port(Some(proxy.port())).expect("a port");
+        (proxy, parsed.to_string())
     }
 
     /// The port clients connect to.
