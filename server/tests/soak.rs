@@ -1,5 +1,5 @@
 //! A bounded soak of the real `onceflight` binary on each store (issue 7,
-//! "Load"): for `ONCEFLIGHT_SOAK_SECS` (default 45 s) a mixed load over a
+//! "Load"): for `ONCEFLIGHT_SOAK_SECS` (default 120 s) a mixed load over a
 //! few hundred keys — claims that complete, fail (retryable or not), crash
 //! (abandon a short lease, so others take over), release and delete, herds
 //! on fresh keys, stale workers finishing late — runs beside rounds of more
@@ -56,7 +56,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 /// Soak length per store when `ONCEFLIGHT_SOAK_SECS` is unset.
-const DEFAULT_SOAK_SECS: u64 = 45;
+const DEFAULT_SOAK_SECS: u64 = 120;
 /// Keys the mixed load cycles through.
 const POOL_KEYS: u64 = 300;
 /// Concurrent workers of the mixed load.
