@@ -1288,17 +1288,7 @@ async fn send_with(
     }
     let text =
         String::from_utf8(payload).unwrap_or_else(|e| panic!("{what}: a non-UTF-8 body: {e}"));
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    assert!(
-        status < 500,
-        "{what}: no response may be a 5xx here, got {status} {text}"
-    );
-    if (400..500).contains(&status) {
-        assert!(
-            json["error"]["code"].is_string() && json["error"]["message"].is_string(),
-            "{what}: a {status} carries the error body, got {text}"
-        );
-    }
+    let json = common::checked_json(&what, status, &text);
     Reply {
         what,
         status,

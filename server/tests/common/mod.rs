@@ -336,23 +336,30 @@ pub(crate) async fn call(
         .text()
         .await
         .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    assert!(
-        !status.is_server_error(),
-        "{what}: no response may be a 5xx here, got {status} {text}"
-    );
-    if status.is_client_error() {
-        assert!(
-            json["error"]["code"].is_string() && json["error"]["message"].is_string(),
-            "{what}: a {status} carries the error body, got {text}"
-        );
-    }
+    let json = checked_json(&what, status.as_u16(), &text);
     Reply {
         what,
         status,
         headers,
         json,
     }
+}
+
+/// The body of an answer as JSON (`Null` if it is none), after asserting
+/// that the answer is no 5xx and that a 4xx carries the §7 error body.
+pub(crate) fn checked_json(what: &str, status: u16, text: &str) -> Value {
+    let json = serde_json::from_str(text).unwrap_or(Value::Null);
+    assert!(
+        status < 500,
+        "{what}: no response may be a 5xx here, got {status} {text}"
+    );
+    if (400..500).contains(&status) {
+        assert!(
+            json["error"]["code"].is_string() && json["error"]["message"].is_string(),
+            "{what}: a {status} carries the error body, got {text}"
+        );
+    }
+    json
 }
 
 /// Serves `store` with `tokens` and the default limits, in-process on an
