@@ -11,11 +11,16 @@ use onceflight_core::{DEFAULT_RETENTION, redact_url as redact};
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgConfig {
     /// The database URL, e.g. `postgres://user:pass@host/db?sslmode=verify-full`
-    /// (TLS through rustls: `sslmode=require` or `verify-full`).
+    /// (TLS through rustls: `sslmode=require`, or `verify-full` with
+    /// `sslrootcert=<CA file>` for a private root such as Supabase's).
     pub url: String,
-    /// A separate URL for the LISTEN connection, for deployments whose `url`
-    /// goes through a transaction-mode pooler (PgBouncer, Supavisor), which
-    /// cannot hold a LISTEN. Default: `url`.
+    /// What `url` reaches: Postgres itself (or a session-mode pooler), or a
+    /// transaction-mode pooler. Default: [`PgPooler::None`].
+    pub pooler: PgPooler,
+    /// A separate URL for the LISTEN connection and for migrations, which
+    /// both need a session of their own: a direct or session-mode URL of the
+    /// same database. Required with [`PgPooler::Transaction`]. Default:
+    /// `url`.
     pub listen_url: Option<String>,
     /// The Postgres schema holding onceflight's tables (default
     /// `onceflight`): lowercase letters, digits and `_`, starting with a
@@ -41,6 +46,7 @@ impl PgConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            pooler: PgPooler::None,
             listen_url: None,
             schema: "onceflight".to_owned(),
             pool_size: 10,
@@ -74,10 +80,71 @@ impl PgConfig {
         self
     }
 
-    /// Sets the URL of the LISTEN connection.
+    /// Sets what the URL reaches.
+    pub fn with_pooler(mut self, pooler: PgPooler) -> Self {
+        self.pooler = pooler;
+        self
+    }
+
+    /// Sets the URL of the LISTEN connection (and of migrations).
     pub fn with_listen_url(mut self, listen_url: impl Into<String>) -> Self {
         self.listen_url = Some(listen_url.into());
         self
+    }
+}
+
+/// What a store URL reaches, which decides how statements are sent.
+///
+/// Transaction-mode poolers (PgBouncer's `pool_mode = transaction`,
+/// Supavisor on port 6543) hand each transaction to whichever server
+/// connection is free, so nothing may outlive one statement: no named
+/// prepared statement (the next statement may meet another client's of the
+/// same name, or none), no session setting such as `search_path`, no LISTEN.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PgPooler {
+    /// Postgres itself, or a session-mode pooler (PgBouncer's
+    /// `pool_mode = session`, Supavisor on port 5432): each statement is
+    /// prepared once per connection and then sent as one bind-and-execute
+    /// round trip.
+    #[default]
+    None,
+    /// A transaction-mode pooler: each operation is one simple-protocol
+    /// query, its values written into the SQL as escaped literals, still one
+    /// round trip. The LISTEN connection and migrations then need
+    /// [`PgConfig::listen_url`].
+    Transaction,
+}
+
+impl PgPooler {
+    /// The value's name in flags and environment variables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgPooler::None => "none",
+            PgPooler::Transaction => "transaction",
+        }
+    }
+}
+
+impl fmt::Display for PgPooler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PgPooler {
+    type Err = String;
+
+    /// `none` (also `session`: a session-mode pooler needs nothing special)
+    /// or `transaction`.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "none" | "session" => Ok(PgPooler::None),
+            "transaction" => Ok(PgPooler::Transaction),
+            other => Err(format!(
+                "unknown pooler {other:?}: expected none, session or transaction"
+            )),
+        }
     }
 }
 
@@ -85,6 +152,7 @@ impl fmt::Debug for PgConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgConfig")
             .field("url", &redact(&self.url))
+            .field("pooler", &self.pooler)
             .field("listen_url", &self.listen_url.as_deref().map(redact))
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)

@@ -33,6 +33,20 @@ pub(crate) fn map(error: sqlx::Error) -> Error {
     };
     if retryable {
         Error::unavailable(BACKEND, error)
+    } else if let sqlx::Error::Database(db) = &error
+        && matches!(db.code().as_deref(), Some("42P05" | "26000"))
+    {
+        // A named prepared statement that already exists, or has vanished,
+        // on a connection that prepared it: a transaction-mode pooler handed
+        // this statement to another client's server connection.
+        Error::Backend {
+            backend: BACKEND,
+            message: format!(
+                "{error} — the store URL goes through a transaction-mode pooler (PgBouncer, \
+                 Supavisor on port 6543), which keeps no prepared statements: {}",
+                crate::connect::POOLER_HINT
+            ),
+        }
     } else {
         Error::Backend {
             backend: BACKEND,

@@ -33,9 +33,11 @@
 //! `search_path` (`ALTER ROLE … SET search_path = onceflight`) in that case.
 
 mod config;
+mod connect;
 mod error;
+mod sql;
 mod store;
 mod waiters;
 
-pub use config::PgConfig;
+pub use config::{PgConfig, PgPooler};
 pub use store::PgStore;

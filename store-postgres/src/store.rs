@@ -1,7 +1,6 @@
 //! `PgStore`: every operation one statement (a SQL function call), judged by
 //! Postgres's clock.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +12,14 @@ use onceflight_core::{
     Claim, ClaimOptions, Decision, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState,
     Renewal, RequestKey, RequestStore, Result, Token, check_lease_ttl,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult, PgRow};
+use sqlx::{Executor, Row};
 use tokio::task::JoinHandle;
 
-use crate::config::PgConfig;
+use crate::config::{PgConfig, PgPooler};
+use crate::connect;
 use crate::error::{BACKEND, TimedOut, map};
+use crate::sql::{Arg, Statement, Statements};
 use crate::waiters::spawn_listener;
 
 /// The embedded migrations (`migrations/`), applied by [`PgStore::migrate`].
@@ -40,7 +41,13 @@ const SWEEP_BATCH: i64 = 1000;
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
+    pooler: PgPooler,
+    statements: Statements,
     schema: String,
+    /// A session of its own (the listen URL, else the store URL), for
+    /// migrations.
+    session_url: String,
+    session_options: PgConnectOptions,
     retention_ms: i64,
     wait_fallback: Duration,
     operation_timeout: Duration,
@@ -61,8 +68,8 @@ fn invalid_config(reason: String) -> Error {
     }
 }
 
-/// Checks a schema name: it is spliced into `CREATE SCHEMA` and
-/// `search_path`, so only plain lowercase identifiers are accepted.
+/// Checks a schema name: it is spliced into every statement and into
+/// `CREATE SCHEMA`, so only plain lowercase identifiers are accepted.
 fn check_schema(schema: &str) -> Result<()> {
     let ok = !schema.is_empty()
         && schema.len() <= 63
@@ -82,46 +89,42 @@ fn check_schema(schema: &str) -> Result<()> {
     }
 }
 
-fn connect_options(url: &str, schema: &str) -> Result<PgConnectOptions> {
-    let options = PgConnectOptions::from_str(url).map_err(|e| {
-        invalid_config(format!(
-            "invalid database URL {}: {e}",
-            onceflight_core::redact_url(url)
-        ))
-    })?;
-    Ok(options
-        .options([("search_path", schema)])
-        .application_name("onceflight"))
-}
-
-/// The database a connection with `options` reaches.
-async fn current_database(options: &PgConnectOptions) -> Result<String> {
-    let mut conn = PgConnection::connect_with(options).await.map_err(map)?;
-    let database = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(map)?;
-    // Closing politely is a courtesy; a failure here changes nothing.
-    let _ = conn.close().await;
-    Ok(database)
-}
-
 impl PgStore {
     /// Connects with `config`: the pool, and the LISTEN connection. Does not
     /// migrate; call [`PgStore::migrate`] (or `onceflight migrate`) first.
+    ///
+    /// Refused with a message saying what to set: a transaction-mode pooler
+    /// without [`PgConfig::listen_url`], a store or listen URL seen to go
+    /// through a transaction-mode pooler the configuration does not declare,
+    /// a listen URL on another database, and a certificate that TLS refuses.
     pub async fn connect(config: PgConfig) -> Result<Self> {
         check_schema(&config.schema)?;
         let operation_timeout = config.operation_timeout.max(Duration::from_millis(1));
-        let options = connect_options(&config.url, &config.schema)?;
-        let listen_options = match &config.listen_url {
-            Some(url) => connect_options(url, &config.schema)?,
-            None => options.clone(),
+        let options = connect::options(&config.url, config.pooler)?;
+        // Connect directly first: a pool only says it timed out, while this
+        // says why (refused, unknown host, bad password, TLS, a pooler).
+        let database = match config.pooler {
+            PgPooler::None => {
+                connect::check_sessions(&options, &config.url, "the store URL").await?
+            }
+            PgPooler::Transaction => connect::check_reachable(&options, &config.url).await?,
         };
-        // Connect once directly first: a pool only says it timed out, while
-        // this says why (refused, unknown host, bad password, TLS).
-        let database = current_database(&options).await?;
+        let session_url = match (&config.listen_url, config.pooler) {
+            (Some(url), _) => url.clone(),
+            (None, PgPooler::None) => config.url.clone(),
+            (None, PgPooler::Transaction) => {
+                return Err(invalid_config(
+                    "a transaction-mode pooler cannot hold the LISTEN connection that wakes \
+                     waiters, nor run migrations: set --pg-listen-url (ONCEFLIGHT_PG_LISTEN_URL; \
+                     PgConfig::listen_url) to a direct or session-mode URL of the same database"
+                        .to_owned(),
+                ));
+            }
+        };
+        let session_options = connect::options(&session_url, PgPooler::None)?;
         if config.listen_url.is_some() {
-            let listen_database = current_database(&listen_options).await?;
+            let listen_database =
+                connect::check_sessions(&session_options, &session_url, "the listen URL").await?;
             if listen_database != database {
                 return Err(invalid_config(format!(
                     "the listen URL reaches database {listen_database:?} but the store is in {database:?}: \
@@ -132,21 +135,29 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(1))
             .acquire_timeout(operation_timeout)
+            // No ping before each operation: it would be a second round trip.
+            // A connection that died while idle fails its next statement,
+            // which answers `Unavailable` (safe to retry) and is discarded.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
-            .map_err(map)?;
+            .map_err(|e| connect::connect_error(&config.url, e))?;
         let waiters = Arc::new(Waiters::default());
         // The LISTEN connection lives outside the operations' pool, so that
         // `pool_size` connections stay free for operations.
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect_lazy_with(listen_options);
+            .connect_lazy_with(session_options.clone());
         let listener = spawn_listener(&listen_pool, &config.schema, Arc::clone(&waiters))
             .await
             .map_err(map)?;
         Ok(Self {
             pool,
+            pooler: config.pooler,
+            statements: Statements::new(&config.schema),
             schema: config.schema,
+            session_url,
+            session_options,
             // Clamped to 100 years ("forever"), which Postgres intervals hold.
             retention_ms: ms(config.retention.min(MAX_RETENTION)),
             wait_fallback: config.wait_fallback.max(Duration::from_millis(10)),
@@ -156,27 +167,72 @@ impl PgStore {
         })
     }
 
-    /// Creates the schema if needed and applies the embedded migrations.
-    /// Safe to run from several instances at once.
+    /// Creates the schema if needed and applies the embedded migrations, on
+    /// a session of its own: the listen URL when one is set, else the store
+    /// URL — never through a transaction-mode pooler, which could hand the
+    /// migrator's lock and its statements to different server connections.
+    /// Each migration is applied in one transaction, so none is ever half
+    /// applied. Safe to run from several instances at once.
     pub async fn migrate(&self) -> Result<()> {
-        // The schema name was checked by `check_schema`: a plain identifier.
+        // One connection, its search_path set to the schema: the migrations
+        // create their objects unqualified (the functions they create pin
+        // their own search_path). The schema name was checked by
+        // `check_schema`: a plain identifier.
+        let set_search_path = format!("SET search_path TO \"{}\"", self.schema);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.operation_timeout.max(Duration::from_secs(30)))
+            .after_connect(move |conn, _| {
+                let sql = sqlx::AssertSqlSafe(set_search_path.clone());
+                Box::pin(async move { conn.execute(sqlx::raw_sql(sql)).await.map(drop) })
+            })
+            .connect_with(self.session_options.clone())
+            .await
+            .map_err(|e| connect::connect_error(&self.session_url, e))?;
+        let result = self.migrate_on(&pool).await;
+        pool.close().await;
+        result
+    }
+
+    async fn migrate_on(&self, pool: &PgPool) -> Result<()> {
         let create =
             || sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema));
         // Two instances creating the schema at once can race on the catalog's
         // unique index; the second try finds it.
-        if sqlx::query(create()).execute(&self.pool).await.is_err() {
-            sqlx::query(create())
-                .execute(&self.pool)
-                .await
-                .map_err(map)?;
+        if pool.execute(sqlx::raw_sql(create())).await.is_err() {
+            pool.execute(sqlx::raw_sql(create())).await.map_err(map)?;
         }
-        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+        MIGRATOR.run(pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => map(e),
             other => Error::Backend {
                 backend: BACKEND,
                 message: other.to_string(),
             },
         })
+    }
+
+    /// Checks that the schema has every migration this build embeds, for
+    /// deployments that migrate separately (`onceflight migrate`): a schema
+    /// that is missing or behind is an error, not failing requests later.
+    pub async fn check_migrated(&self) -> Result<()> {
+        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let statement = Statement::new(
+            "SELECT coalesce(max(version), 0) AS version FROM {schema}._sqlx_migrations \
+             WHERE success",
+            &self.schema,
+        );
+        let row = self.fetch_one(&statement, &[]).await?;
+        let applied: i64 = get(&row, "version")?;
+        if applied < latest {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "schema {:?} is migrated up to {applied}, this build needs {latest}",
+                    self.schema
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The connection pool, for benchmarks and tests that measure the store
@@ -188,6 +244,11 @@ impl PgStore {
     /// The schema this store works in.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// What the store URL reaches.
+    pub fn pooler(&self) -> PgPooler {
+        self.pooler
     }
 
     /// Runs one statement, bounded by the operation timeout. A statement cut
@@ -206,15 +267,58 @@ impl PgStore {
         }
     }
 
+    /// Runs `statement` with `args` in one round trip and returns its first
+    /// row, if any: prepared and bound directly, as one simple-protocol
+    /// query through a transaction-mode pooler.
+    async fn fetch_optional(
+        &self,
+        statement: &Statement,
+        args: &[Arg<'_>],
+    ) -> Result<Option<PgRow>> {
+        match self.pooler {
+            PgPooler::None => {
+                self.bounded((&self.pool).fetch_optional(statement.bind(args)))
+                    .await
+            }
+            PgPooler::Transaction => {
+                let sql = sqlx::AssertSqlSafe(statement.render(args)?);
+                self.bounded((&self.pool).fetch_optional(sqlx::raw_sql(sql)))
+                    .await
+            }
+        }
+    }
+
+    /// [`Self::fetch_optional`] of a statement that always answers a row.
+    async fn fetch_one(&self, statement: &Statement, args: &[Arg<'_>]) -> Result<PgRow> {
+        self.fetch_optional(statement, args)
+            .await?
+            .ok_or_else(|| corrupt("a statement that always answers a row answered none".into()))
+    }
+
+    /// Runs `statement` with `args` in one round trip, for its row count.
+    async fn execute(&self, statement: &Statement, args: &[Arg<'_>]) -> Result<PgQueryResult> {
+        match self.pooler {
+            PgPooler::None => {
+                self.bounded((&self.pool).execute(statement.bind(args)))
+                    .await
+            }
+            PgPooler::Transaction => {
+                let sql = sqlx::AssertSqlSafe(statement.render(args)?);
+                self.bounded((&self.pool).execute(sqlx::raw_sql(sql))).await
+            }
+        }
+    }
+
     /// Calls a fenced function (`renew`, `complete`, `fail`, `release`) and
     /// returns the record it answered, or `LeaseLost`.
     async fn fenced(
         &self,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        statement: &Statement,
+        args: &[Arg<'_>],
         key: &RequestKey,
         token: Token,
     ) -> Result<Record> {
-        let row = self.bounded(query.fetch_one(&self.pool)).await?;
+        let row = self.fetch_one(statement, args).await?;
         let outcome: String = row.try_get("outcome").map_err(map)?;
         if outcome != "ok" {
             return Err(Error::lease_lost(key, token));
@@ -303,6 +407,11 @@ fn record(row: &PgRow, key: &RequestKey) -> Result<Record> {
     })
 }
 
+/// A token as Postgres's `bigint` (tokens are at most 2^53 − 1).
+fn token_arg(token: Token) -> i64 {
+    i64::try_from(token.get()).unwrap_or(i64::MAX)
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -314,20 +423,17 @@ impl RequestStore for PgStore {
     }
 
     async fn claim_or_get(&self, key: &RequestKey, options: &ClaimOptions) -> Result<Claim> {
-        let row = sqlx::query(
-            "SELECT outcome, takeover, db_now, (rec).* \
-             FROM onceflight_claim($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(key.as_str())
-        .bind(options.kind().as_str())
-        .bind(options.fingerprint().map(Fingerprint::as_str))
-        .bind(options.owner().map(Owner::as_str))
-        .bind(ms(options.lease_ttl()))
-        .bind(i32::try_from(options.max_attempts()).unwrap_or(i32::MAX))
-        .bind(ms(options.retry_backoff()))
-        .bind(self.retention_ms)
-        .fetch_one(&self.pool);
-        let row = self.bounded(row).await?;
+        let args = [
+            Arg::Text(key.as_str()),
+            Arg::Text(options.kind().as_str()),
+            Arg::OptText(options.fingerprint().map(Fingerprint::as_str)),
+            Arg::OptText(options.owner().map(Owner::as_str)),
+            Arg::BigInt(ms(options.lease_ttl())),
+            Arg::Int(i32::try_from(options.max_attempts()).unwrap_or(i32::MAX)),
+            Arg::BigInt(ms(options.retry_backoff())),
+            Arg::BigInt(self.retention_ms),
+        ];
+        let row = self.fetch_one(&self.statements.claim, &args).await?;
         let decision = match get::<String>(&row, "outcome")?.as_str() {
             "acquired" => Decision::Acquired {
                 ttl: millis(get(&row, "lease_ttl_ms")?),
@@ -349,69 +455,54 @@ impl RequestStore for PgStore {
         ttl: Option<Duration>,
     ) -> Result<Renewal> {
         let ttl = ttl.map(check_lease_ttl).transpose()?;
+        let args = [
+            Arg::Text(key.as_str()),
+            Arg::BigInt(token_arg(token)),
+            Arg::OptBigInt(ttl.map(ms)),
+            Arg::BigInt(self.retention_ms),
+        ];
         let record = self
-            .fenced(
-                sqlx::query(
-                    "SELECT outcome, db_now, (rec).* FROM onceflight_renew($1, $2, $3, $4)",
-                )
-                .bind(key.as_str())
-                .bind(token.get() as i64)
-                .bind(ttl.map(ms))
-                .bind(self.retention_ms),
-                key,
-                token,
-            )
+            .fenced(&self.statements.renew, &args, key, token)
             .await?;
         record.into_renewal(BACKEND)
     }
 
     async fn complete(&self, key: &RequestKey, token: Token, result: Bytes) -> Result<Record> {
-        self.fenced(
-            sqlx::query("SELECT outcome, db_now, (rec).* FROM onceflight_complete($1, $2, $3, $4)")
-                .bind(key.as_str())
-                .bind(token.get() as i64)
-                .bind(result.as_ref())
-                .bind(self.retention_ms),
-            key,
-            token,
-        )
-        .await
+        let args = [
+            Arg::Text(key.as_str()),
+            Arg::BigInt(token_arg(token)),
+            Arg::Bytes(result.as_ref()),
+            Arg::BigInt(self.retention_ms),
+        ];
+        self.fenced(&self.statements.complete, &args, key, token)
+            .await
     }
 
     async fn fail(&self, key: &RequestKey, token: Token, error: &JobError) -> Result<Record> {
-        self.fenced(
-            sqlx::query("SELECT outcome, db_now, (rec).* FROM onceflight_fail($1, $2, $3, $4, $5)")
-                .bind(key.as_str())
-                .bind(token.get() as i64)
-                .bind(error.message())
-                .bind(error.is_retryable())
-                .bind(self.retention_ms),
-            key,
-            token,
-        )
-        .await
+        let args = [
+            Arg::Text(key.as_str()),
+            Arg::BigInt(token_arg(token)),
+            Arg::Text(error.message()),
+            Arg::Bool(error.is_retryable()),
+            Arg::BigInt(self.retention_ms),
+        ];
+        self.fenced(&self.statements.fail, &args, key, token).await
     }
 
     async fn release(&self, key: &RequestKey, token: Token) -> Result<Record> {
-        self.fenced(
-            sqlx::query("SELECT outcome, db_now, (rec).* FROM onceflight_release($1, $2, $3)")
-                .bind(key.as_str())
-                .bind(token.get() as i64)
-                .bind(self.retention_ms),
-            key,
-            token,
-        )
-        .await
+        let args = [
+            Arg::Text(key.as_str()),
+            Arg::BigInt(token_arg(token)),
+            Arg::BigInt(self.retention_ms),
+        ];
+        self.fenced(&self.statements.release, &args, key, token)
+            .await
     }
 
     async fn get(&self, key: &RequestKey) -> Result<Option<Record>> {
-        let row = sqlx::query(
-            "SELECT clock_timestamp() AS db_now, r.* FROM onceflight_records r \
-             WHERE r.key = $1 AND r.expires_at > clock_timestamp()",
-        )
-        .bind(key.as_str())
-        .fetch_optional(&self.pool);
-        let row = self.bounded(row).await?;
+        let row = self
+            .fetch_optional(&self.statements.get, &[Arg::Text(key.as_str())])
+            .await?;
         row.map(|row| record(&row, key)).transpose()
     }
 
@@ -423,29 +514,17 @@ impl RequestStore for PgStore {
     }
 
     async fn delete(&self, key: &RequestKey) -> Result<bool> {
-        self.bounded(
-            sqlx::query_scalar("SELECT onceflight_delete($1)")
-                .bind(key.as_str())
-                .fetch_one(&self.pool),
-        )
-        .await
+        let row = self
+            .fetch_one(&self.statements.delete, &[Arg::Text(key.as_str())])
+            .await?;
+        get(&row, "deleted")
     }
 
     async fn sweep(&self) -> Result<u64> {
         let mut swept = 0;
         loop {
-            // Bounded batches, skipping rows a claim holds, so a large sweep
-            // never stalls the hot path.
             let deleted = self
-                .bounded(
-                    sqlx::query(
-                        "DELETE FROM onceflight_records WHERE key IN ( \
-                     SELECT key FROM onceflight_records WHERE expires_at <= clock_timestamp() \
-                     LIMIT $1 FOR UPDATE SKIP LOCKED)",
-                    )
-                    .bind(SWEEP_BATCH)
-                    .execute(&self.pool),
-                )
+                .execute(&self.statements.sweep, &[Arg::BigInt(SWEEP_BATCH)])
                 .await?
                 .rows_affected();
             swept += deleted;

@@ -32,40 +32,6 @@ fn acquired(claim: Claim) -> onceflight_core::Lease {
     }
 }
 
-/// A database of its own, for tests that read per-database statistics or
-/// terminate every connection of a database. Dropped with `drop_database`.
-async fn dedicated_database() -> (String, String) {
-    let admin_url = common::database_url();
-    let name = common::fresh_schema();
-    let mut admin = PgConnection::connect(&admin_url).await.expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    // Same server and credentials, other database.
-    let (base, _) = admin_url
-        .rsplit_once('/')
-        .expect("DATABASE_URL ends with /<database>");
-    let base = base.to_owned();
-    let query = admin_url
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    (format!("{base}/{name}{query}"), name)
-}
-
-async fn drop_database(name: &str) {
-    let mut admin = PgConnection::connect(&common::database_url())
-        .await
-        .expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("drop database");
-}
-
 async fn store_on(url: &str, pool_size: u32) -> PgStore {
     let store = PgStore::connect(
         PgConfig::new(url)
@@ -206,7 +172,7 @@ async fn every_operation_is_one_round_trip() {
     if !backend_available(Some("DATABASE_URL")) {
         return;
     }
-    let (url, name) = dedicated_database().await;
+    let (url, name) = common::dedicated_database().await;
     drop(store_on(&url, 4).await);
     // One pooled connection, so that flushing its statistics flushes all.
     let store = PgStore::connect(PgConfig::new(&url).with_pool_size(1))
@@ -268,7 +234,7 @@ async fn every_operation_is_one_round_trip() {
     store.delete(&key("a")).await.unwrap();
     count("delete", &mut before).await;
     drop(store);
-    drop_database(&name).await;
+    common::drop_database(&name).await;
     let expected = [1, 1, 1, 1, 1, 2, 2, 1, 1];
     assert_eq!(
         counts.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
@@ -285,7 +251,7 @@ async fn terminated_connections_are_unavailable_then_recover() {
     if !backend_available(Some("DATABASE_URL")) {
         return;
     }
-    let (url, name) = dedicated_database().await;
+    let (url, name) = common::dedicated_database().await;
     let store = Arc::new(store_on(&url, 2).await);
     let mut admin = PgConnection::connect(&common::database_url())
         .await
@@ -348,7 +314,7 @@ async fn terminated_connections_are_unavailable_then_recover() {
         "woken by NOTIFY, {late:?} late"
     );
     drop(store);
-    drop_database(&name).await;
+    common::drop_database(&name).await;
 }
 
 /// Two store instances on one database (the horizontal-scale case): a herd

@@ -12,3 +12,12 @@ fn postgres_store_concurrent_history_upholds_guarantees() {
         check_concurrent_history(common::setup, ConcurrencyConfig::default());
     }
 }
+
+/// The same through a transaction-mode pooler, whose few server connections
+/// serve every client in turn: §5 holds there too.
+#[test]
+fn pooled_store_concurrent_history_upholds_guarantees() {
+    if backend_available(Some("PGBOUNCER_URL")) {
+        check_concurrent_history(common::pooled_setup, ConcurrencyConfig::default());
+    }
+}

@@ -9,6 +9,7 @@ use std::ffi::OsString;
 
 use anyhow::{Context, Result};
 
+use crate::pgbouncer::PgBouncer;
 use crate::postgres::Postgres;
 use crate::process;
 use crate::redis::Redis;
@@ -30,6 +31,32 @@ pub(crate) struct Needs {
     /// A three-master Redis Cluster, passed on as `REDIS_CLUSTER_URLS`
     /// (comma-separated seed URLs).
     pub(crate) cluster: bool,
+    /// A transaction-mode PgBouncer in front of the PostgreSQL server,
+    /// passed on as `PGBOUNCER_URL` (implies `postgres`).
+    pub(crate) pgbouncer: bool,
+    /// A PostgreSQL server with TLS, passed on as `PG_TLS_URL` (by the host
+    /// name its certificate names), `PG_TLS_CA_FILE` (the CA that signed it)
+    /// and `PG_TLS_OTHER_CA_FILE` (a CA that did not).
+    pub(crate) pg_tls: bool,
+}
+
+impl Needs {
+    /// Every server: what `cargo xtask test` provides.
+    pub(crate) const ALL: Self = Self {
+        postgres: true,
+        redis: true,
+        cluster: true,
+        pgbouncer: true,
+        pg_tls: true,
+    };
+}
+
+/// The TLS-enabled PostgreSQL of a run, as the tests get it.
+#[derive(Default)]
+struct PgTls {
+    url: String,
+    ca_file: String,
+    other_ca_file: String,
 }
 
 /// The servers of one run. Dropping it stops the ones it started, whether
@@ -39,12 +66,18 @@ pub(crate) struct Backends {
     database_url: Option<String>,
     redis_url: Option<String>,
     redis_cluster_urls: Option<String>,
+    pgbouncer_url: Option<String>,
+    pg_tls: Option<PgTls>,
     // The servers started by this run, stopped in the reverse order of their
     // start because fields drop in declaration order: the Redis Cluster
-    // first, then Redis, then PostgreSQL.
+    // first, then Redis, then PgBouncer, then PostgreSQL.
     redis_cluster: Option<RedisCluster>,
     redis: Option<Redis>,
+    pgbouncer: Option<PgBouncer>,
     postgres: Option<Postgres>,
+    /// A PostgreSQL started only for TLS, when the caller's DATABASE_URL
+    /// serves the rest.
+    tls_postgres: Option<Postgres>,
 }
 
 impl Backends {
@@ -57,7 +90,7 @@ impl Backends {
         // already started.
         let mut backends = Self::default();
 
-        if needs.postgres {
+        if needs.postgres || needs.pgbouncer {
             backends.database_url = Some(match env_url("DATABASE_URL")? {
                 Some(url) => {
                     eprintln!(
@@ -78,6 +111,34 @@ impl Backends {
                     url
                 }
             });
+        }
+        if needs.pgbouncer {
+            backends.pgbouncer_url = Some(match env_url("PGBOUNCER_URL")? {
+                Some(url) => {
+                    eprintln!(
+                        "xtask: using PGBOUNCER_URL from the environment: {}",
+                        process::redact_url(&url)
+                    );
+                    url
+                }
+                None => {
+                    let upstream = backends.database_url.as_deref().unwrap_or_default();
+                    let pgbouncer = PgBouncer::start(upstream)?;
+                    let url = pgbouncer.url();
+                    eprintln!(
+                        "xtask: started a throw-away PgBouncer (transaction mode, {} server \
+                         connections) at {url} in front of {} (files in {})",
+                        crate::pgbouncer::SERVER_POOL_SIZE,
+                        process::redact_url(upstream),
+                        pgbouncer.dir().display()
+                    );
+                    backends.pgbouncer = Some(pgbouncer);
+                    url
+                }
+            });
+        }
+        if needs.pg_tls {
+            backends.pg_tls = Some(backends.start_pg_tls()?);
         }
         if needs.redis {
             backends.redis_url = Some(match env_url("REDIS_URL")? {
@@ -125,16 +186,66 @@ impl Backends {
         Ok(backends)
     }
 
+    /// The TLS PostgreSQL: the caller's (`PG_TLS_URL` with both CA files),
+    /// else the throw-away server of this run, else one started for TLS.
+    fn start_pg_tls(&mut self) -> Result<PgTls> {
+        if let Some(url) = env_url("PG_TLS_URL")? {
+            let ca_file = env_url("PG_TLS_CA_FILE")?;
+            let other_ca_file = env_url("PG_TLS_OTHER_CA_FILE")?;
+            let (Some(ca_file), Some(other_ca_file)) = (ca_file, other_ca_file) else {
+                anyhow::bail!(
+                    "PG_TLS_URL is set, so PG_TLS_CA_FILE (the CA that signed its certificate) \
+                     and PG_TLS_OTHER_CA_FILE (a CA that did not) must be too"
+                );
+            };
+            eprintln!(
+                "xtask: using PG_TLS_URL from the environment: {}",
+                process::redact_url(&url)
+            );
+            return Ok(PgTls {
+                url,
+                ca_file,
+                other_ca_file,
+            });
+        }
+        let server = match &self.postgres {
+            Some(postgres) => postgres,
+            None => {
+                let postgres = Postgres::start()?;
+                eprintln!(
+                    "xtask: started a throw-away PostgreSQL {} with TLS at {} (files in {})",
+                    postgres.version(),
+                    postgres.tls_url(),
+                    postgres.dir().display()
+                );
+                self.tls_postgres.insert(postgres)
+            }
+        };
+        Ok(PgTls {
+            url: server.tls_url(),
+            ca_file: server.ca_file().display().to_string(),
+            other_ca_file: server.other_ca_file().display().to_string(),
+        })
+    }
+
     /// The environment variables that hand the servers to a child process,
     /// one per server this run provides, for [`std::process::Command::envs`].
     pub(crate) fn env(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let tls = self.pg_tls.as_ref();
         [
-            ("DATABASE_URL", &self.database_url),
-            ("REDIS_URL", &self.redis_url),
-            ("REDIS_CLUSTER_URLS", &self.redis_cluster_urls),
+            ("DATABASE_URL", self.database_url.as_deref()),
+            ("REDIS_URL", self.redis_url.as_deref()),
+            ("REDIS_CLUSTER_URLS", self.redis_cluster_urls.as_deref()),
+            ("PGBOUNCER_URL", self.pgbouncer_url.as_deref()),
+            ("PG_TLS_URL", tls.map(|t| t.url.as_str())),
+            ("PG_TLS_CA_FILE", tls.map(|t| t.ca_file.as_str())),
+            (
+                "PG_TLS_OTHER_CA_FILE",
+                tls.map(|t| t.other_ca_file.as_str()),
+            ),
         ]
         .into_iter()
-        .filter_map(|(name, url)| Some((name, url.as_deref()?)))
+        .filter_map(|(name, value)| Some((name, value?)))
     }
 }
 

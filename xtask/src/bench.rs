@@ -102,6 +102,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             postgres: true,
             redis: true,
             cluster: false,
+            pgbouncer: true,
+            pg_tls: false,
         })?;
         let mut cargo = process::cargo();
         cargo.args(["bench", "-p", BENCH_PACKAGE]);

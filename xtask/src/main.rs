@@ -15,6 +15,7 @@ mod backends;
 mod bench;
 mod chart;
 mod lint;
+mod pgbouncer;
 mod postgres;
 mod process;
 mod redis;

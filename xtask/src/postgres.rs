@@ -1,6 +1,11 @@
 //! A throw-away PostgreSQL cluster for the tests: initialised in a temp
 //! directory from the installed server binaries, listening on a free loopback
 //! port, and stopped and deleted when the [`Postgres`] value is dropped.
+//!
+//! It also accepts TLS, as managed Postgres does: its certificate, for the
+//! host name `localhost` only, is signed by a throw-away certificate
+//! authority made here with `openssl`, whose file the tests get (with a
+//! second, unrelated CA to show that a wrong root is refused).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -54,6 +59,7 @@ impl Postgres {
         };
 
         pg.initdb()?;
+        pg.make_certificates()?;
         let mut last_error = None;
         for attempt in 1..=START_ATTEMPTS {
             pg.port = process::free_port()?;
@@ -80,6 +86,92 @@ impl Postgres {
     /// The URL tests connect with (trust authentication, so no password).
     pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The URL of the same server by the host name its TLS certificate
+    /// names; the tests add `sslmode` and `sslrootcert`.
+    pub(crate) fn tls_url(&self) -> String {
+        format!("postgres://postgres@localhost:{}/postgres", self.port)
+    }
+
+    /// The PEM file of the certificate authority that signed the server's
+    /// certificate.
+    pub(crate) fn ca_file(&self) -> PathBuf {
+        self.tls_dir().join("ca.crt")
+    }
+
+    /// The PEM file of another certificate authority, which signed nothing
+    /// the server has.
+    pub(crate) fn other_ca_file(&self) -> PathBuf {
+        self.tls_dir().join("other-ca.crt")
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir().join("tls")
+    }
+
+    /// Makes the two certificate authorities and the server's certificate
+    /// (`localhost` only), its key readable by the server's user alone, as
+    /// PostgreSQL requires.
+    fn make_certificates(&self) -> Result<()> {
+        let dir = self.tls_dir();
+        std::fs::create_dir(&dir).context("could not create the TLS directory")?;
+        let openssl = |args: &[&str]| -> Result<()> {
+            if process::find_on_path("openssl").is_none() {
+                bail!(
+                    "`openssl` is not on PATH; the throw-away PostgreSQL needs it for its TLS \
+                     certificates. Install it with `apt-get install openssl`."
+                );
+            }
+            process::output(Command::new("openssl").args(args).current_dir(&dir))
+                .map(drop)
+                .context("openssl failed")
+        };
+        for (name, subject) in [
+            ("ca", "/CN=onceflight test CA"),
+            ("other-ca", "/CN=an unrelated CA"),
+        ] {
+            let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+            openssl(&[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt,
+                "-days", "3", "-subj", subject,
+            ])?;
+        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ])?;
+        std::fs::write(dir.join("san.cnf"), "subjectAltName=DNS:localhost\n")?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "3",
+            "-extfile",
+            "san.cnf",
+        ])?;
+        process::output(Command::new("chmod").arg("600").arg(dir.join("server.key")))?;
+        if let Some(user) = &self.user {
+            process::output(Command::new("chown").arg("-R").arg(user).arg(&dir))?;
+        }
+        Ok(())
     }
 
     /// Where the server's files (data, log, socket) live.
@@ -114,8 +206,10 @@ impl Postgres {
     fn try_start(&self) -> Result<()> {
         let options = format!(
             "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+             -c ssl=on -c ssl_cert_file={tls}/server.crt -c ssl_key_file={tls}/server.key",
             port = self.port,
+            tls = self.tls_dir().display(),
             // Our own directory, so the socket neither needs /var/run/postgresql
             // nor collides with the machine's own server.
             socket_dir = self.dir().display(),
@@ -291,7 +385,7 @@ fn find_runuser() -> Option<PathBuf> {
 
 /// The user to run the server as when we are root: `postgres` if the
 /// system has it, else `nobody`.
-fn unprivileged_user() -> Result<String> {
+pub(crate) fn unprivileged_user() -> Result<String> {
     if find_runuser().is_none() {
         bail!(
             "running as root, so PostgreSQL must run as another user, but `runuser` is not on \

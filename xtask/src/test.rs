@@ -30,11 +30,7 @@ pub(crate) fn run(extra_args: &[String]) -> Result<()> {
 fn run_tests(extra_args: &[String]) -> Result<()> {
     // Dropped at the end of this function (also on `?`), which stops
     // whatever was started.
-    let backends = Backends::start(Needs {
-        postgres: true,
-        redis: true,
-        cluster: true,
-    })?;
+    let backends = Backends::start(Needs::ALL)?;
 
     let mut cargo = process::cargo();
     cargo

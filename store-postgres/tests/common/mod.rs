@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use sqlx::{Connection, PgConnection};
+
 use onceflight_core::testkit::SuiteConfig;
-use onceflight_store_postgres::{PgConfig, PgStore};
+use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 
 /// The database the tests use (set by `cargo xtask test`).
 pub(crate) fn database_url() -> String {
@@ -35,4 +37,98 @@ pub(crate) async fn store_with(schema: &str, retention: Duration) -> PgStore {
 /// The conformance suite's setup.
 pub(crate) async fn setup(config: SuiteConfig) -> PgStore {
     store_with(&fresh_schema(), config.retention).await
+}
+
+/// The transaction-mode PgBouncer in front of `DATABASE_URL`'s server (set
+/// by `cargo xtask test`).
+pub(crate) fn pooled_url() -> String {
+    std::env::var("PGBOUNCER_URL").expect("PGBOUNCER_URL is set (checked by backend_available)")
+}
+
+/// A store in a fresh schema that works through the transaction-mode
+/// pooler, its LISTEN connection and migrations on the direct URL, with
+/// `retention`. Its pool is larger than the pooler's server pool, so server
+/// connections are shared between its own connections too.
+pub(crate) async fn pooled_store_with(schema: &str, retention: Duration) -> PgStore {
+    let store = PgStore::connect(
+        PgConfig::new(pooled_url())
+            .with_pooler(PgPooler::Transaction)
+            .with_listen_url(database_url())
+            .with_schema(schema)
+            .with_retention(retention)
+            .with_pool_size(6),
+    )
+    .await
+    .expect("connect through PGBOUNCER_URL");
+    store.migrate().await.expect("migrate over the direct URL");
+    store
+}
+
+/// The conformance suite's setup through the pooler.
+pub(crate) async fn pooled_setup(config: SuiteConfig) -> PgStore {
+    pooled_store_with(&fresh_schema(), config.retention).await
+}
+
+/// The URL of the TLS-enabled server (by the host name its certificate
+/// names) with `sslmode` and, when given, `sslrootcert`.
+pub(crate) fn tls_url(sslmode: &str, root_cert_var: Option<&str>) -> String {
+    let base =
+        std::env::var("PG_TLS_URL").expect("PG_TLS_URL is set (checked by backend_available)");
+    let mut url = format!("{base}?sslmode={sslmode}");
+    if let Some(var) = root_cert_var {
+        let file = std::env::var(var).unwrap_or_else(|_| panic!("{var} is set with PG_TLS_URL"));
+        url.push_str(&format!("&sslrootcert={file}"));
+    }
+    url
+}
+
+/// The conformance suite's setup over TLS, the certificate checked against
+/// the private CA (`verify-full`).
+pub(crate) async fn tls_setup(config: SuiteConfig) -> PgStore {
+    let store = PgStore::connect(
+        PgConfig::new(tls_url("verify-full", Some("PG_TLS_CA_FILE")))
+            .with_schema(fresh_schema())
+            .with_retention(config.retention)
+            .with_pool_size(4),
+    )
+    .await
+    .expect("connect with verify-full");
+    store.migrate().await.expect("migrate over TLS");
+    store
+}
+
+/// A database of its own, for tests that read per-database statistics or
+/// terminate every connection of a database. Dropped with `drop_database`.
+pub(crate) async fn dedicated_database() -> (String, String) {
+    let admin_url = database_url();
+    let name = fresh_schema();
+    let mut admin = PgConnection::connect(&admin_url).await.expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    // Same server and credentials, other database.
+    (with_database(&admin_url, &name), name)
+}
+
+pub(crate) async fn drop_database(name: &str) {
+    let mut admin = PgConnection::connect(&database_url())
+        .await
+        .expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("drop database");
+}
+
+/// `url` (of the same server) with its database replaced by `database`.
+pub(crate) fn with_database(url: &str, database: &str) -> String {
+    let (base, rest) = url.rsplit_once('/').expect("a URL ending with /<database>");
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{base}/{database}{query}")
 }

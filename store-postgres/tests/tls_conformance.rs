@@ -1,0 +1,7 @@
+//! The shared conformance suite over TLS with `sslmode=verify-full`, the
+//! server's certificate signed by a private certificate authority given as
+//! `sslrootcert` (as Supabase's is).
+
+mod common;
+
+onceflight_core::conformance_tests!(common::tls_setup, requires "PG_TLS_URL");
