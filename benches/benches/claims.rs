@@ -90,8 +90,8 @@ impl Subject {
         let t = match (self.name, scenario) {
             (_, Scenario::Race) => return None,
             ("memory", _) => 0.5,
-            ("postgres", Scenario::Fresh | Scenario::Hot) => 0.8,
-            ("postgres", _) => return None,
+            ("postgres" | "postgres (transaction pooler)", Scenario::Fresh | Scenario::Hot) => 0.8,
+            ("postgres" | "postgres (transaction pooler)", _) => return None,
             ("redis", _) if callers == 1 => 0.9,
             ("redis", _) => 0.4,
             _ => return None,
@@ -146,28 +146,33 @@ fn memory_subject() -> Subject {
 
 async fn postgres_subject() -> Option<Subject> {
     let store = stores::postgres(stores::PG_POOL).await?;
-    sqlx::query("CREATE TABLE bench_bare (key text PRIMARY KEY, token bigint NOT NULL)")
-        .execute(store.pool())
-        .await
-        .expect("create the baseline table");
+    let table = format!("\"{}\".bench_bare", store.schema());
+    let records = format!("\"{}\".onceflight_records", store.schema());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (key text PRIMARY KEY, token bigint NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await
+    .expect("create the baseline table");
     let pool = store.pool().clone();
+    let insert_sql: Arc<str> =
+        format!("INSERT INTO {table} (key, token) VALUES ($1, 1) ON CONFLICT DO NOTHING").into();
     let insert: Op = Arc::new(move |key: String| {
-        let pool = pool.clone();
+        let (pool, sql) = (pool.clone(), Arc::clone(&insert_sql));
         Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO bench_bare (key, token) VALUES ($1, 1) ON CONFLICT DO NOTHING",
-            )
-            .bind(key)
-            .execute(&pool)
-            .await
-            .expect("bare insert");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(key)
+                .execute(&pool)
+                .await
+                .expect("bare insert");
         })
     });
     let pool = store.pool().clone();
+    let select_sql: Arc<str> = format!("SELECT * FROM {records} WHERE key = $1").into();
     let hit: Op = Arc::new(move |key: String| {
-        let pool = pool.clone();
+        let (pool, sql) = (pool.clone(), Arc::clone(&select_sql));
         Box::pin(async move {
-            sqlx::query("SELECT * FROM onceflight_records WHERE key = $1")
+            sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(key)
                 .fetch_optional(&pool)
                 .await
@@ -179,6 +184,58 @@ async fn postgres_subject() -> Option<Subject> {
         store: Arc::new(store),
         insert: (insert, "bare INSERT … ON CONFLICT DO NOTHING (same pool)"),
         hit: (hit, "bare primary-key SELECT (same pool)"),
+    })
+}
+
+/// Postgres through a transaction-mode pooler (PgBouncer), the store in
+/// `PgPooler::Transaction` mode: every claim one simple-protocol query. The
+/// baselines go the same way (no prepared statement survives such a pooler),
+/// through the same pool.
+async fn postgres_pooled_subject() -> Option<Subject> {
+    let store = stores::postgres_pooled(stores::PG_POOL).await?;
+    let table = format!("\"{}\".bench_bare", store.schema());
+    let records = format!("\"{}\".onceflight_records", store.schema());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (key text PRIMARY KEY, token bigint NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await
+    .expect("create the baseline table");
+    // Bench keys are letters, digits, `|` and `-`; quotes are doubled anyway.
+    let quoted = |key: &str| format!("'{}'", key.replace('\'', "''"));
+    let pool = store.pool().clone();
+    let insert: Op = Arc::new(move |key: String| {
+        let pool = pool.clone();
+        let sql = format!(
+            "INSERT INTO {table} (key, token) VALUES ({}, 1) ON CONFLICT DO NOTHING",
+            quoted(&key)
+        );
+        Box::pin(async move {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .expect("bare insert");
+        })
+    });
+    let pool = store.pool().clone();
+    let hit: Op = Arc::new(move |key: String| {
+        let pool = pool.clone();
+        let sql = format!("SELECT * FROM {records} WHERE key = {}", quoted(&key));
+        Box::pin(async move {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .fetch_optional(&pool)
+                .await
+                .expect("bare select");
+        })
+    });
+    Some(Subject {
+        name: "postgres (transaction pooler)",
+        store: Arc::new(store),
+        insert: (
+            insert,
+            "bare INSERT … ON CONFLICT DO NOTHING (same pool, unprepared)",
+        ),
+        hit: (hit, "bare primary-key SELECT (same pool, unprepared)"),
     })
 }
 
@@ -579,6 +636,9 @@ fn main() {
         measure(&mut c, &rt, &move || subject.clone());
     }
     rt.block_on(postgres_round_trips());
+    if let Some(subject) = rt.block_on(postgres_pooled_subject()) {
+        measure(&mut c, &rt, &move || subject.clone());
+    }
     if let Some(subject) = rt.block_on(redis_subject()) {
         measure(&mut c, &rt, &move || subject.clone());
     }

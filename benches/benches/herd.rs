@@ -462,7 +462,9 @@ fn main() {
     herd_figure("memory", &mut stats, None);
 
     if let Some(pg) = rt.block_on(stores::postgres(stores::PG_POOL)) {
-        let pool = pg.pool().clone();
+        // The seed's tables live beside ours, in the store's fresh schema,
+        // reached through a pool of the same size on the same server.
+        let pool = rt.block_on(stores::postgres_pool_in(pg.schema(), stores::PG_POOL));
         rt.block_on(seed_schema(&pool));
         let store: Arc<dyn RequestStore> = Arc::new(pg);
         let mut ours = measure_ours(&mut c, &rt, "postgres", Arc::clone(&store));

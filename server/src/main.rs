@@ -69,9 +69,22 @@ struct PgArgs {
     #[arg(long, env = "ONCEFLIGHT_PG_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
     pg_pool_size: Option<u32>,
 
-    /// A direct (or session-mode) Postgres URL for the LISTEN connection
-    /// that wakes long-polls, when --store goes through a transaction-mode
-    /// pooler (PgBouncer, Supavisor) [default: the store URL].
+    /// What --store reaches: `none` (Postgres itself, or a session-mode
+    /// pooler such as Supavisor on port 5432) or `transaction` (a
+    /// transaction-mode pooler: PgBouncer `pool_mode = transaction`,
+    /// Supavisor on port 6543), which keeps no prepared statements; it
+    /// needs --pg-listen-url.
+    #[arg(
+        long,
+        env = "ONCEFLIGHT_PG_POOLER",
+        default_value = "none",
+        value_parser = ["none", "session", "transaction"]
+    )]
+    pg_pooler: String,
+
+    /// A direct (or session-mode) Postgres URL of the same database for the
+    /// LISTEN connection that wakes long-polls and for migrations; required
+    /// with --pg-pooler transaction [default: the store URL].
     #[arg(long, env = "ONCEFLIGHT_PG_LISTEN_URL", hide_env_values = true)]
     pg_listen_url: Option<String>,
 }
@@ -90,6 +103,7 @@ impl StoreArgs {
             pg_schema: Some(self.postgres.pg_schema.clone()),
             pg_pool_size: self.postgres.pg_pool_size,
             pg_listen_url: self.postgres.pg_listen_url.clone(),
+            pg_pooler: Some(self.postgres.pg_pooler.clone()),
             redis_prefix: Some(self.redis_prefix.clone()),
             redis_tls_ca_file: self.redis_tls_ca_file.clone(),
             operation_timeout,
@@ -101,7 +115,10 @@ impl StoreArgs {
     fn describe(&self) -> String {
         let url = redact_url(&self.store);
         if url.starts_with("postgres") {
-            format!("{url} (schema {})", self.postgres.pg_schema)
+            format!(
+                "{url} (schema {}, pooler {})",
+                self.postgres.pg_schema, self.postgres.pg_pooler
+            )
         } else if url.starts_with("redis") {
             format!("{url} (key prefix {:?})", self.redis_prefix)
         } else {

@@ -36,6 +36,11 @@ pub struct StoreOptions {
     /// (PgBouncer, Supavisor), which cannot hold a LISTEN. Default: the store
     /// URL.
     pub pg_listen_url: Option<String>,
+    /// What the Postgres store URL reaches: `none` (default: Postgres
+    /// itself or a session-mode pooler), `session` (the same) or
+    /// `transaction` (a transaction-mode pooler, which needs
+    /// `pg_listen_url`).
+    pub pg_pooler: Option<String>,
     /// The prefix of every Redis key and channel (default `onceflight:`), so
     /// that several services share one Redis without meeting.
     pub redis_prefix: Option<String>,
@@ -56,6 +61,7 @@ impl Default for StoreOptions {
             pg_schema: None,
             pg_pool_size: None,
             pg_listen_url: None,
+            pg_pooler: None,
             redis_prefix: None,
             redis_tls_ca_file: None,
             operation_timeout: None,
@@ -74,6 +80,7 @@ impl fmt::Debug for StoreOptions {
                 "pg_listen_url",
                 &self.pg_listen_url.as_deref().map(redact_url),
             )
+            .field("pg_pooler", &self.pg_pooler)
             .field("redis_prefix", &self.redis_prefix)
             .field("redis_tls_ca_file", &self.redis_tls_ca_file)
             .field("operation_timeout", &self.operation_timeout)
@@ -182,8 +189,7 @@ async fn open_postgres(
     _scheme: &str,
     options: &StoreOptions,
 ) -> Result<Arc<dyn RequestStore>, OpenStoreError> {
-    use onceflight_core::RequestKey;
-    use onceflight_store_postgres::{PgConfig, PgStore};
+    use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 
     const STORE: &str = "Postgres";
     let mut config = PgConfig::new(url).with_retention(options.retention);
@@ -198,6 +204,18 @@ async fn open_postgres(
     }
     if let Some(timeout) = options.operation_timeout {
         config = config.with_operation_timeout(timeout);
+    }
+    if let Some(pooler) = &options.pg_pooler {
+        let pooler = pooler
+            .parse::<PgPooler>()
+            .map_err(|reason| OpenStoreError::Connect {
+                store: STORE,
+                source: onceflight_core::Error::InvalidInput {
+                    field: "pg_pooler",
+                    reason,
+                },
+            })?;
+        config = config.with_pooler(pooler);
     }
     let store = PgStore::connect(config)
         .await
@@ -217,10 +235,9 @@ async fn open_postgres(
             })?;
         tracing::info!(schema = %schema, "Postgres schema migrated (up to date)");
     } else {
-        // One cheap read through the store's own path: without the schema's
-        // tables and functions every request would fail, so fail now.
-        let probe = RequestKey::parse("onceflight|startup").expect("a valid key");
-        store.get(&probe).await.map_err(|source| {
+        // Without the schema's tables and functions, or with an older
+        // version of them, requests would fail: fail now.
+        store.check_migrated().await.map_err(|source| {
             if source.is_retryable() {
                 OpenStoreError::Connect {
                     store: STORE,

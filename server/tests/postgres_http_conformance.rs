@@ -4,8 +4,11 @@
 //! §7, the client and the Postgres store together must behave exactly as a
 //! store does.
 //!
-//! Needs `DATABASE_URL`; without it every case skips and says so, unless
-//! `ONCEFLIGHT_REQUIRE_BACKENDS=1`.
+//! The same again through a transaction-mode pooler (`PGBOUNCER_URL`, a
+//! PgBouncer in front of `DATABASE_URL`'s server), in module `pooled`.
+//!
+//! Needs `DATABASE_URL` (and `PGBOUNCER_URL`); without it every case skips
+//! and says so, unless `ONCEFLIGHT_REQUIRE_BACKENDS=1`.
 
 mod common;
 
@@ -13,7 +16,7 @@ use common::serve_in_process;
 use onceflight_core::testkit::{SuiteConfig, unique_name};
 use onceflight_server::auth::Tokens;
 use onceflight_server::client::HttpStore;
-use onceflight_store_postgres::{PgConfig, PgStore};
+use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 
 /// Serves a migrated Postgres store in a fresh schema, with the suite's
 /// retention, on an ephemeral loopback port for as long as the test's
@@ -34,3 +37,31 @@ async fn setup(config: SuiteConfig) -> HttpStore {
 }
 
 onceflight_core::conformance_tests!(setup, requires "DATABASE_URL");
+
+/// The suite through PgBouncer in transaction mode, whose server pool is
+/// smaller than the store's: every operation an unprepared query on
+/// whichever server connection is free; LISTEN and migrations on the
+/// direct URL.
+mod pooled {
+    use super::*;
+
+    async fn setup(config: SuiteConfig) -> HttpStore {
+        let direct = std::env::var("DATABASE_URL").expect("DATABASE_URL (set with PGBOUNCER_URL)");
+        let pooled = std::env::var("PGBOUNCER_URL").expect("PGBOUNCER_URL (checked by the macro)");
+        let store = PgStore::connect(
+            PgConfig::new(pooled)
+                .with_pooler(PgPooler::Transaction)
+                .with_listen_url(direct)
+                .with_schema(unique_name("t_http_pooled"))
+                .with_retention(config.retention)
+                .with_pool_size(4),
+        )
+        .await
+        .expect("connect through PGBOUNCER_URL");
+        store.migrate().await.expect("migrate a fresh schema");
+        let base = serve_in_process(store, Tokens::default()).await;
+        HttpStore::new(&base).expect("a valid base URL")
+    }
+
+    onceflight_core::conformance_tests!(setup, requires "PGBOUNCER_URL");
+}

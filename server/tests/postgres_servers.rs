@@ -168,6 +168,178 @@ async fn a_long_poll_wakes_when_another_server_completes() {
     fleet::a_long_poll_on_one_server_wakes_on_completion_through_the_other(&a, &b).await;
 }
 
+/// The pooled URL and the direct one, or `None` (after saying so loudly)
+/// when the test must skip.
+fn pooled_urls() -> Option<(String, String)> {
+    if !backend_available(Some("PGBOUNCER_URL")) {
+        return None;
+    }
+    let direct = std::env::var("DATABASE_URL").expect("DATABASE_URL is set with PGBOUNCER_URL");
+    Some((std::env::var("PGBOUNCER_URL").ok()?, direct))
+}
+
+/// Two servers on one transaction-mode pooler (each its operations through
+/// PgBouncer, its LISTEN and migrations on the direct URL): a herd over both
+/// gets one lease, and a long-poll on one is woken by a complete on the
+/// other, through NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_pooler_share_leases_and_wake_each_other() {
+    let Some((pooled, direct)) = pooled_urls() else {
+        return;
+    };
+    let schema = unique_name(SCHEMA);
+    let flags = ["--pg-pooler", "transaction", "--pg-listen-url", &direct];
+    let mut a = pg_server(&pooled, &schema, &flags).spawn();
+    let mut b = pg_server(&pooled, &schema, &flags).spawn();
+    a.wait_ready().await;
+    b.wait_ready().await;
+    fleet::a_herd_over_two_servers_gets_one_lease(&a, &b).await;
+    fleet::a_long_poll_on_one_server_wakes_on_completion_through_the_other(&a, &b).await;
+}
+
+/// Through a pooler the server was not told about, `migrate` and `serve`
+/// refuse to start, saying which flags to set; `migrate` with them applies
+/// the migrations over the direct URL, and `serve --no-migrate` then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeclared_pooler_is_refused_and_the_flags_work() {
+    let Some((pooled, direct)) = pooled_urls() else {
+        return;
+    };
+    // A database of its own, so that the pooler's server pool for it
+    // serves this test alone and the start-up probe meets a shared backend.
+    let database = unique_name("t_srv_db");
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&direct)
+        .await
+        .expect("connect to DATABASE_URL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&mut admin)
+        .await
+        .expect("create a database");
+    let in_database = |url: &str| {
+        let (base, rest) = url.rsplit_once('/').expect("a URL ending in /<database>");
+        let query = rest
+            .split_once('?')
+            .map(|(_, q)| format!("?{q}"))
+            .unwrap_or_default();
+        format!("{base}/{database}{query}")
+    };
+    let (pooled, direct) = (in_database(&pooled), in_database(&direct));
+    let schema = unique_name(SCHEMA);
+    let output = migrate(&["--store", &pooled, "--pg-schema", &schema]);
+    let logs = text(&output);
+    assert!(
+        !output.status.success()
+            && logs.contains("transaction-mode pooler")
+            && logs.contains("--pg-pooler transaction")
+            && logs.contains("--pg-listen-url"),
+        "migrating through an undeclared pooler is refused, naming the flags:\n{logs}"
+    );
+    let output = migrate(&[
+        "--store",
+        &pooled,
+        "--pg-schema",
+        &schema,
+        "--pg-pooler",
+        "transaction",
+    ]);
+    let logs = text(&output);
+    assert!(
+        !output.status.success() && logs.contains("--pg-listen-url"),
+        "transaction mode without a session URL is refused, naming it:\n{logs}"
+    );
+    let output = migrate(&[
+        "--store",
+        &pooled,
+        "--pg-schema",
+        &schema,
+        "--pg-pooler",
+        "transaction",
+        "--pg-listen-url",
+        &direct,
+    ]);
+    assert!(
+        output.status.success(),
+        "migrate with the pooler's flags:\n{}",
+        text(&output)
+    );
+    let server = pg_server(
+        &pooled,
+        &schema,
+        &[
+            "--no-migrate",
+            "--pg-pooler",
+            "transaction",
+            "--pg-listen-url",
+            &direct,
+        ],
+    )
+    .start()
+    .await;
+    call(
+        &client(),
+        Method::POST,
+        &server.url("/v1/requests/image%7Cpooled/claim"),
+        Some(json!({"kind": "image"})),
+        None,
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    drop(server);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {database} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("drop the database");
+}
+
+/// `serve` over TLS: `verify-full` with the private CA serves; a wrong CA
+/// or a host name the certificate does not name stops start-up with a clear
+/// message that does not show the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_checked_at_start_up() {
+    if !backend_available(Some("PG_TLS_URL")) {
+        return;
+    }
+    let env = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set"));
+    let base = env("PG_TLS_URL").replacen("postgres@", "postgres:tls-pw-s3cret@", 1);
+    let url = |ca: &str| format!("{base}?sslmode=verify-full&sslrootcert={}", env(ca));
+    let schema = unique_name(SCHEMA);
+    let server = pg_server(&url("PG_TLS_CA_FILE"), &schema, &[])
+        .start()
+        .await;
+    call(
+        &client(),
+        Method::POST,
+        &server.url("/v1/requests/image%7Ctls/claim"),
+        Some(json!({"kind": "image"})),
+        None,
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    drop(server);
+    for (what, bad) in [
+        ("a wrong CA", url("PG_TLS_OTHER_CA_FILE")),
+        (
+            "a wrong host name",
+            url("PG_TLS_CA_FILE").replacen("@localhost:", "@127.0.0.1:", 1),
+        ),
+    ] {
+        let mut server = pg_server(&bad, &schema, &[]).spawn();
+        let status = server.wait_exit(STARTUP).await;
+        let logs = server.logs();
+        assert!(!status.success(), "{what} must stop start-up:\n{logs}");
+        assert!(
+            logs.contains("TLS") && logs.contains("sslrootcert"),
+            "{what}: the message says it is TLS and what to check:\n{logs}"
+        );
+        assert!(
+            !logs.contains("tls-pw-s3cret"),
+            "{what}: the password stays out of the logs:\n{logs}"
+        );
+    }
+}
+
 /// `onceflight migrate` prepares a schema (and says so), after which a server
 /// started with `--no-migrate` works on it; `--no-migrate` on a schema that
 /// was never migrated refuses to start, naming `onceflight migrate`.

@@ -135,13 +135,22 @@ pub(crate) async fn check_sessions(
 /// A failure to connect to `url`, worded for the operator: certificates and
 /// poolers get a hint, and the URL is shown without its password.
 pub(crate) fn connect_error(url: &str, error: sqlx::Error) -> Error {
-    match &error {
-        sqlx::Error::Tls(source) => invalid(format!(
+    // rustls's refusal of a certificate reaches sqlx as an I/O error of kind
+    // `InvalidData` during the handshake ("invalid peer certificate: …").
+    let refused_certificate = |io: &std::io::Error| {
+        io.kind() == std::io::ErrorKind::InvalidData && io.to_string().contains("certificate")
+    };
+    let tls_refused = |source: &dyn std::fmt::Display| {
+        invalid(format!(
             "TLS with {} failed: {source}. With sslmode=verify-full the server's certificate must \
              be signed by the CA in sslrootcert=<file> and name the URL's host; sslmode=require \
              encrypts without checking either",
             redact_url(url)
-        )),
+        ))
+    };
+    match &error {
+        sqlx::Error::Io(source) if refused_certificate(source) => tls_refused(source),
+        sqlx::Error::Tls(source) => tls_refused(source),
         sqlx::Error::Database(db) if db.message().contains("unsupported startup parameter") => {
             invalid(format!(
                 "{} refused the connection: {}. It is a pooler that passes on no session \

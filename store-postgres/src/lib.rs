@@ -4,8 +4,12 @@
 //!
 //! - Every operation is one round trip: a call of a SQL function from the
 //!   embedded migrations, deciding atomically with Postgres's clock
-//!   (`clock_timestamp()`). (sqlx prepares each statement once per pooled
-//!   connection, one extra round trip the first time it is used there.)
+//!   (`clock_timestamp()`). Directly, each statement is prepared once per
+//!   pooled connection (one extra round trip the first time it is used
+//!   there); through a transaction-mode pooler, it is one simple-protocol
+//!   query. Connections are not pinged before use; sqlx checks each one
+//!   with an empty Sync when it goes back into the pool, after the caller
+//!   has its answer.
 //! - `claim_or_get` reads first and answers hits (a live lease, a result, a
 //!   final failure) from a plain snapshot read: no row lock, no transaction
 //!   id, no WAL. Only a due write (fresh record, takeover, retry) locks the
@@ -17,20 +21,26 @@
 //!   fanned out in process; after that connection drops it reconnects and
 //!   every waiter re-reads its record; a bounded fallback re-read covers a
 //!   lost notification.
+//! - Statements name their schema (`"onceflight".onceflight_claim(…)`) and
+//!   the functions pin their own `search_path`, so nothing depends on the
+//!   session's or the role's `search_path`.
 //!
 //! # Connection
 //!
 //! [`PgConfig::url`] takes every libpq-style option sqlx understands,
-//! including TLS through rustls (`sslmode=require`, `verify-full` with
-//! `sslrootcert=…`), as managed Postgres (Supabase, RDS, Cloud SQL) asks.
+//! including TLS through rustls (`sslmode=require`, or `verify-full` with
+//! `sslrootcert=…` for a private CA such as Supabase's), as managed Postgres
+//! (Supabase, RDS, Cloud SQL) asks. A certificate that does not check out is
+//! refused by [`PgStore::connect`] with a message saying what to check.
 //!
-//! Behind a transaction-mode pooler (PgBouncer, Supavisor on port 6543),
-//! claims and the other operations work — each is one statement, with no
-//! session state — but LISTEN needs a session: point
-//! [`PgConfig::listen_url`] at a direct (or session-mode) connection. The
-//! store sets `search_path` to its schema as a startup parameter, which
-//! transaction-mode poolers may ignore; give the pooler's user that
-//! `search_path` (`ALTER ROLE … SET search_path = onceflight`) in that case.
+//! Behind a transaction-mode pooler (PgBouncer `pool_mode = transaction`,
+//! Supavisor on port 6543), set [`PgConfig::pooler`] to
+//! [`PgPooler::Transaction`] and [`PgConfig::listen_url`] to a direct or
+//! session-mode URL of the same database: operations go through the pooler
+//! without prepared statements, while LISTEN and [`PgStore::migrate`] use
+//! the session. [`PgStore::connect`] refuses a store URL it sees going
+//! through such a pooler undeclared, and a session URL that does, saying
+//! what to set.
 
 mod config;
 mod connect;

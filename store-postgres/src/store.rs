@@ -38,7 +38,8 @@ const SWEEP_BATCH: i64 = 1000;
 /// Claims that find a live lease, a result or a final failure read without
 /// locking or writing. Waiters are woken through LISTEN/NOTIFY on one
 /// connection per store, fanned out in process.
-#[derive(Debug)]
+///
+/// `Debug` shows neither password.
 pub struct PgStore {
     pool: PgPool,
     pooler: PgPooler,
@@ -53,6 +54,24 @@ pub struct PgStore {
     operation_timeout: Duration,
     waiters: Arc<Waiters>,
     listener: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not derived: the connect options hold the password in clear.
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool)
+            .field("pooler", &self.pooler)
+            .field("schema", &self.schema)
+            .field(
+                "session_url",
+                &onceflight_core::redact_url(&self.session_url),
+            )
+            .field("retention_ms", &self.retention_ms)
+            .field("wait_fallback", &self.wait_fallback)
+            .field("operation_timeout", &self.operation_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for PgStore {

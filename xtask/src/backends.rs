@@ -75,8 +75,7 @@ pub(crate) struct Backends {
     redis: Option<Redis>,
     pgbouncer: Option<PgBouncer>,
     postgres: Option<Postgres>,
-    /// A PostgreSQL started only for TLS, when the caller's DATABASE_URL
-    /// serves the rest.
+    /// The PostgreSQL with TLS on.
     tls_postgres: Option<Postgres>,
 }
 
@@ -187,7 +186,7 @@ impl Backends {
     }
 
     /// The TLS PostgreSQL: the caller's (`PG_TLS_URL` with both CA files),
-    /// else the throw-away server of this run, else one started for TLS.
+    /// else a throw-away one of its own (the plain server has TLS off).
     fn start_pg_tls(&mut self) -> Result<PgTls> {
         if let Some(url) = env_url("PG_TLS_URL")? {
             let ca_file = env_url("PG_TLS_CA_FILE")?;
@@ -208,19 +207,14 @@ impl Backends {
                 other_ca_file,
             });
         }
-        let server = match &self.postgres {
-            Some(postgres) => postgres,
-            None => {
-                let postgres = Postgres::start()?;
-                eprintln!(
-                    "xtask: started a throw-away PostgreSQL {} with TLS at {} (files in {})",
-                    postgres.version(),
-                    postgres.tls_url(),
-                    postgres.dir().display()
-                );
-                self.tls_postgres.insert(postgres)
-            }
-        };
+        let postgres = Postgres::start_tls()?;
+        eprintln!(
+            "xtask: started a throw-away PostgreSQL {} with TLS at {} (files in {})",
+            postgres.version(),
+            postgres.tls_url(),
+            postgres.dir().display()
+        );
+        let server = self.tls_postgres.insert(postgres);
         Ok(PgTls {
             url: server.tls_url(),
             ca_file: server.ca_file().display().to_string(),

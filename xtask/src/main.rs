@@ -33,11 +33,17 @@ usage: cargo xtask <command> [args]
 
 commands:
   test [cargo test args]  run every test of every backend. Uses DATABASE_URL,
-                          REDIS_URL and REDIS_CLUSTER_URLS (comma-separated
-                          seed URLs) when set; otherwise starts a throw-away
-                          PostgreSQL cluster, Redis server and 3-master Redis
-                          Cluster on free loopback ports and stops them
-                          afterwards. Extra arguments go to
+                          PGBOUNCER_URL (a transaction-mode pooler in front
+                          of DATABASE_URL's server), PG_TLS_URL (with
+                          PG_TLS_CA_FILE and PG_TLS_OTHER_CA_FILE), REDIS_URL
+                          and REDIS_CLUSTER_URLS (comma-separated seed URLs)
+                          when set; otherwise starts a throw-away PostgreSQL
+                          cluster, PgBouncer in transaction mode in front of
+                          it, a PostgreSQL with TLS from a throw-away CA, a
+                          Redis server and a 3-master Redis Cluster on free
+                          loopback ports and stops them afterwards (Debian
+                          packages: postgresql, pgbouncer, openssl,
+                          redis-server). Extra arguments go to
                           `cargo test` (with `-p`/`--package`, only those
                           packages are tested instead of the whole workspace).
                           A whole-workspace run ends with `schemathesis`.
@@ -53,9 +59,10 @@ commands:
   ci                      lint, then test: what to run before landing a commit.
   bench [--quick] [-- args]
                           build the server binary, then run the criterion
-                          benchmarks (design §9) against PostgreSQL and Redis
-                          (DATABASE_URL / REDIS_URL when set, otherwise
-                          throw-away servers) and write report.md,
+                          benchmarks (design §9) against PostgreSQL (directly
+                          and through PgBouncer in transaction mode) and Redis
+                          (DATABASE_URL / PGBOUNCER_URL / REDIS_URL when set,
+                          otherwise throw-away servers) and write report.md,
                           results.json and chart.svg to
                           <target dir>/onceflight-bench/. --quick takes short,
                           rough measurements; arguments after `--` go to the

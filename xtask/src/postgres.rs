@@ -2,10 +2,13 @@
 //! directory from the installed server binaries, listening on a free loopback
 //! port, and stopped and deleted when the [`Postgres`] value is dropped.
 //!
-//! It also accepts TLS, as managed Postgres does: its certificate, for the
-//! host name `localhost` only, is signed by a throw-away certificate
-//! authority made here with `openssl`, whose file the tests get (with a
-//! second, unrelated CA to show that a wrong root is refused).
+//! Started with TLS ([`Postgres::start_tls`]), it accepts TLS as managed
+//! Postgres does: its certificate, for the host name `localhost` only, is
+//! signed by a throw-away certificate authority made here with `openssl`,
+//! whose file the tests get (with a second, unrelated CA to show that a
+//! wrong root is refused). The plain server has TLS off, so that clients
+//! asking for TLS only if offered (sqlx's default) do not pay a handshake
+//! per connection.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -29,6 +32,8 @@ pub(crate) struct Postgres {
     bin: PathBuf,
     /// The unprivileged user the server runs as when xtask runs as root.
     user: Option<String>,
+    /// Whether the server accepts TLS.
+    tls: bool,
     data: PathBuf,
     port: u16,
     // Declared last so it is removed after `drop` has stopped the server.
@@ -36,9 +41,18 @@ pub(crate) struct Postgres {
 }
 
 impl Postgres {
-    /// Initialises and starts a cluster, retrying on a new port when the
-    /// start fails (another process may take the port we picked).
+    /// Initialises and starts a cluster without TLS, retrying on a new port
+    /// when the start fails (another process may take the port we picked).
     pub(crate) fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// The same, with TLS on (see the module's docs).
+    pub(crate) fn start_tls() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<Self> {
         let bin = find_bin_dir()?;
         let user = if process::running_as_root()? {
             Some(unprivileged_user()?)
@@ -54,12 +68,15 @@ impl Postgres {
             data: dir.path().join("data"),
             bin,
             user,
+            tls,
             port: 0,
             dir,
         };
 
         pg.initdb()?;
-        pg.make_certificates()?;
+        if tls {
+            pg.make_certificates()?;
+        }
         let mut last_error = None;
         for attempt in 1..=START_ATTEMPTS {
             pg.port = process::free_port()?;
@@ -206,10 +223,16 @@ impl Postgres {
     fn try_start(&self) -> Result<()> {
         let options = format!(
             "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
-             -c ssl=on -c ssl_cert_file={tls}/server.crt -c ssl_key_file={tls}/server.key",
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300{tls}",
             port = self.port,
-            tls = self.tls_dir().display(),
+            tls = if self.tls {
+                format!(
+                    " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
+                    dir = self.tls_dir().display()
+                )
+            } else {
+                String::new()
+            },
             // Our own directory, so the socket neither needs /var/run/postgresql
             // nor collides with the machine's own server.
             socket_dir = self.dir().display(),
