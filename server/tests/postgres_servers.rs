@@ -72,6 +72,19 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// Claims a key no one has claimed at `url` (a claim route): 201.
+async fn a_fresh_claim_is_acquired(url: &str) {
+    call(
+        &client(),
+        Method::POST,
+        url,
+        Some(json!({"kind": "image"})),
+        None,
+    )
+    .await
+    .expect(StatusCode::CREATED);
+}
+
 /// A completed result is in the database, not the process: a new server on
 /// the same schema serves it, with the same token, and claims get it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +238,10 @@ async fn an_undeclared_pooler_is_refused_and_the_flags_work() {
     };
     let (pooled, direct) = (in_database(&pooled), in_database(&direct));
     let schema = unique_name(SCHEMA);
-    let output = migrate(&["--store", &pooled, "--pg-schema", &schema]);
+    let base = ["--store", &pooled, "--pg-schema", &schema];
+    let transaction = ["--pg-pooler", "transaction"];
+    let listen = ["--pg-listen-url", direct.as_str()];
+    let output = migrate(&base);
     let logs = text(&output);
     assert!(
         !output.status.success()
@@ -234,29 +250,13 @@ async fn an_undeclared_pooler_is_refused_and_the_flags_work() {
             && logs.contains("--pg-listen-url"),
         "migrating through an undeclared pooler is refused, naming the flags:\n{logs}"
     );
-    let output = migrate(&[
-        "--store",
-        &pooled,
-        "--pg-schema",
-        &schema,
-        "--pg-pooler",
-        "transaction",
-    ]);
+    let output = migrate(&[&base[..], &transaction].concat());
     let logs = text(&output);
     assert!(
         !output.status.success() && logs.contains("--pg-listen-url"),
         "transaction mode without a session URL is refused, naming it:\n{logs}"
     );
-    let output = migrate(&[
-        "--store",
-        &pooled,
-        "--pg-schema",
-        &schema,
-        "--pg-pooler",
-        "transaction",
-        "--pg-listen-url",
-        &direct,
-    ]);
+    let output = migrate(&[&base[..], &transaction, &listen].concat());
     assert!(
         output.status.success(),
         "migrate with the pooler's flags:\n{}",
@@ -265,25 +265,11 @@ async fn an_undeclared_pooler_is_refused_and_the_flags_work() {
     let server = pg_server(
         &pooled,
         &schema,
-        &[
-            "--no-migrate",
-            "--pg-pooler",
-            "transaction",
-            "--pg-listen-url",
-            &direct,
-        ],
+        &[&["--no-migrate"][..], &transaction, &listen].concat(),
     )
     .start()
     .await;
-    call(
-        &client(),
-        Method::POST,
-        &server.url("/v1/requests/image%7Cpooled/claim"),
-        Some(json!({"kind": "image"})),
-        None,
-    )
-    .await
-    .expect(StatusCode::CREATED);
+    a_fresh_claim_is_acquired(&server.url("/v1/requests/image%7Cpooled/claim")).await;
     drop(server);
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE {database} WITH (FORCE)"
@@ -308,15 +294,7 @@ async fn tls_is_checked_at_start_up() {
     let server = pg_server(&url("PG_TLS_CA_FILE"), &schema, &[])
         .start()
         .await;
-    call(
-        &client(),
-        Method::POST,
-        &server.url("/v1/requests/image%7Ctls/claim"),
-        Some(json!({"kind": "image"})),
-        None,
-    )
-    .await
-    .expect(StatusCode::CREATED);
+    a_fresh_claim_is_acquired(&server.url("/v1/requests/image%7Ctls/claim")).await;
     drop(server);
     for (what, bad) in [
         ("a wrong CA", url("PG_TLS_OTHER_CA_FILE")),

@@ -40,11 +40,13 @@ fn acquired(claim: Claim) -> onceflight_core::Lease {
 /// A TCP proxy that counts the requests clients send through it: a simple
 /// query, or a batch of extended-protocol messages closed by a Sync. Each
 /// is one round trip: the client waits for its ReadyForQuery. A Sync alone
-/// is not counted: it is how sqlx checks a connection it takes back into
-/// its pool, after the caller already has its answer.
+/// is counted apart: it is how sqlx checks a connection it takes back into
+/// its pool, after the caller already has its answer (and would check one
+/// before each use, were that not turned off).
 struct RoundTrips {
     addr: SocketAddr,
     count: Arc<AtomicU64>,
+    lone_syncs: Arc<AtomicU64>,
 }
 
 impl RoundTrips {
@@ -52,10 +54,11 @@ impl RoundTrips {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let count = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&count);
+        let lone_syncs = Arc::new(AtomicU64::new(0));
+        let (counter, lone_counter) = (Arc::clone(&count), Arc::clone(&lone_syncs));
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let counter = Arc::clone(&counter);
+                let (counter, lone_counter) = (Arc::clone(&counter), Arc::clone(&lone_counter));
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
@@ -102,6 +105,9 @@ impl RoundTrips {
                                         counter.fetch_add(1, Ordering::SeqCst);
                                         extended = false;
                                     }
+                                    b'S' => {
+                                        lone_counter.fetch_add(1, Ordering::SeqCst);
+                                    }
                                     b'P' | b'B' | b'E' | b'D' => extended = true,
                                     _ => {}
                                 }
@@ -113,7 +119,11 @@ impl RoundTrips {
                 });
             }
         });
-        Self { addr, count }
+        Self {
+            addr,
+            count,
+            lone_syncs,
+        }
     }
 
     fn get(&self) -> u64 {
@@ -195,12 +205,26 @@ async fn round_trips_per_operation(store: &PgStore, proxy: &RoundTrips) -> Vec<(
     counts
 }
 
-fn assert_one_each(counts: &[(String, u64)], mode: &str) {
+/// Every operation one request, and no more lone Syncs than operations (at
+/// most the pool's check when the connection goes back, none before use).
+async fn assert_one_each(proxy: &RoundTrips, store: &PgStore, mode: &str) {
+    // The pool checks a returned connection in the background: let the
+    // checks of earlier operations finish before counting, and after.
+    let settle = Duration::from_millis(300);
+    tokio::time::sleep(settle).await;
+    let lone_before = proxy.lone_syncs.load(Ordering::SeqCst);
+    let counts = round_trips_per_operation(store, proxy).await;
     assert!(
         counts.iter().all(|(_, n)| *n == 1),
         "{mode}: every operation must be one round trip: {counts:?}"
     );
     assert_eq!(counts.len(), 12, "{mode}: every operation was counted");
+    tokio::time::sleep(settle).await;
+    let lone = proxy.lone_syncs.load(Ordering::SeqCst) - lone_before;
+    assert!(
+        lone <= 12,
+        "{mode}: {lone} lone Syncs for 12 operations: a connection is checked before use"
+    );
 }
 
 /// Through the pooler every operation is one simple-protocol query, from
@@ -224,10 +248,7 @@ async fn every_operation_is_one_round_trip_in_both_modes() {
     .await
     .expect("connect through the pooler");
     store.migrate().await.expect("migrate");
-    assert_one_each(
-        &round_trips_per_operation(&store, &pooled).await,
-        "through the pooler",
-    );
+    assert_one_each(&pooled, &store, "through the pooler").await;
 
     let direct = RoundTrips::start(socket_addr(&common::database_url())).await;
     let store = PgStore::connect(
@@ -240,10 +261,7 @@ async fn every_operation_is_one_round_trip_in_both_modes() {
     // Prepares each statement on the connection (two round trips the first
     // time), then measures the steady state.
     round_trips_per_operation(&store, &direct).await;
-    assert_one_each(
-        &round_trips_per_operation(&store, &direct).await,
-        "direct, prepared",
-    );
+    assert_one_each(&direct, &store, "direct, prepared").await;
 
     let mut admin = PgConnection::connect(&common::database_url())
         .await
