@@ -4,13 +4,14 @@
 //! failing requests later.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use onceflight_core::{Error, Result, redact_url};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::config::PgPooler;
-use crate::error::map;
+use crate::error::{BACKEND, TimedOut, map};
 
 /// How to tell the store it is behind a transaction-mode pooler, for error
 /// messages.
@@ -47,13 +48,20 @@ struct Session {
 /// Opens a connection with `options` and asks it which database and backend
 /// it reached, in one simple-protocol query (it must work through any
 /// pooler).
+///
+/// Bounded by [`PROBE_TIMEOUT`]: a server that takes the connection but
+/// never answers fails start-up rather than hanging it.
 async fn open(options: &PgConnectOptions, url: &str) -> Result<(PgConnection, Session)> {
-    let mut conn = PgConnection::connect_with(options)
+    let probe = async {
+        let mut conn = PgConnection::connect_with(options).await?;
+        let row = sqlx::raw_sql("SELECT current_database()::text, pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+        Ok::<_, sqlx::Error>((conn, row))
+    };
+    let (conn, row) = tokio::time::timeout(PROBE_TIMEOUT, probe)
         .await
-        .map_err(|e| connect_error(url, e))?;
-    let row = sqlx::raw_sql("SELECT current_database()::text, pg_backend_pid()")
-        .fetch_one(&mut conn)
-        .await
+        .map_err(|_| Error::unavailable(BACKEND, TimedOut(PROBE_TIMEOUT)))?
         .map_err(|e| connect_error(url, e))?;
     let session = Session {
         database: row.try_get(0).map_err(map)?,
@@ -61,6 +69,9 @@ async fn open(options: &PgConnectOptions, url: &str) -> Result<(PgConnection, Se
     };
     Ok((conn, session))
 }
+
+/// Longest a start-up probe may take to connect and answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Further rounds of [`check_sessions`]'s probe after the first.
 const PROBE_ROUNDS: usize = 2;

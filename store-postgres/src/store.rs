@@ -119,15 +119,6 @@ impl PgStore {
     pub async fn connect(config: PgConfig) -> Result<Self> {
         check_schema(&config.schema)?;
         let operation_timeout = config.operation_timeout.max(Duration::from_millis(1));
-        let options = connect::options(&config.url, config.pooler)?;
-        // Connect directly first: a pool only says it timed out, while this
-        // says why (refused, unknown host, bad password, TLS, a pooler).
-        let database = match config.pooler {
-            PgPooler::None => {
-                connect::check_sessions(&options, &config.url, "the store URL").await?
-            }
-            PgPooler::Transaction => connect::check_reachable(&options, &config.url).await?,
-        };
         let session_url = match (&config.listen_url, config.pooler) {
             (Some(url), _) => url.clone(),
             (None, PgPooler::None) => config.url.clone(),
@@ -139,6 +130,15 @@ impl PgStore {
                         .to_owned(),
                 ));
             }
+        };
+        let options = connect::options(&config.url, config.pooler)?;
+        // Connect directly first: a pool only says it timed out, while this
+        // says why (refused, unknown host, bad password, TLS, a pooler).
+        let database = match config.pooler {
+            PgPooler::None => {
+                connect::check_sessions(&options, &config.url, "the store URL").await?
+            }
+            PgPooler::Transaction => connect::check_reachable(&options, &config.url).await?,
         };
         let session_options = connect::options(&session_url, PgPooler::None)?;
         if config.listen_url.is_some() {
