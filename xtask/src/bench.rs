@@ -183,6 +183,25 @@ fn build_server(target: &Path) -> Result<PathBuf> {
 /// Runs `cargo <build>` (a build of the `onceflight` binary) and returns the
 /// binary's absolute path in `profile_dir`, failing clearly when it is not
 /// there.
+/// The debug `onceflight` binary with every store, built with the same
+/// profile and features as `cargo test --all-features`, so that after the
+/// tests this is a no-op: what schemathesis and the TypeScript client's tests
+/// run against.
+pub(crate) fn build_debug_server() -> Result<PathBuf> {
+    let target = target_dir(&process::repo_root());
+    build_binary(
+        &[
+            "build",
+            "-p",
+            "onceflight-server",
+            "--all-features",
+            "--bin",
+            "onceflight",
+        ],
+        &target.join("debug"),
+    )
+}
+
 pub(crate) fn build_binary(build: &[&str], profile_dir: &Path) -> Result<PathBuf> {
     process::run(process::cargo().args(build))?;
     let binary = profile_dir.join(format!("onceflight{}", std::env::consts::EXE_SUFFIX));

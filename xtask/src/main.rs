@@ -23,6 +23,7 @@ mod redis_cluster;
 mod report;
 mod schemathesis;
 mod test;
+mod typescript;
 
 use std::process::ExitCode;
 
@@ -46,7 +47,13 @@ commands:
                           redis-server). Extra arguments go to
                           `cargo test` (with `-p`/`--package`, only those
                           packages are tested instead of the whole workspace).
-                          A whole-workspace run ends with `schemathesis`.
+                          A whole-workspace run then tests the TypeScript
+                          client (`typescript`) and ends with `schemathesis`.
+  typescript              the TypeScript client's tests (clients/typescript):
+                          `npm ci` from the lockfile, then `npm test` against
+                          the onceflight binary on the memory store and on
+                          PostgreSQL (DATABASE_URL, or a throw-away one).
+                          Needs Node.js >= 18 and npm.
   schemathesis            start the server on the memory store, without and
                           with bearer tokens, and run schemathesis (pinned,
                           from PyPI, installed into
@@ -86,6 +93,9 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&rest),
         Some("schemathesis") => {
             no_extra_args("schemathesis", &rest).and_then(|()| schemathesis::run())
+        }
+        Some("typescript") => {
+            no_extra_args("typescript", &rest).and_then(|()| test::run_typescript())
         }
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::bench::{build_binary, target_dir};
+use crate::bench::{build_debug_server, target_dir};
 use crate::process::{self, TempDir};
 
 /// The schemathesis release the run is pinned to; raise it deliberately.
@@ -171,19 +171,7 @@ def filter_failure(context, failure, case, response):
 pub(crate) fn run() -> Result<()> {
     let started = Instant::now();
     let target = target_dir(&process::repo_root());
-    // Built with the same profile and features as `cargo test
-    // --all-features`, so after the tests this is a no-op.
-    let server = build_binary(
-        &[
-            "build",
-            "-p",
-            "onceflight-server",
-            "--all-features",
-            "--bin",
-            "onceflight",
-        ],
-        &target.join("debug"),
-    )?;
+    let server = build_debug_server()?;
     let schemathesis = install(&target.join("schemathesis-venv"))?;
 
     let work = TempDir::new("schemathesis")?;

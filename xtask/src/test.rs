@@ -8,7 +8,7 @@
 use anyhow::Result;
 
 use crate::backends::{Backends, Needs, REQUIRE_BACKENDS};
-use crate::{process, schemathesis};
+use crate::{process, schemathesis, typescript};
 
 /// Test threads per test binary unless `RUST_TEST_THREADS` is set.
 const TEST_THREADS: &str = "8";
@@ -18,16 +18,18 @@ const TEST_THREADS: &str = "8";
 /// pointing at working servers: the caller's when set, otherwise throw-away
 /// ones that are stopped when this returns, whether the tests pass, fail or
 /// never start. When the caller picked no package, the tests are followed by
-/// `cargo xtask schemathesis`.
+/// the TypeScript client's tests (on the same servers) and `cargo xtask
+/// schemathesis`.
 pub(crate) fn run(extra_args: &[String]) -> Result<()> {
-    run_tests(extra_args)?;
-    if whole_workspace(extra_args) {
+    let whole = whole_workspace(extra_args);
+    run_tests(extra_args, whole)?;
+    if whole {
         schemathesis::run()?;
     }
     Ok(())
 }
 
-fn run_tests(extra_args: &[String]) -> Result<()> {
+fn run_tests(extra_args: &[String], with_typescript: bool) -> Result<()> {
     // Dropped at the end of this function (also on `?`), which stops
     // whatever was started.
     let backends = Backends::start(Needs::ALL)?;
@@ -44,7 +46,24 @@ fn run_tests(extra_args: &[String]) -> Result<()> {
     if std::env::var_os("RUST_TEST_THREADS").is_none() {
         cargo.env("RUST_TEST_THREADS", TEST_THREADS);
     }
-    process::run(&mut cargo)
+    process::run(&mut cargo)?;
+    if with_typescript {
+        typescript::run(&backends)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask typescript`: the TypeScript client's tests alone, with a
+/// PostgreSQL of their own (or `DATABASE_URL`).
+pub(crate) fn run_typescript() -> Result<()> {
+    let backends = Backends::start(Needs {
+        postgres: true,
+        redis: false,
+        cluster: false,
+        pgbouncer: false,
+        pg_tls: false,
+    })?;
+    typescript::run(&backends)
 }
 
 /// Arguments for cargo itself: those after `--` belong to the test binaries.
