@@ -184,16 +184,16 @@ fn build_server(target: &Path) -> Result<PathBuf> {
 /// binary's absolute path in `profile_dir`, failing clearly when it is not
 /// there.
 /// The debug `onceflight` binary with every store, built with the same
-/// profile and features as `cargo test --all-features`, so that after the
-/// tests this is a no-op: what schemathesis and the TypeScript client's tests
-/// run against.
+/// profile, packages and features as `cargo test --workspace
+/// --all-features` (cargo unifies features over the packages it builds), so
+/// that after the tests this is a no-op: what schemathesis and the
+/// TypeScript client's tests run against.
 pub(crate) fn build_debug_server() -> Result<PathBuf> {
     let target = target_dir(&process::repo_root());
     build_binary(
         &[
             "build",
-            "-p",
-            "onceflight-server",
+            "--workspace",
             "--all-features",
             "--bin",
             "onceflight",
