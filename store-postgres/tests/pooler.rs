@@ -2,7 +2,8 @@
 //! `pool_mode = transaction`, the stand-in for Supavisor on port 6543): one
 //! round trip per operation in both modes, counted on the wire; a pooler the
 //! store was not told about, a missing session URL and migrations through
-//! the pooler refused with what to set; no role-wide setting needed.
+//! the pooler refused with what to set; no role-wide setting needed; server
+//! connections really shared between clients.
 
 mod common;
 
@@ -383,4 +384,59 @@ async fn hostile_values_stay_values_through_the_pooler() {
         let record = store.get(&k).await.unwrap().expect("the record");
         assert_eq!(record.key, k, "the key round-trips");
     }
+}
+
+/// The pooler really shares its server connections: a store whose pool
+/// holds more connections than the pooler has server connections is served,
+/// under concurrent claims, by no more backends than the pooler keeps.
+#[tokio::test]
+async fn server_connections_are_shared_between_clients() {
+    if !backend_available(Some("PGBOUNCER_URL")) {
+        return;
+    }
+    let (direct, name) = common::dedicated_database().await;
+    let store = Arc::new(
+        PgStore::connect(
+            PgConfig::new(common::with_database(&common::pooled_url(), &name))
+                .with_pooler(PgPooler::Transaction)
+                .with_listen_url(direct.as_str())
+                .with_pool_size(8),
+        )
+        .await
+        .expect("connect through the pooler"),
+    );
+    store.migrate().await.expect("migrate");
+    let claims: Vec<_> = (0..64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .claim_or_get(&key(&format!("shared-{i}")), &options())
+                    .await
+            })
+        })
+        .collect();
+    for claim in claims {
+        claim.await.expect("task").expect("claim");
+    }
+    let clients = store.pool().size();
+    let mut admin = PgConnection::connect(&direct).await.expect("connect");
+    // Backends of this database other than this one and the store's LISTEN
+    // connection (which is direct): those the pooler opened.
+    let backends: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+         AND query NOT LIKE 'LISTEN%'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("count backends");
+    assert!(
+        clients > 3 && backends <= 3 && (backends as u32) < clients,
+        "{clients} client connections must share at most the pooler's 3 server connections, \
+         found {backends} backends"
+    );
+    drop(admin);
+    drop(store);
+    common::drop_database(&name).await;
 }
