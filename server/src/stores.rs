@@ -31,9 +31,10 @@ pub struct StoreOptions {
     pub pg_schema: Option<String>,
     /// Most pooled Postgres connections (default 10).
     pub pg_pool_size: Option<u32>,
-    /// A direct (or session-mode) URL for Postgres's LISTEN connection, for
-    /// deployments whose store URL goes through a transaction-mode pooler
-    /// (PgBouncer, Supavisor), which cannot hold a LISTEN. Default: the store
+    /// A direct (or session-mode) URL of the same database for Postgres's
+    /// LISTEN connection and for migrations, which both need a session of
+    /// their own; required when the store URL goes through a
+    /// transaction-mode pooler (PgBouncer, Supavisor). Default: the store
     /// URL.
     pub pg_listen_url: Option<String>,
     /// What the Postgres store URL reaches: `none` (default: Postgres
