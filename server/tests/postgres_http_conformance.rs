@@ -18,22 +18,26 @@ use onceflight_server::auth::Tokens;
 use onceflight_server::client::HttpStore;
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 
-/// Serves a migrated Postgres store in a fresh schema, with the suite's
-/// retention, on an ephemeral loopback port for as long as the test's
-/// runtime lives; returns a client for it.
-async fn setup(config: SuiteConfig) -> HttpStore {
-    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (checked by the macro)");
+/// Serves the store `config` opens, migrated, in a fresh schema with the
+/// suite's retention, on an ephemeral loopback port for as long as the
+/// test's runtime lives; returns a client for it.
+async fn serve(config: PgConfig, suite: SuiteConfig) -> HttpStore {
     let store = PgStore::connect(
-        PgConfig::new(url)
+        config
             .with_schema(unique_name("t_http"))
-            .with_retention(config.retention)
+            .with_retention(suite.retention)
             .with_pool_size(4),
     )
     .await
-    .expect("connect to DATABASE_URL");
+    .expect("connect to the test's Postgres");
     store.migrate().await.expect("migrate a fresh schema");
     let base = serve_in_process(store, Tokens::default()).await;
     HttpStore::new(&base).expect("a valid base URL")
+}
+
+async fn setup(config: SuiteConfig) -> HttpStore {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (checked by the macro)");
+    serve(PgConfig::new(url), config).await
 }
 
 onceflight_core::conformance_tests!(setup, requires "DATABASE_URL");
@@ -48,19 +52,10 @@ mod pooled {
     async fn setup(config: SuiteConfig) -> HttpStore {
         let direct = std::env::var("DATABASE_URL").expect("DATABASE_URL (set with PGBOUNCER_URL)");
         let pooled = std::env::var("PGBOUNCER_URL").expect("PGBOUNCER_URL (checked by the macro)");
-        let store = PgStore::connect(
-            PgConfig::new(pooled)
-                .with_pooler(PgPooler::Transaction)
-                .with_listen_url(direct)
-                .with_schema(unique_name("t_http_pooled"))
-                .with_retention(config.retention)
-                .with_pool_size(4),
-        )
-        .await
-        .expect("connect through PGBOUNCER_URL");
-        store.migrate().await.expect("migrate a fresh schema");
-        let base = serve_in_process(store, Tokens::default()).await;
-        HttpStore::new(&base).expect("a valid base URL")
+        let pooled = PgConfig::new(pooled)
+            .with_pooler(PgPooler::Transaction)
+            .with_listen_url(direct);
+        serve(pooled, config).await
     }
 
     onceflight_core::conformance_tests!(setup, requires "PGBOUNCER_URL");

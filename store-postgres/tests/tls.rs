@@ -73,8 +73,9 @@ async fn a_wrong_certificate_authority_is_refused() {
         Some("PG_TLS_OTHER_CA_FILE"),
     )))
     .await;
+    // rustls's own words, not the hint's, which every refusal carries.
     assert!(
-        message.to_lowercase().contains("issuer") || message.contains("certificate"),
+        message.contains("UnknownIssuer"),
         "the error names the certificate problem: {message}"
     );
 }
@@ -93,7 +94,7 @@ async fn a_wrong_host_name_is_refused() {
     );
     let message = refused(url).await;
     assert!(
-        message.contains("name") || message.contains("NotValidFor"),
+        message.contains("not valid for name") || message.contains("NotValidForName"),
         "the error names the host-name problem: {message}"
     );
 }

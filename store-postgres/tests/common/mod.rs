@@ -20,18 +20,25 @@ pub(crate) fn fresh_schema() -> String {
     onceflight_core::testkit::unique_name("t")
 }
 
+/// The store `config` opens, migrated.
+async fn migrated(config: PgConfig) -> PgStore {
+    let shown = format!("{config:?}");
+    let store = PgStore::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("connect with {shown}: {e}"));
+    store.migrate().await.expect("migrate");
+    store
+}
+
 /// A migrated store in a fresh schema, with `retention`.
 pub(crate) async fn store_with(schema: &str, retention: Duration) -> PgStore {
-    let store = PgStore::connect(
+    migrated(
         PgConfig::new(database_url())
             .with_schema(schema)
             .with_retention(retention)
             .with_pool_size(4),
     )
     .await
-    .expect("connect to DATABASE_URL");
-    store.migrate().await.expect("migrate");
-    store
 }
 
 /// The conformance suite's setup.
@@ -50,7 +57,7 @@ pub(crate) fn pooled_url() -> String {
 /// `retention`. Its pool is larger than the pooler's server pool, so server
 /// connections are shared between its own connections too.
 pub(crate) async fn pooled_store_with(schema: &str, retention: Duration) -> PgStore {
-    let store = PgStore::connect(
+    migrated(
         PgConfig::new(pooled_url())
             .with_pooler(PgPooler::Transaction)
             .with_listen_url(database_url())
@@ -59,9 +66,6 @@ pub(crate) async fn pooled_store_with(schema: &str, retention: Duration) -> PgSt
             .with_pool_size(6),
     )
     .await
-    .expect("connect through PGBOUNCER_URL");
-    store.migrate().await.expect("migrate over the direct URL");
-    store
 }
 
 /// The conformance suite's setup through the pooler.
@@ -85,16 +89,13 @@ pub(crate) fn tls_url(sslmode: &str, root_cert_var: Option<&str>) -> String {
 /// The conformance suite's setup over TLS, the certificate checked against
 /// the private CA (`verify-full`).
 pub(crate) async fn tls_setup(config: SuiteConfig) -> PgStore {
-    let store = PgStore::connect(
+    migrated(
         PgConfig::new(tls_url("verify-full", Some("PG_TLS_CA_FILE")))
             .with_schema(fresh_schema())
             .with_retention(config.retention)
             .with_pool_size(4),
     )
     .await
-    .expect("connect with verify-full");
-    store.migrate().await.expect("migrate over TLS");
-    store
 }
 
 /// A database of its own, for tests that read per-database statistics or
