@@ -3,15 +3,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::claim::{Claim, Lease, Record};
@@ -56,9 +57,10 @@ pub struct Outcome {
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
-    /// The job failed, here or on another worker (a panic in the job counts
-    /// as a retryable failure). `retry_after` says when a new call may run it
-    /// again; `None` means no retry will be allowed.
+    /// The job failed, here or on another worker (a panic in the job, or a
+    /// run past [`RunOptions::with_max_run_time`], counts as a retryable
+    /// failure). `retry_after` says when a new call may run it again; `None`
+    /// means no retry will be allowed.
     #[error("job failed on attempt {attempt}: {error}")]
     Failed {
         /// The stored failure.
@@ -68,9 +70,94 @@ pub enum RunError {
         /// When a retry will be allowed, if ever.
         retry_after: Option<Duration>,
     },
+    /// The lease was lost while the job ran (the key was deleted, or another
+    /// worker took it over while this one could not renew), the job was
+    /// stopped, and when this call claimed the key again it was granted a new
+    /// lease, but the job cannot run twice in one call (it is `FnOnce`; see
+    /// [`Coordinator::get_or_run_repeatable`]). The new lease was released at
+    /// once, so the next caller runs the job without waiting. Calling again
+    /// is safe.
+    #[error(
+        "the lease on key {key:?} was lost while the job ran, and the job cannot run again in this call"
+    )]
+    LeaseLostMidJob {
+        /// The request's key.
+        key: RequestKey,
+    },
+    /// `get_or_run` was polled outside a Tokio runtime and the coordinator
+    /// was given none ([`Coordinator::with_runtime`]): the job, its renewals
+    /// and its completion run on spawned tasks.
+    #[error(
+        "no Tokio runtime to run the job on: call from within one, or give the coordinator one with `with_runtime`"
+    )]
+    NoRuntime,
     /// The store refused or could not be reached.
     #[error(transparent)]
     Store(#[from] Error),
+}
+
+/// How one [`Coordinator::get_or_run`] call claims and runs: the
+/// [`ClaimOptions`] sent to the store, plus what only the coordinator
+/// enforces. Built from `ClaimOptions` with `From`, so `get_or_run(key,
+/// claim_options, job)` keeps working.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    claim: ClaimOptions,
+    max_run_time: Option<Duration>,
+    wait_out_retryable_failures: bool,
+}
+
+impl RunOptions {
+    /// Runs with `claim` and nothing else: no maximum run time, and a
+    /// retryable failure is returned at once.
+    pub fn new(claim: ClaimOptions) -> Self {
+        Self {
+            claim,
+            max_run_time: None,
+            wait_out_retryable_failures: false,
+        }
+    }
+
+    /// Aborts the job once it has run for `max_run_time` and records a
+    /// retryable failure, so that a hung job frees its key for the fleet
+    /// (after the record's backoff) instead of renewing its lease forever.
+    pub fn with_max_run_time(mut self, max_run_time: Duration) -> Self {
+        self.max_run_time = Some(max_run_time);
+        self
+    }
+
+    /// When the call meets a retryable failure that allows a retry later
+    /// (`Failed { retry_after: Some(..) }`, from another worker's attempt or
+    /// from its own), waits out the backoff and claims again, until the
+    /// record runs out of attempts (`max_attempts`) or the job succeeds.
+    /// Its own attempt is run again only by
+    /// [`Coordinator::get_or_run_repeatable`]; a `FnOnce` job's own failure
+    /// is returned. Off by default: the failure is returned at once.
+    pub fn wait_out_retryable_failures(mut self, wait: bool) -> Self {
+        self.wait_out_retryable_failures = wait;
+        self
+    }
+
+    /// The options sent with each claim.
+    pub fn claim(&self) -> &ClaimOptions {
+        &self.claim
+    }
+
+    /// The maximum run time, if any.
+    pub fn max_run_time(&self) -> Option<Duration> {
+        self.max_run_time
+    }
+
+    /// Whether retryable failures are waited out.
+    pub fn waits_out_retryable_failures(&self) -> bool {
+        self.wait_out_retryable_failures
+    }
+}
+
+impl From<ClaimOptions> for RunOptions {
+    fn from(claim: ClaimOptions) -> Self {
+        Self::new(claim)
+    }
 }
 
 /// What a job gets to know about the lease it runs under.
@@ -100,11 +187,27 @@ impl JobContext {
 /// Runs jobs once per key across every process that shares the store.
 ///
 /// Cloning is cheap and clones share the in-process coalescing table.
+///
+/// # Runtime
+///
+/// The job, its lease renewals and its completion run on tasks spawned on a
+/// Tokio runtime: the one `get_or_run` is polled in, or the one given with
+/// [`Coordinator::with_runtime`] (then the returned future may be polled by
+/// any executor, e.g. `futures::executor::block_on` on a plain thread).
+/// Without either, `get_or_run` returns [`RunError::NoRuntime`].
+///
+/// Renewals run on their own task, so a job that blocks its thread (a
+/// synchronous SDK call, CPU work between two `.await`s) does not lose its
+/// lease on a multi-thread runtime; it still holds one worker thread for as
+/// long as it blocks, so long blocking work belongs in
+/// `tokio::task::spawn_blocking`. On a current-thread runtime a blocking job
+/// stops every task, renewals included.
 #[derive(Debug)]
 pub struct Coordinator<S: RequestStore + ?Sized> {
     store: Arc<S>,
     flights: Arc<Mutex<FlightTable>>,
     max_wait: Duration,
+    runtime: Option<Handle>,
 }
 
 impl<S: RequestStore + ?Sized> Clone for Coordinator<S> {
@@ -113,6 +216,7 @@ impl<S: RequestStore + ?Sized> Clone for Coordinator<S> {
             store: Arc::clone(&self.store),
             flights: Arc::clone(&self.flights),
             max_wait: self.max_wait,
+            runtime: self.runtime.clone(),
         }
     }
 }
@@ -141,6 +245,34 @@ struct FlightEntry {
 
 static FLIGHT_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// What a job returns.
+type JobResult = Result<Bytes, JobError>;
+
+/// The job a flight runs: once (`get_or_run`) or as often as the flight
+/// needs (`get_or_run_repeatable`).
+enum JobSlot {
+    Once(Option<Box<dyn FnOnce(JobContext) -> BoxFuture<'static, JobResult> + Send>>),
+    Repeatable(Box<dyn FnMut(JobContext) -> BoxFuture<'static, JobResult> + Send>),
+}
+
+impl JobSlot {
+    /// The job's future for `context`, or `None` once a `FnOnce` job ran.
+    fn start(&mut self, context: JobContext) -> Option<BoxFuture<'static, JobResult>> {
+        match self {
+            JobSlot::Once(job) => job.take().map(|job| job(context)),
+            JobSlot::Repeatable(job) => Some(job(context)),
+        }
+    }
+
+    /// Whether [`JobSlot::start`] would give a future.
+    fn can_run(&self) -> bool {
+        match self {
+            JobSlot::Once(job) => job.is_some(),
+            JobSlot::Repeatable(_) => true,
+        }
+    }
+}
+
 impl<S: RequestStore + ?Sized> Coordinator<S> {
     /// A coordinator over `store`.
     pub fn new(store: Arc<S>) -> Self {
@@ -148,6 +280,7 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
             store,
             flights: Arc::default(),
             max_wait: DEFAULT_MAX_WAIT,
+            runtime: None,
         }
     }
 
@@ -156,6 +289,14 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
     /// wake-up could go unnoticed.
     pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
         self.max_wait = max_wait.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Runs jobs on `runtime` when `get_or_run` is polled outside a Tokio
+    /// runtime (from synchronous code through `block_on`, or from another
+    /// executor). Inside a runtime, that runtime is used.
+    pub fn with_runtime(mut self, runtime: Handle) -> Self {
+        self.runtime = Some(runtime);
         self
     }
 
@@ -172,34 +313,94 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
     ///   store's push-based [`RequestStore::wait`] and returns its result
     ///   ([`Source::Awaited`]); if that worker dies, takes over when its lease
     ///   expires.
-    /// - Otherwise runs `job` under a lease that is renewed in the background
+    /// - Otherwise runs `job` under a lease that is renewed by a separate task
     ///   every third of its time to live, and completes or fails the record
-    ///   with what the job returns ([`Source::Ran`]). A job that panics is
-    ///   recorded as a retryable failure. If the lease is lost meanwhile, the
-    ///   job is dropped and the call waits for whoever holds the key now.
+    ///   with what the job returns ([`Source::Ran`]). A job that panics, or
+    ///   runs past [`RunOptions::with_max_run_time`], is recorded as a
+    ///   retryable failure.
+    ///
+    /// `options` is a [`ClaimOptions`] or, for the coordinator's own
+    /// settings, a [`RunOptions`].
+    ///
+    /// # Lost leases
+    ///
+    /// If a renewal finds the lease lost (the key was deleted, or another
+    /// worker took over while this one could not reach the store), the job is
+    /// stopped and the call claims again like any caller: it returns the other
+    /// worker's result or failure, waits for it, or takes over. If it is
+    /// granted a lease again, a `FnOnce` job cannot run a second time: the
+    /// lease is released and the call returns [`RunError::LeaseLostMidJob`].
+    /// A job that had already *finished* when its `complete` was refused
+    /// keeps its result: granted a new lease, the call completes the record
+    /// with it ([`Source::Ran`]), since the result is a valid one for the key
+    /// (the claim's kind and fingerprint matched); a failure is not recorded
+    /// again, so the next attempt is not spent on it.
+    ///
+    /// # Coalescing
     ///
     /// Concurrent calls for the same key with the same kind and fingerprint
-    /// in this process share one store claim and one run: the
-    /// first caller's `job` runs, the others' are dropped unused. The job runs
-    /// on a spawned task, so it keeps running while any caller still waits;
-    /// when every caller's future has been dropped, the job is cancelled and
-    /// its lease released, so another worker can take the key at once.
+    /// in this process share one store claim and one run: the first caller's
+    /// `job` and options (lease time to live, owner, `max_attempts`, run
+    /// options) are used, the others' jobs are dropped unused and their other
+    /// options ignored. Calls whose kind or fingerprint differ never share a
+    /// flight: each claims on its own and gets the store's verdict
+    /// (`FingerprintMismatch` when the record was created with another).
+    ///
+    /// # Cancellation
+    ///
+    /// The job runs on a spawned task, so it keeps running while any caller
+    /// still waits. When every caller's future has been dropped while the job
+    /// still runs, the job is aborted and its lease released, so another
+    /// worker can take the key at once. Once the job has returned, its
+    /// completion (or failure) is stored even if every caller goes away.
     pub async fn get_or_run<F, Fut>(
         &self,
         key: RequestKey,
-        options: ClaimOptions,
+        options: impl Into<RunOptions>,
         job: F,
     ) -> Result<Outcome, RunError>
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Bytes, JobError>> + Send + 'static,
+        Fut: Future<Output = JobResult> + Send + 'static,
     {
+        let job = JobSlot::Once(Some(Box::new(move |context| job(context).boxed())));
+        self.run_flight(key, options.into(), job).await
+    }
+
+    /// [`Coordinator::get_or_run`] with a job that can run more than once in
+    /// one call: after a lost lease it runs again under the new lease instead
+    /// of returning [`RunError::LeaseLostMidJob`], and with
+    /// [`RunOptions::wait_out_retryable_failures`] its own retryable failures
+    /// are retried after their backoff, up to the record's `max_attempts`.
+    pub async fn get_or_run_repeatable<F, Fut>(
+        &self,
+        key: RequestKey,
+        options: impl Into<RunOptions>,
+        mut job: F,
+    ) -> Result<Outcome, RunError>
+    where
+        F: FnMut(JobContext) -> Fut + Send + 'static,
+        Fut: Future<Output = JobResult> + Send + 'static,
+    {
+        let job = JobSlot::Repeatable(Box::new(move |context| job(context).boxed()));
+        self.run_flight(key, options.into(), job).await
+    }
+
+    async fn run_flight(
+        &self,
+        key: RequestKey,
+        options: RunOptions,
+        job: JobSlot,
+    ) -> Result<Outcome, RunError> {
+        let Some(runtime) = Handle::try_current().ok().or_else(|| self.runtime.clone()) else {
+            return Err(RunError::NoRuntime);
+        };
         let flight = FlightKey {
             key: key.clone(),
-            kind: options.kind().clone(),
-            fingerprint: options.fingerprint().cloned(),
+            kind: options.claim.kind().clone(),
+            fingerprint: options.claim.fingerprint().cloned(),
         };
-        let (id, mut result) = self.join_or_start(flight.clone(), options, job);
+        let (id, mut result) = self.join_or_start(&runtime, flight.clone(), options, job);
         let _caller = CallerGuard {
             flights: Arc::clone(&self.flights),
             flight,
@@ -217,18 +418,15 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
         })
     }
 
-    /// Joins the flight in progress for `flight`, or starts one. Returns the
-    /// flight's id and a receiver of its outcome.
-    fn join_or_start<F, Fut>(
+    /// Joins the flight in progress for `flight`, or starts one on `runtime`.
+    /// Returns the flight's id and a receiver of its outcome.
+    fn join_or_start(
         &self,
+        runtime: &Handle,
         flight: FlightKey,
-        options: ClaimOptions,
-        job: F,
-    ) -> (u64, watch::Receiver<FlightResult>)
-    where
-        F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Bytes, JobError>> + Send + 'static,
-    {
+        options: RunOptions,
+        job: JobSlot,
+    ) -> (u64, watch::Receiver<FlightResult>) {
         let mut flights = lock(&self.flights);
         if let Some(entry) = flights.get_mut(&flight) {
             entry.callers += 1;
@@ -241,10 +439,11 @@ impl<S: RequestStore + ?Sized> Coordinator<S> {
             key: flight.key.clone(),
             options,
             max_wait: self.max_wait,
+            runtime: runtime.clone(),
         };
         let table = Arc::clone(&self.flights);
         let task_flight = flight.clone();
-        let task = tokio::spawn(async move {
+        let task = runtime.spawn(async move {
             let outcome = work.run(job).await;
             // Ignore the error: it only means every caller has gone.
             let _ = tx.send(Some(outcome));
@@ -273,7 +472,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One caller's share of a flight: when the last caller goes, the flight is
-/// cancelled (which releases its lease).
+/// cancelled (which aborts a running job and releases its lease; a
+/// completion already under way is not affected).
 struct CallerGuard {
     flights: Arc<Mutex<FlightTable>>,
     flight: FlightKey,
@@ -299,50 +499,82 @@ impl Drop for CallerGuard {
 struct Flight<S: RequestStore + ?Sized> {
     store: Arc<S>,
     key: RequestKey,
-    options: ClaimOptions,
+    options: RunOptions,
     max_wait: Duration,
+    runtime: Handle,
+}
+
+/// How a job ended.
+enum JobEnd {
+    Succeeded(Bytes),
+    Failed(JobError),
 }
 
 /// How running the job under a lease ended.
 enum LeaseEnd {
     Completed(Record),
     Failed(Record),
-    /// Another worker holds the key now.
-    Lost,
+    /// The lease was lost; `result` is the job's result if it had succeeded
+    /// before its `complete` was refused.
+    Lost {
+        result: Option<Bytes>,
+    },
 }
 
 impl<S: RequestStore + ?Sized> Flight<S> {
-    async fn run<F, Fut>(self, job: F) -> Result<Outcome, RunError>
-    where
-        F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Bytes, JobError>> + Send + 'static,
-    {
-        let mut job = Some(job);
+    async fn run(self, mut job: JobSlot) -> Result<Outcome, RunError> {
         let mut waited = false;
+        // A result whose `complete` was refused because the lease was lost,
+        // to be stored under the next lease this call is granted.
+        let mut unstored: Option<Bytes> = None;
         loop {
-            match self.store.claim_or_get(&self.key, &self.options).await? {
+            let failed = match self
+                .store
+                .claim_or_get(&self.key, &self.options.claim)
+                .await?
+            {
                 Claim::Acquired(lease) => {
-                    let Some(job) = job.take() else {
-                        // The job already ran once under a lease that was
-                        // lost; it cannot run twice. Give the new lease back
-                        // so that another caller can use it.
-                        let token = lease.token;
-                        let _ = self.store.release(&self.key, token).await;
-                        return Err(Error::LeaseLost {
-                            key: self.key.clone(),
-                            token,
-                        }
-                        .into());
+                    let end = if let Some(result) = unstored.take() {
+                        self.finish(lease.token, JobEnd::Succeeded(result), None)
+                            .await?
+                    } else {
+                        let context = JobContext {
+                            lease: lease.clone(),
+                        };
+                        let Some(run) = job.start(context) else {
+                            // The job ran once under a lease that was lost;
+                            // it cannot run twice. Give the new lease back so
+                            // that another caller can use it at once.
+                            if let Err(e) = self.store.release(&self.key, lease.token).await {
+                                tracing::debug!(key = %self.key, error = %e, "could not release a lease this call cannot use");
+                            }
+                            return Err(RunError::LeaseLostMidJob {
+                                key: self.key.clone(),
+                            });
+                        };
+                        self.run_under_lease(lease, run).await?
                     };
-                    match self.run_under_lease(lease, job).await? {
+                    match end {
                         LeaseEnd::Completed(record) => return Ok(outcome(record, Source::Ran)),
-                        LeaseEnd::Failed(record) => return Err(failure(record)),
-                        LeaseEnd::Lost => waited = true,
+                        LeaseEnd::Failed(record) => {
+                            let retry_after = record.retry_after;
+                            let failure = failure(record);
+                            if !job.can_run() {
+                                return Err(failure);
+                            }
+                            (failure, retry_after)
+                        }
+                        LeaseEnd::Lost { result } => {
+                            unstored = result;
+                            waited = true;
+                            continue;
+                        }
                     }
                 }
                 Claim::InFlight(_) => {
                     waited = true;
                     self.store.wait(&self.key, self.max_wait).await?;
+                    continue;
                 }
                 Claim::Completed(done) => {
                     return Ok(Outcome {
@@ -357,92 +589,170 @@ impl<S: RequestStore + ?Sized> Flight<S> {
                     });
                 }
                 Claim::Failed(failed) => {
-                    return Err(RunError::Failed {
+                    let retry_after = failed.retry_after;
+                    let failure = RunError::Failed {
                         error: failed.error,
                         attempt: failed.attempt,
-                        retry_after: failed.retry_after,
-                    });
+                        retry_after,
+                    };
+                    (failure, retry_after)
                 }
+            };
+            match failed {
+                (_, Some(backoff)) if self.options.wait_out_retryable_failures => {
+                    waited = true;
+                    tokio::time::sleep(backoff.max(Duration::from_millis(1))).await;
+                }
+                (failure, _) => return Err(failure),
             }
         }
     }
 
-    async fn run_under_lease<F, Fut>(&self, lease: Lease, job: F) -> Result<LeaseEnd, Error>
-    where
-        F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Bytes, JobError>> + Send + 'static,
-    {
+    /// Runs `job` under `lease` on a task of its own, beside a task renewing
+    /// the lease, then stores what it returned.
+    async fn run_under_lease(
+        &self,
+        lease: Lease,
+        job: BoxFuture<'static, JobResult>,
+    ) -> Result<LeaseEnd, RunError> {
         let token = lease.token;
+        // Armed until the lease is known to be over: if this future is
+        // dropped (every caller went away) the lease is given back at once.
         let mut release = ReleaseOnDrop {
             store: Some(Arc::clone(&self.store)),
             key: self.key.clone(),
             token,
         };
-        let context = JobContext {
-            lease: lease.clone(),
-        };
-        // The job is called inside the guarded future so that a panic while
-        // building it is caught too.
-        let job = AssertUnwindSafe(async move { job(context).await }).catch_unwind();
-        let ran = tokio::select! {
-            ran = job => ran,
-            () = keep_alive(&*self.store, &lease) => {
-                // The lease is gone: nothing to release, and the job's result
-                // could not be stored.
-                release.disarm();
-                return Ok(LeaseEnd::Lost);
+        let mut renewal = AbortOnDrop(
+            self.runtime
+                .spawn(keep_alive(Arc::clone(&self.store), lease)),
+        );
+        // A task of its own: a panic in the job is caught by the task, and
+        // aborting the task drops the job.
+        let mut running = AbortOnDrop(self.runtime.spawn(job));
+        let max_run_time = self.options.max_run_time;
+        let deadline = async {
+            match max_run_time {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
         };
-        let finished = match ran {
-            Ok(Ok(result)) => self
-                .finish(|| self.store.complete(&self.key, token, result.clone()))
-                .await
-                .map(LeaseEnd::Completed),
-            Ok(Err(error)) => self
-                .finish(|| self.store.fail(&self.key, token, &error))
-                .await
-                .map(LeaseEnd::Failed),
-            Err(panic) => {
-                let error =
-                    JobError::retryable(format!("job panicked: {}", panic_message(&*panic)));
-                self.finish(|| self.store.fail(&self.key, token, &error))
-                    .await
-                    .map(LeaseEnd::Failed)
+        let ended = tokio::select! {
+            // A job that finished wins over a renewal that ended at the same
+            // moment: its result may still be stored.
+            biased;
+            joined = &mut running.0 => match joined {
+                Ok(Ok(result)) => JobEnd::Succeeded(result),
+                Ok(Err(error)) => JobEnd::Failed(error),
+                Err(join) => JobEnd::Failed(JobError::retryable(match join.try_into_panic() {
+                    Ok(panic) => format!("job panicked: {}", panic_message(&*panic)),
+                    Err(_) => "job was cancelled".to_owned(),
+                })),
+            },
+            end = &mut renewal.0 => {
+                running.0.abort();
+                return match end {
+                    Ok(RenewalEnd::Lost) => {
+                        // Nothing to release: the lease is someone else's.
+                        release.disarm();
+                        Ok(LeaseEnd::Lost { result: None })
+                    }
+                    // The guard releases the lease on the way out.
+                    Ok(RenewalEnd::Refused(error)) => Err(RunError::Store(error)),
+                    Err(join) => Err(RunError::Store(Error::Backend {
+                        backend: "coordinator",
+                        message: format!("the lease renewal task ended: {join}"),
+                    })),
+                };
+            }
+            () = deadline => {
+                running.0.abort();
+                JobEnd::Failed(JobError::retryable(format!(
+                    "job ran past its maximum run time of {} ms and was aborted",
+                    max_run_time.unwrap_or_default().as_millis()
+                )))
             }
         };
-        match finished {
-            Ok(end) => {
-                release.disarm();
-                Ok(end)
-            }
-            Err(Error::LeaseLost { .. }) => {
-                release.disarm();
-                Ok(LeaseEnd::Lost)
-            }
-            // Keep the guard armed: releasing lets another worker retry at
-            // once instead of after the lease.
-            Err(e) => Err(e),
-        }
+        release.disarm();
+        self.finish(token, ended, Some(renewal)).await
     }
 
-    /// Runs a `complete` or `fail`, retrying while the store is unavailable.
-    async fn finish<'a, Op, OpFut>(&'a self, op: Op) -> Result<Record, Error>
-    where
-        Op: Fn() -> OpFut,
-        OpFut: Future<Output = Result<Record, Error>> + 'a,
-    {
-        let mut pause = Duration::from_millis(50);
-        let mut tries = 1;
-        loop {
-            match op().await {
-                Err(e) if e.is_retryable() && tries < FINISH_TRIES => {
-                    tracing::warn!(key = %self.key, error = %e, "store unavailable while finishing a job; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    tries += 1;
+    /// Stores how the job ended (`complete` or `fail` with `token`) on a task
+    /// of its own, so that callers going away cannot cancel it, retrying while
+    /// the store is unavailable. `renewal` keeps the lease alive meanwhile.
+    async fn finish(
+        &self,
+        token: Token,
+        ended: JobEnd,
+        renewal: Option<AbortOnDrop<RenewalEnd>>,
+    ) -> Result<LeaseEnd, RunError> {
+        let store = Arc::clone(&self.store);
+        let key = self.key.clone();
+        let finishing = self.runtime.spawn(async move {
+            let _renewal = renewal;
+            // Releases the lease if the record cannot be finished, so that
+            // another worker can retry at once instead of after the lease.
+            let mut release = ReleaseOnDrop {
+                store: Some(Arc::clone(&store)),
+                key: key.clone(),
+                token,
+            };
+            let stored = match &ended {
+                JobEnd::Succeeded(result) => {
+                    with_retries(&key, || store.complete(&key, token, result.clone())).await
                 }
-                other => return other,
+                JobEnd::Failed(error) => {
+                    with_retries(&key, || store.fail(&key, token, error)).await
+                }
+            };
+            match stored {
+                Ok(record) => {
+                    release.disarm();
+                    Ok(match ended {
+                        JobEnd::Succeeded(_) => LeaseEnd::Completed(record),
+                        JobEnd::Failed(_) => LeaseEnd::Failed(record),
+                    })
+                }
+                Err(Error::LeaseLost { .. }) => {
+                    release.disarm();
+                    Ok(LeaseEnd::Lost {
+                        result: match ended {
+                            JobEnd::Succeeded(result) => Some(result),
+                            JobEnd::Failed(_) => None,
+                        },
+                    })
+                }
+                Err(e) => Err(e),
             }
+        });
+        match finishing.await {
+            Ok(end) => end.map_err(RunError::Store),
+            Err(join) => Err(RunError::Store(Error::Backend {
+                backend: "coordinator",
+                message: format!("the task storing the job's outcome ended: {join}"),
+            })),
+        }
+    }
+}
+
+/// Runs a `complete` or `fail`, retrying while the store is unavailable: the
+/// same token makes them idempotent, so repeating them is safe.
+async fn with_retries<'a, Op, OpFut>(key: &RequestKey, op: Op) -> Result<Record, Error>
+where
+    Op: Fn() -> OpFut,
+    OpFut: Future<Output = Result<Record, Error>> + 'a,
+{
+    let mut pause = Duration::from_millis(50);
+    let mut tries = 1;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && tries < FINISH_TRIES => {
+                tracing::warn!(%key, error = %e, "store unavailable while finishing a job; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                tries += 1;
+            }
+            other => return other,
         }
     }
 }
@@ -474,25 +784,48 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a non-string payload")
 }
 
-/// Renews `lease` every third of its time to live; returns only once the
-/// lease is lost. Transient store errors are retried at the same pace: the
-/// lease stays ours past its expiry as long as nobody takes it over.
-async fn keep_alive<S: RequestStore + ?Sized>(store: &S, lease: &Lease) {
+/// Why [`keep_alive`] stopped renewing.
+enum RenewalEnd {
+    /// The lease is no longer this worker's.
+    Lost,
+    /// The store refused the renewal for a reason retrying cannot change.
+    Refused(Error),
+}
+
+/// Renews `lease` every third of its time to live until it is lost or a
+/// renewal is refused for good. Transient store errors are retried at the
+/// same pace: the lease stays ours past its expiry as long as nobody takes it
+/// over.
+async fn keep_alive<S: RequestStore + ?Sized>(store: Arc<S>, lease: Lease) -> RenewalEnd {
     let every = (lease.ttl / 3).max(Duration::from_millis(1));
     loop {
         tokio::time::sleep_until(Instant::now() + every).await;
         match store.renew(&lease.key, lease.token, None).await {
             Ok(_) => {}
-            Err(Error::LeaseLost { .. }) => return,
-            Err(e) => {
+            Err(Error::LeaseLost { .. }) => return RenewalEnd::Lost,
+            Err(e) if e.is_retryable() => {
                 tracing::warn!(key = %lease.key, token = %lease.token, error = %e, "lease renewal failed; will retry");
+            }
+            Err(e) => {
+                tracing::error!(key = %lease.key, token = %lease.token, error = %e, "lease renewal refused; stopping the job");
+                return RenewalEnd::Refused(e);
             }
         }
     }
 }
 
-/// Releases a lease when the job's future is dropped before it finished
-/// (the caller went away), so that another worker can take the key at once.
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Releases a lease when dropped armed (the caller went away, or the job's
+/// outcome could not be stored), so that another worker can take the key at
+/// once.
 struct ReleaseOnDrop<S: RequestStore + ?Sized> {
     store: Option<Arc<S>>,
     key: RequestKey,
@@ -512,7 +845,7 @@ impl<S: RequestStore + ?Sized> Drop for ReleaseOnDrop<S> {
         };
         // Without a runtime nothing can be sent; the lease then ends at its
         // expiry, which is what a crash would do.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        if let Ok(runtime) = Handle::try_current() {
             let key = self.key.clone();
             let token = self.token;
             runtime.spawn(async move {

@@ -24,7 +24,7 @@ pub mod testkit;
 pub use claim::{
     Claim, Completed, Decision, Failed, InFlight, Lease, Record, RecordState, Renewal, Timestamp,
 };
-pub use coordinator::{Coordinator, JobContext, Outcome, RunError, Source};
+pub use coordinator::{Coordinator, JobContext, Outcome, RunError, RunOptions, Source};
 pub use error::{Error, Result};
 pub use redact::redact_url;
 pub use store::RequestStore;

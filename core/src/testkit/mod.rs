@@ -2,7 +2,8 @@
 //! every backend runs (feature `testkit`).
 //!
 //! - [`cases`]: one public async function per property of design §3–§5, and
-//!   [`coordinator_cases`] for the [`crate::Coordinator`] on top of a store.
+//!   [`coordinator_cases`] and [`coordinator_edges`] for the [`crate::Coordinator`]
+//!   on top of a store.
 //!   [`conformance_tests!`](crate::conformance_tests) expands to one
 //!   `#[tokio::test]` per function, so every backend runs every case under its
 //!   own name.
@@ -27,6 +28,8 @@ use crate::store::RequestStore;
 pub mod cases;
 mod concurrency;
 pub mod coordinator_cases;
+pub mod coordinator_edges;
+mod faults;
 pub mod model;
 mod model_check;
 
@@ -241,12 +244,33 @@ macro_rules! __conformance_cases {
             panicking_job_is_recorded_as_retryable_failure,
             crashed_worker_is_taken_over_after_its_lease,
             long_job_keeps_its_lease_alive,
-            cancellation_releases_the_lease
+            cancellation_releases_the_lease;
+        coordinator_edges:
+            lease_deleted_mid_job_stops_the_job_and_says_so,
+            repeatable_job_runs_again_after_its_lease_is_deleted,
+            finished_result_is_stored_under_a_new_lease,
+            result_is_stored_when_callers_leave_during_complete,
+            max_run_time_aborts_a_hung_job,
+            renewal_refused_for_good_ends_the_run,
+            store_outage_while_finishing,
+            waiter_can_wait_out_a_retryable_failure,
+            repeatable_job_waits_out_its_own_failures,
+            coalesced_callers_share_the_first_callers_options,
+            get_or_run_outside_a_runtime
         );
+        $crate::__conformance_cases!(@multi_thread $setup, $mode, $requires);
     };
-    (@list $setup:expr, $mode:ident, $requires:expr, cases: $($case:ident),* ; coordinator: $($coord:ident),*) => {
+    // Cases that need a multi-thread runtime: on tokio's paused clock (a
+    // current-thread runtime) a thread blocked by a job stops every task, so
+    // there is nothing to observe.
+    (@multi_thread $setup:expr, real, $requires:expr) => {
+        $crate::__conformance_cases!(@one $setup, real, $requires, coordinator_edges, blocking_job_keeps_its_lease);
+    };
+    (@multi_thread $setup:expr, paused, $requires:expr) => {};
+    (@list $setup:expr, $mode:ident, $requires:expr, cases: $($case:ident),* ; coordinator: $($coord:ident),* ; coordinator_edges: $($edge:ident),*) => {
         $( $crate::__conformance_cases!(@one $setup, $mode, $requires, cases, $case); )*
         $( $crate::__conformance_cases!(@one $setup, $mode, $requires, coordinator_cases, $coord); )*
+        $( $crate::__conformance_cases!(@one $setup, $mode, $requires, coordinator_edges, $edge); )*
     };
     (@one $setup:expr, real, $requires:expr, $module:ident, $case:ident) => {
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
