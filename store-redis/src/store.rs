@@ -442,10 +442,12 @@ async fn read_maxmemory_policy(conn: &mut RedisConnection) -> Option<String> {
         // answer per node. The first value after the name will do.
         let mut texts = Vec::new();
         flatten_texts(&value, &mut texts);
-        if let Some(at) = texts.iter().position(|t| t == "maxmemory-policy") {
-            if let Some(policy) = texts.get(at + 1) {
-                return Some(policy.clone());
-            }
+        if let Some(policy) = texts
+            .iter()
+            .position(|t| t == "maxmemory-policy")
+            .and_then(|at| texts.get(at + 1))
+        {
+            return Some(policy.clone());
         }
     }
     let info: String = redis::cmd("INFO")

@@ -507,13 +507,11 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if let Some(subscriber) = &subscriber {
-            if buffer[..n]
-                .windows(9)
-                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
-            {
-                subscriber.store(true, Ordering::SeqCst);
-            }
+        let subscribing = buffer[..n]
+            .windows(9)
+            .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"));
+        if let (Some(subscriber), true) = (&subscriber, subscribing) {
+            subscriber.store(true, Ordering::SeqCst);
         }
         if stalled() {
             // Half-open: keep both ends open, pass nothing on, ever.
