@@ -2,6 +2,8 @@
 -- fence for as long as the record would have lived, so that the key's next
 -- token is still greater; waiters wake.
 -- ARGV: channel, key.
+-- The first write is a DEL, which Redis runs even when out of memory (see
+-- lib.lua): deleting is how an operator frees memory.
 local token = redis.call('HGET', KEYS[1], 'token')
 if not token then
     return 0

@@ -8,10 +8,22 @@
 --   KEYS[3]  the fence: after `delete`, the last token, kept as long as the
 --            record would have been, so tokens keep increasing
 --
+-- Out of memory (`maxmemory` reached under `noeviction`): these scripts
+-- carry no flags, so Redis (6.2 and 7 alike) checks memory before a
+-- script's first write command that may grow memory (HSET, SET) and never
+-- after it, since a script cannot stop halfway. The order of writes is
+-- therefore chosen on purpose: every writing path of a claim begins with
+-- an HSET of the record, so Redis refuses a claim under OOM before it
+-- changes anything (hits, which only read, are still answered); renew,
+-- complete, fail, release and delete begin with a write Redis does not
+-- check (HDEL, DEL, PEXPIREAT), so work already granted can always finish.
+--
 -- Record fields: kind, fp, state (processing | completed | failed), token,
 -- attempt, max, backoff (ms), ttl (lease ms), owner, lexp (lease end, ms),
 -- rel ('1' once released), result, emsg, eretry ('1' | '0'), failures,
--- retry_at (ms), created, updated, done (completed at), exp (retention end).
+-- retry_at (ms), created, updated, done (completed at), exp (retention end),
+-- ftok (the token of the `fail` that made the record failed; absent when a
+-- claim did, on an expired lease with no attempts left).
 -- Instants are milliseconds of Redis's clock (TIME), never the client's.
 
 local FIELDS = {
@@ -36,12 +48,16 @@ local function clock()
 end
 
 -- A new fencing token: Redis's clock in microseconds, or one more than the
--- last token of this key (`last`) should that be higher. See the crate docs
--- for why this keeps tokens increasing without a counter kept forever.
-local function next_token(now_us, last)
+-- last token of this key (`last`), or one more than the highest token the
+-- calling store has seen (`floor`), whichever is highest. See the crate
+-- docs for why this keeps tokens increasing without a counter kept forever.
+local function next_token(now_us, last, floor)
     local token = now_us
     if last and last + 1 > token then
         token = last + 1
+    end
+    if floor and floor + 1 > token then
+        token = floor + 1
     end
     if token > MAX_TOKEN then
         error('onceflight: fencing tokens exhausted')
@@ -59,12 +75,6 @@ local function lease_left(now, state, rel, lexp)
         return 0
     end
     return math.max(0, tonumber(lexp) - now)
-end
-
--- Keeps the record until `exp` (ms, Redis's clock).
-local function keep_until(exp)
-    redis.call('HSET', KEYS[1], 'exp', int(exp))
-    redis.call('PEXPIREAT', KEYS[1], int(exp))
 end
 
 -- The record's FIELDS, in order (absent ones false).
@@ -92,6 +102,17 @@ local function answer(outcome, now, extra, r)
     return out
 end
 
+-- Keeps the record until `exp` (ms, Redis's clock) and returns
+-- `answer(outcome, now, extra)`, built before the expiry is set: should
+-- `exp` be now or past, Redis drops the record at once, and the reply must
+-- still describe what the operation did.
+local function settle(exp, outcome, now, extra)
+    redis.call('HSET', KEYS[1], 'exp', int(exp))
+    local out = answer(outcome, now, extra)
+    redis.call('PEXPIREAT', KEYS[1], int(exp))
+    return out
+end
+
 -- Whether `token` is the current token of a processing, unreleased record:
 -- the fence every renew, complete, fail and release passes.
 local function holds(token)
@@ -105,9 +126,17 @@ local function wake()
     redis.call('PUBLISH', ARGV[1], ARGV[2])
 end
 
--- A record already settled with `token` in `state`: the same call repeated
--- after its reply was lost succeeds again, changing nothing.
-local function repeated(token, state)
+-- A record already completed with `token`: the same call repeated after its
+-- reply was lost succeeds again, changing nothing.
+local function repeated_complete(token)
     local r = redis.call('HMGET', KEYS[1], 'state', 'token')
-    return r[1] == state and r[2] == token
+    return r[1] == 'completed' and r[2] == token
+end
+
+-- A record made failed by a `fail` with `token` (not by a claim that found
+-- the lease expired with no attempts left): the same `fail` repeated after
+-- its reply was lost succeeds again, changing nothing.
+local function repeated_fail(token)
+    local r = redis.call('HMGET', KEYS[1], 'state', 'token', 'ftok')
+    return r[1] == 'failed' and r[2] == token and r[3] == token
 end

@@ -23,11 +23,18 @@ pub struct RedisConfig {
     /// No `{` or `}`: the store owns the hash tags.
     pub prefix: String,
     /// How long results and failures are kept, and abandoned leases after
-    /// they end (default 24 h): the records' Redis TTL.
+    /// they end (default 24 h): the records' Redis TTL. At least 1 ms:
+    /// [`crate::RedisStore::connect`] refuses less, since a record would
+    /// vanish the instant it settled.
     pub retention: Duration,
     /// How often a waiter re-reads its record even without a wake-up: the
     /// bounded fallback for a lost message (default 5 s).
     pub wait_fallback: Duration,
+    /// How often the pub/sub connection is probed with a PING (default
+    /// 5 s). A connection that does not answer within `response_timeout`
+    /// is half-open (a peer or middlebox dropped it silently): the store
+    /// subscribes again on a new one and wakes every waiter.
+    pub pubsub_ping: Duration,
     /// Longest wait for a connection (default 5 s).
     pub connect_timeout: Duration,
     /// Longest wait for a reply, after which the operation is `Unavailable`
@@ -82,6 +89,7 @@ impl RedisConfig {
             prefix: "onceflight:".to_owned(),
             retention: DEFAULT_RETENTION,
             wait_fallback: Duration::from_secs(5),
+            pubsub_ping: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             tls_root_cert: None,
@@ -118,6 +126,12 @@ impl RedisConfig {
         self
     }
 
+    /// Sets how often the pub/sub connection is probed.
+    pub fn with_pubsub_ping(mut self, every: Duration) -> Self {
+        self.pubsub_ping = every;
+        self
+    }
+
     /// Trusts the certificate authority in the PEM file at `path` for
     /// `rediss://`.
     pub fn with_tls_root_cert(mut self, path: impl Into<PathBuf>) -> Self {
@@ -143,6 +157,7 @@ impl fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix)
             .field("retention", &self.retention)
             .field("wait_fallback", &self.wait_fallback)
+            .field("pubsub_ping", &self.pubsub_ping)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("tls_root_cert", &self.tls_root_cert)

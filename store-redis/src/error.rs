@@ -8,9 +8,9 @@ pub(crate) const BACKEND: &str = "redis";
 /// Maps a redis error: anything about reaching or keeping the server (I/O,
 /// timeouts, a dropped connection, a server loading its data or busy with a
 /// script, a cluster resharding or failing over, a read-only replica) is
-/// `Unavailable` and safe to retry (as is a script cache flushed under every
-/// reload); the rest means a bug, a damaged key or a
-/// misconfiguration.
+/// `Unavailable` and safe to retry, as are a script cache flushed under every
+/// reload and a write refused because Redis is out of memory; the rest means
+/// a bug, a damaged key or a misconfiguration.
 pub(crate) fn map(error: RedisError) -> Error {
     let retryable = error.is_io_error()
         || error.is_timeout()
@@ -33,7 +33,11 @@ pub(crate) fn map(error: RedisError) -> Error {
                 )
         )
         // A script running past `busy-reply-threshold` blocks every client.
-        || error.code() == Some("BUSY");
+        || error.code() == Some("BUSY")
+        // Out of memory under `maxmemory-policy noeviction`: Redis refused
+        // the write before the script changed anything (see `lua/lib.lua`),
+        // and it succeeds once memory is freed.
+        || error.code() == Some("OOM");
     if retryable {
         Error::unavailable(BACKEND, error)
     } else {

@@ -14,9 +14,13 @@
 //!   configurable prefix.
 //! - `wait` is woken through pub/sub: each operation that settles a record
 //!   publishes its key on `<prefix>wake`; each store instance holds one
-//!   subscription and fans it out in process. After the subscription drops
-//!   it subscribes again and every waiter re-reads its record; a bounded
-//!   fallback re-read covers a lost message.
+//!   subscription and fans it out in process. The subscription is PINGed
+//!   every [`RedisConfig::pubsub_ping`], so that a half-open connection (one
+//!   a peer or middlebox dropped without a word) is noticed too. After the
+//!   subscription drops or goes silent, the store subscribes again first and
+//!   only then has every waiter re-read its record, so no change falls
+//!   between the re-read and the new subscription; a bounded fallback
+//!   re-read covers a lost message.
 //!
 //! # Fencing tokens
 //!
@@ -32,13 +36,51 @@
 //! by more than what remained of it) — NTP slews, it does not step, on a
 //! healthy host.
 //!
+//! A Redis restart without AOF, or a failover to a replica whose clock is
+//! behind, breaks that assumption. So each store also keeps a high-water
+//! mark, the highest token it has seen in any reply, and every token it
+//! asks Redis to grant is above it, for any key: tokens granted through
+//! one store instance never go backwards, whatever Redis's clock does.
+//! When Redis's clock is found behind the mark, the store logs a warning
+//! (at most once a minute). Limits: the mark lives in the process, not in
+//! Redis — a script may only touch the keys of its own request's hash tag
+//! in a cluster, so no shared mark can be kept there, and each record
+//! already keeps its key's last token. A store started after the clock
+//! went back, or another instance that never saw the higher tokens, relies
+//! on the per-key record and fence alone; keep AOF on and the Redis hosts'
+//! clocks disciplined (NTP) for the guarantee to hold across processes.
+//!
 //! # Requirements and deployment
 //!
 //! Redis 6.2 or later (`SET … PXAT`); scripts replicate by effects (the
 //! default since Redis 7). Run it with `maxmemory-policy noeviction`: an
 //! evicting policy may drop leases and cached results under memory
-//! pressure. Without persistence (AOF), a Redis restart forgets every
-//! record; with `appendonly yes` completed results survive it.
+//! pressure, and as every record and lease carries a TTL, `volatile-*`
+//! policies are as dangerous as `allkeys-*`. The store reads the policy
+//! when it connects (`CONFIG GET`, or `INFO memory` where a managed Redis
+//! disables `CONFIG`; neither readable, it does not check) and logs a
+//! warning naming an evicting policy ([`RedisStore::eviction_warning`]). It
+//! warns rather than refuses: some managed services do not let the
+//! operator change the policy. Without persistence (AOF), a Redis restart
+//! forgets every record; with `appendonly yes` completed results survive
+//! it.
+//!
+//! Out of memory (`maxmemory` reached under `noeviction`), new work is
+//! refused and work already granted finishes: a claim that would write (a
+//! fresh key, a takeover, a retry) fails with `Error::Unavailable` (HTTP 503
+//! `store_unavailable`) having changed nothing, while claims that only read
+//! (in flight, completed, failed) are still answered, and renew, complete,
+//! fail, release and delete succeed. This rests on how Redis treats scripts
+//! without flags, the same on 6.2 and 7: it checks memory before a script's
+//! first write command that may grow memory and never after it. Every
+//! writing path of the claim script begins with such a write (an HSET of
+//! the record); the other scripts begin with one Redis does not check
+//! (HDEL, DEL, PEXPIREAT). Redis 7's script flags (`#!lua flags=allow-oom`)
+//! would say the same more plainly, but would need two sets of scripts to
+//! keep 6.2, and refuse every claim, hits included, under OOM.
+//!
+//! A retention under 1 ms is refused ([`RedisStore::connect`] answers
+//! `Error::InvalidInput`): a record would vanish the instant it settled.
 //!
 //! # Connection
 //!

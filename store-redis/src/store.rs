@@ -2,7 +2,8 @@
 //! clock; leases are keys that Redis expires by itself.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -50,7 +51,18 @@ pub struct RedisStore {
     wait_fallback: Duration,
     waiters: Arc<Waiters>,
     listener: JoinHandle<()>,
+    /// The highest token this store has seen in any reply: the floor of
+    /// every token it asks Redis to grant (see the crate docs).
+    high_water: AtomicU64,
+    /// When the store last warned that Redis's clock is behind its tokens,
+    /// in ms since `started`, plus one (0: never).
+    clock_warned: AtomicU64,
+    started: Instant,
+    maxmemory_policy: Option<String>,
 }
+
+/// How often at most the store warns that Redis's clock went backwards.
+const CLOCK_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
@@ -174,6 +186,16 @@ impl RedisStore {
         if config.urls.is_empty() {
             return Err(invalid_config("no Redis URL given".to_owned()));
         }
+        if config.retention < Duration::from_millis(1) {
+            return Err(Error::InvalidInput {
+                field: "retention",
+                reason: format!(
+                    "a retention of {:?} would forget every record the instant it is \
+                     settled; it must be at least 1 ms",
+                    config.retention
+                ),
+            });
+        }
         let certificates = match &config.tls_root_cert {
             Some(path) => Some(TlsCertificates {
                 client_tls: None,
@@ -221,6 +243,18 @@ impl RedisStore {
                     .map_err(map)?,
             )
         };
+        let maxmemory_policy = read_maxmemory_policy(&mut conn.clone()).await;
+        match &maxmemory_policy {
+            Some(policy) => {
+                if let Some(warning) = eviction_warning(policy) {
+                    tracing::warn!(maxmemory_policy = %policy, "{warning}");
+                }
+            }
+            None => tracing::debug!(
+                "Redis's maxmemory-policy is not readable (CONFIG GET and INFO refused); \
+                 not checked"
+            ),
+        }
         let channel = format!("{}wake", config.prefix);
         let waiters = Arc::new(Waiters::default());
         let pubsub = subscribe(&clients, &channel).await.map_err(map)?;
@@ -229,6 +263,10 @@ impl RedisStore {
             clients,
             channel.clone(),
             Arc::clone(&waiters),
+            Probe {
+                every: config.pubsub_ping.max(Duration::from_millis(10)),
+                timeout: config.response_timeout,
+            },
         ));
         Ok(Self {
             conn,
@@ -239,7 +277,53 @@ impl RedisStore {
             wait_fallback: config.wait_fallback.max(Duration::from_millis(10)),
             waiters,
             listener,
+            high_water: AtomicU64::new(0),
+            clock_warned: AtomicU64::new(0),
+            started: Instant::now(),
+            maxmemory_policy,
         })
+    }
+
+    /// Redis's `maxmemory-policy` as read when the store connected (`CONFIG
+    /// GET`, or `INFO memory` where a managed Redis disables `CONFIG`);
+    /// `None` when neither answered.
+    pub fn maxmemory_policy(&self) -> Option<&str> {
+        self.maxmemory_policy.as_deref()
+    }
+
+    /// The warning the store logged when it connected because Redis's
+    /// `maxmemory-policy` may evict its keys, if it did.
+    pub fn eviction_warning(&self) -> Option<String> {
+        self.maxmemory_policy.as_deref().and_then(eviction_warning)
+    }
+
+    /// Raises the token floor to `token`.
+    fn saw_token(&self, token: Token) {
+        self.high_water.fetch_max(token.get(), Ordering::Relaxed);
+    }
+
+    /// Warns, at most once a minute, that Redis's clock is behind a token
+    /// already granted.
+    fn warn_clock_behind(&self, floor: u64, now_ms: i64) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = self.clock_warned.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < ms(CLOCK_WARNING_EVERY) {
+            return;
+        }
+        if self
+            .clock_warned
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(
+                highest_token = floor,
+                redis_clock_us = now_ms.saturating_mul(1000),
+                "Redis's clock went backwards: it is behind a fencing token already \
+                 granted (a restart without AOF, a failover to a replica whose clock is \
+                 behind, or a clock step). New tokens continue above the highest token \
+                 this store has seen; fix the clock (NTP) of the Redis hosts"
+            );
+        }
     }
 
     /// A handle on the store's connection, for benchmarks and tests that
@@ -278,7 +362,11 @@ impl RedisStore {
             invocation.arg(*arg);
         }
         let values: Vec<Option<Vec<u8>>> = self.invoke(&invocation).await?;
-        Reply::parse(values, key)
+        let reply = Reply::parse(values, key)?;
+        if let Some(record) = &reply.record {
+            self.saw_token(record.token);
+        }
+        Ok(reply)
     }
 
     /// EVALSHA, loading the script on `NOSCRIPT` (after a restart, a
@@ -341,11 +429,92 @@ async fn subscribe(clients: &[Client], channel: &str) -> redis::RedisResult<PubS
     }))
 }
 
-/// The listening task: wakes the waiters of each published key; when the
-/// subscription drops, wakes everyone (messages may have been lost, so each
-/// re-reads its record) and subscribes again, backing off while Redis is
-/// away.
-async fn listen(first: PubSub, clients: Vec<Client>, channel: String, waiters: Arc<Waiters>) {
+/// Redis's `maxmemory-policy`: `CONFIG GET`, or where a managed Redis
+/// refuses `CONFIG`, the `maxmemory_policy` line of `INFO memory`.
+async fn read_maxmemory_policy(conn: &mut RedisConnection) -> Option<String> {
+    let config: redis::RedisResult<Value> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    if let Ok(value) = config {
+        // `[name, value]` (RESP2) or `{name: value}` (RESP3); a cluster may
+        // answer per node. The first value after the name will do.
+        let mut texts = Vec::new();
+        flatten_texts(&value, &mut texts);
+        if let Some(policy) = texts
+            .iter()
+            .position(|t| t == "maxmemory-policy")
+            .and_then(|at| texts.get(at + 1))
+        {
+            return Some(policy.clone());
+        }
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+        .map(|policy| policy.trim().to_owned())
+}
+
+fn flatten_texts(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => out.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().for_each(|item| flatten_texts(item, out));
+        }
+        Value::Map(pairs) => pairs.iter().for_each(|(k, v)| {
+            flatten_texts(k, out);
+            flatten_texts(v, out);
+        }),
+        _ => {}
+    }
+}
+
+/// Why `policy` endangers the store, if it does. Every record and lease
+/// carries a TTL, so the `volatile-*` policies may evict live leases and
+/// unexpired results just as `allkeys-*` may: a lost lease lets a second
+/// worker start the same job, a lost result makes the job run again. The
+/// store warns rather than refuses: some managed services fix the policy,
+/// and an operator may accept the risk for a cache-like use.
+fn eviction_warning(policy: &str) -> Option<String> {
+    let evicts = policy.starts_with("allkeys-") || policy.starts_with("volatile-");
+    evicts.then(|| {
+        format!(
+            "Redis's maxmemory-policy is {policy}, which evicts keys under memory pressure: \
+             every onceflight lease and record has a TTL, so it may drop live leases (a job \
+             then runs twice) and results before their retention; set maxmemory-policy \
+             noeviction, with which a full Redis refuses new claims (503) and lets granted \
+             work finish"
+        )
+    })
+}
+
+/// How the listening task probes its connection.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    every: Duration,
+    timeout: Duration,
+}
+
+/// The listening task: wakes the waiters of each published key, and PINGs
+/// the connection every `probe.every` so that a half-open connection (no
+/// error, no messages ever again) is noticed. When the subscription drops
+/// or a PING goes unanswered, it subscribes again on a new connection,
+/// backing off while Redis is away, and only then wakes everyone: messages
+/// may have been lost, so each waiter re-reads its record, and any change
+/// after that re-read is published to a subscription already in place.
+async fn listen(
+    first: PubSub,
+    clients: Vec<Client>,
+    channel: String,
+    waiters: Arc<Waiters>,
+    probe: Probe,
+) {
     let mut pubsub = Some(first);
     let mut pause = Duration::from_millis(100);
     loop {
@@ -367,14 +536,43 @@ async fn listen(first: PubSub, clients: Vec<Client>, channel: String, waiters: A
                 }
             },
         };
-        let mut messages = subscription.into_on_message();
-        while let Some(message) = messages.next().await {
-            if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
-                waiters.wake(key);
+        let (mut sink, mut messages) = subscription.split();
+        let mut ticks = tokio::time::interval(probe.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the subscription was just confirmed.
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => {
+                        if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
+                            waiters.wake(key);
+                        }
+                    }
+                    None => {
+                        tracing::warn!("Redis pub/sub connection lost; reconnecting");
+                        break;
+                    }
+                },
+                _ = ticks.tick() => {
+                    match tokio::time::timeout(probe.timeout, sink.ping::<Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "Redis pub/sub PING failed; reconnecting");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                timeout = ?probe.timeout,
+                                "Redis pub/sub PING unanswered (half-open connection); \
+                                 reconnecting"
+                            );
+                            break;
+                        }
+                    }
+                }
             }
         }
-        tracing::warn!("Redis pub/sub connection lost; reconnecting");
-        waiters.wake_all();
     }
 }
 
@@ -382,6 +580,8 @@ async fn listen(first: PubSub, clients: Vec<Client>, channel: String, waiters: A
 /// (`lua/lib.lua`).
 struct Reply {
     outcome: String,
+    /// Redis's clock at the reply, in ms.
+    now: i64,
     extra: String,
     record: Option<Record>,
 }
@@ -445,6 +645,7 @@ impl Reply {
         if outcome == "none" {
             return Ok(Self {
                 outcome,
+                now,
                 extra: String::new(),
                 record: None,
             });
@@ -467,6 +668,7 @@ impl Reply {
         };
         Ok(Self {
             outcome,
+            now,
             extra,
             record,
         })
@@ -552,6 +754,8 @@ impl RequestStore for RedisStore {
         let max_attempts = options.max_attempts().to_string();
         let backoff_ms = ms(options.retry_backoff()).to_string();
         let retention_ms = self.retention_ms.to_string();
+        let floor = self.high_water.load(Ordering::Relaxed);
+        let floor_arg = floor.to_string();
         let reply = self
             .run(
                 &self.scripts.claim,
@@ -567,9 +771,13 @@ impl RequestStore for RedisStore {
                     max_attempts.as_bytes(),
                     backoff_ms.as_bytes(),
                     retention_ms.as_bytes(),
+                    floor_arg.as_bytes(),
                 ],
             )
             .await?;
+        if reply.outcome == "acquired" && floor / 1000 > u64::try_from(reply.now).unwrap_or(0) {
+            self.warn_clock_behind(floor, reply.now);
+        }
         let record = reply
             .record
             .ok_or_else(|| corrupt(format!("a claim answered no record for {:?}", key.as_str())))?;

@@ -1,0 +1,578 @@
+//! The Redis store at the edges of Redis's own behaviour: out of memory,
+//! a retention that ends at once, a token floor above Redis's clock, an
+//! evicting `maxmemory-policy`, a half-open pub/sub connection, and a
+//! `fail` whose lease a claim already turned failed. Tests that need a
+//! specially configured Redis run their own `redis-server` on loopback.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use onceflight_core::testkit::backend_available;
+use onceflight_core::{
+    Bytes, Claim, ClaimOptions, Error, JobError, Kind, Lease, RecordState, RequestKey, RequestStore,
+};
+use onceflight_store_redis::{RedisConfig, RedisStore};
+use redis::AsyncCommands;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::ChildRedis;
+
+fn key(name: &str) -> RequestKey {
+    RequestKey::parse(name).expect("valid key")
+}
+
+fn options(lease: Duration) -> ClaimOptions {
+    ClaimOptions::new(Kind::parse("image").expect("kind"))
+        .with_lease_ttl(lease)
+        .expect("lease ttl")
+}
+
+fn acquired(claim: onceflight_core::Result<Claim>) -> Lease {
+    match claim {
+        Ok(Claim::Acquired(lease)) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+async fn store_at(url: &str, config: impl FnOnce(RedisConfig) -> RedisConfig) -> RedisStore {
+    RedisStore::connect(config(
+        RedisConfig::new(url)
+            .with_prefix(common::fresh_prefix())
+            .with_retention(Duration::from_secs(3600)),
+    ))
+    .await
+    .expect("connect")
+}
+
+/// Under `noeviction` with memory full, a fresh claim and a takeover are
+/// refused as `Unavailable` before they write anything, while the work
+/// already granted can still complete, fail, release and be deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_refuses_new_claims_and_lets_granted_work_finish() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _server = ChildRedis::start(
+        port,
+        &["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"],
+    )
+    .wait_for(port);
+    let store = store_at(&url, |c| c).await;
+    let mut raw = common::raw(&url).await;
+
+    let to_complete = acquired(
+        store
+            .claim_or_get(&key("complete"), &options(Duration::from_secs(60)))
+            .await,
+    );
+    let to_fail = acquired(
+        store
+            .claim_or_get(&key("fail"), &options(Duration::from_secs(60)))
+            .await,
+    );
+    let to_release = acquired(
+        store
+            .claim_or_get(&key("release"), &options(Duration::from_secs(60)))
+            .await,
+    );
+    acquired(
+        store
+            .claim_or_get(&key("delete"), &options(Duration::from_secs(60)))
+            .await,
+    );
+    let expiring = acquired(
+        store
+            .claim_or_get(&key("expiring"), &options(Duration::from_millis(200)))
+            .await,
+    );
+
+    // Fill Redis until it refuses writes.
+    let filler = "x".repeat(16 * 1024);
+    let mut full = false;
+    for i in 0..10_000 {
+        let set: redis::RedisResult<()> = raw.set(format!("fill:{i}"), &filler).await;
+        if let Err(error) = set {
+            assert_eq!(
+                error.code(),
+                Some("OOM"),
+                "the filler stops at OOM: {error}"
+            );
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "Redis never ran out of memory");
+    // The refused write's own arguments took memory that is free again:
+    // lower the limit below what the data holds, so Redis stays full.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1mb")
+        .query_async(&mut raw)
+        .await
+        .expect("CONFIG SET maxmemory");
+    let probe: redis::RedisResult<()> = raw.set("probe", "1").await;
+    assert!(
+        matches!(&probe, Err(e) if e.code() == Some("OOM")),
+        "Redis is out of memory for the rest of the test: {probe:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A fresh claim: refused, nothing written.
+    let fresh = key("fresh");
+    let refused = store
+        .claim_or_get(&fresh, &options(Duration::from_secs(60)))
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::Unavailable { .. })),
+        "a fresh claim under OOM is Unavailable, got {refused:?}"
+    );
+    for redis_key in store.redis_keys(&fresh) {
+        let exists: bool = raw.exists(&redis_key).await.expect("EXISTS");
+        assert!(
+            !exists,
+            "the refused claim wrote nothing, yet {redis_key} exists"
+        );
+    }
+
+    // A takeover of the expired lease: refused, the record unchanged.
+    let [record_key, lease_key, _] = store.redis_keys(&expiring.key);
+    let before: Vec<(String, String)> = raw.hgetall(&record_key).await.expect("HGETALL");
+    let refused = store
+        .claim_or_get(&expiring.key, &options(Duration::from_secs(60)))
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::Unavailable { .. })),
+        "a takeover under OOM is Unavailable, got {refused:?}"
+    );
+    let after: Vec<(String, String)> = raw.hgetall(&record_key).await.expect("HGETALL");
+    assert_eq!(before, after, "the refused takeover changed the record");
+    let lease_exists: bool = raw.exists(&lease_key).await.expect("EXISTS");
+    assert!(!lease_exists, "the refused takeover wrote a lease");
+
+    // Work already granted finishes.
+    let completed = store
+        .complete(
+            &to_complete.key,
+            to_complete.token,
+            Bytes::from_static(b"{\"done\":true}"),
+        )
+        .await;
+    assert!(
+        matches!(&completed, Ok(r) if r.state == RecordState::Completed),
+        "complete under OOM succeeds, got {completed:?}"
+    );
+    let failed = store
+        .fail(&to_fail.key, to_fail.token, &JobError::new("gave up", true))
+        .await;
+    assert!(
+        matches!(&failed, Ok(r) if r.state == RecordState::Failed),
+        "fail under OOM succeeds, got {failed:?}"
+    );
+    let released = store.release(&to_release.key, to_release.token).await;
+    assert!(
+        matches!(&released, Ok(r) if r.state == RecordState::Processing),
+        "release under OOM succeeds, got {released:?}"
+    );
+    let deleted = store.delete(&key("delete")).await;
+    assert!(
+        matches!(deleted, Ok(true)),
+        "delete under OOM succeeds, got {deleted:?}"
+    );
+    // A claim that only reads is still answered.
+    let hit = store
+        .claim_or_get(&to_complete.key, &options(Duration::from_secs(60)))
+        .await;
+    assert!(
+        matches!(&hit, Ok(Claim::Completed(_))),
+        "a claim hitting a completed record is answered under OOM, got {hit:?}"
+    );
+}
+
+/// A lease that expired with no attempts left, turned failed by a claim,
+/// cannot be failed afterwards by its former holder: `LeaseLost`, as
+/// `complete` is. A `fail` that succeeded still succeeds when repeated.
+#[tokio::test]
+async fn fail_after_a_claim_turned_the_lease_failed_is_lease_lost() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    let store = store_at(&common::redis_url(), |c| c).await;
+    let k = key("expired-no-attempts");
+    let short = options(Duration::from_millis(100))
+        .with_max_attempts(1)
+        .expect("max attempts");
+    let first = acquired(store.claim_or_get(&k, &short).await);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let claim = store.claim_or_get(&k, &short).await;
+    assert!(
+        matches!(&claim, Ok(Claim::Failed(f)) if f.retry_after.is_none() && f.token == first.token),
+        "the expired lease with no attempts left makes the claim Failed, got {claim:?}"
+    );
+    let late = store
+        .fail(&k, first.token, &JobError::new("too late", true))
+        .await;
+    assert!(
+        matches!(&late, Err(Error::LeaseLost { .. })),
+        "fail on a lease a claim turned failed is LeaseLost, got {late:?}"
+    );
+    let late = store
+        .complete(&k, first.token, Bytes::from_static(b"1"))
+        .await;
+    assert!(
+        matches!(&late, Err(Error::LeaseLost { .. })),
+        "complete there is LeaseLost too, got {late:?}"
+    );
+
+    // The same fail twice: both succeed, the first error stands.
+    let k = key("failed-twice");
+    let lease = acquired(store.claim_or_get(&k, &short).await);
+    let once = store
+        .fail(&k, lease.token, &JobError::new("first", false))
+        .await;
+    assert!(
+        matches!(&once, Ok(r) if r.state == RecordState::Failed),
+        "{once:?}"
+    );
+    let twice = store
+        .fail(&k, lease.token, &JobError::new("second", false))
+        .await;
+    assert!(
+        matches!(&twice, Ok(r) if r.error.as_ref().map(JobError::message) == Some("first")),
+        "a repeated fail succeeds and the first error stands, got {twice:?}"
+    );
+}
+
+/// A retention under a millisecond would forget every record the instant
+/// it settles: the store refuses it at connect.
+#[tokio::test]
+async fn a_retention_under_a_millisecond_is_refused() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    for retention in [Duration::ZERO, Duration::from_micros(500)] {
+        let connected = RedisStore::connect(
+            RedisConfig::new(common::redis_url())
+                .with_prefix(common::fresh_prefix())
+                .with_retention(retention),
+        )
+        .await;
+        assert!(
+            matches!(
+                &connected,
+                Err(Error::InvalidInput {
+                    field: "retention",
+                    ..
+                })
+            ),
+            "a retention of {retention:?} is refused, got {:?}",
+            connected.as_ref().map(|_| "a store")
+        );
+    }
+}
+
+/// The settling scripts answer with the record as they left it even when
+/// its retention ends at once and Redis drops it before the reply. Run
+/// straight through EVAL, since the store refuses such a retention.
+#[tokio::test]
+async fn a_script_whose_retention_ends_at_once_still_answers_the_record() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    const LIB: &str = include_str!("../lua/lib.lua");
+    let store = store_at(&common::redis_url(), |c| c).await;
+    let mut raw = common::raw(&common::redis_url()).await;
+    let channel = format!("{}wake", store.prefix());
+    for (name, body, extra) in [
+        (
+            "complete",
+            include_str!("../lua/complete.lua"),
+            vec!["\"r\"", "0"],
+        ),
+        (
+            "fail",
+            include_str!("../lua/fail.lua"),
+            vec!["boom", "1", "0"],
+        ),
+        ("release", include_str!("../lua/release.lua"), vec!["0"]),
+    ] {
+        let k = key(&format!("vanishing-{name}"));
+        let lease = acquired(
+            store
+                .claim_or_get(&k, &options(Duration::from_secs(60)))
+                .await,
+        );
+        let token = lease.token.get().to_string();
+        let script = redis::Script::new(&format!("{LIB}\n{body}"));
+        let mut invocation = script.prepare_invoke();
+        for redis_key in store.redis_keys(&k) {
+            invocation.key(redis_key);
+        }
+        invocation.arg(&channel).arg(k.as_str()).arg(&token);
+        for arg in extra {
+            invocation.arg(arg);
+        }
+        let reply: Vec<Option<String>> = invocation
+            .invoke_async(&mut raw)
+            .await
+            .unwrap_or_else(|e| panic!("{name} with retention 0: {e}"));
+        assert_eq!(
+            reply[0].as_deref(),
+            Some("ok"),
+            "{name} answers ok: {reply:?}"
+        );
+        // Reply: outcome, now, extra, lease_left, then kind, fp, state, token…
+        assert!(
+            reply[6].is_some(),
+            "{name} answered the record's state: {reply:?}"
+        );
+        assert_eq!(
+            reply[7].as_deref(),
+            Some(token.as_str()),
+            "{name} answered the token"
+        );
+        let [record_key, ..] = store.redis_keys(&k);
+        let exists: bool = raw.exists(&record_key).await.expect("EXISTS");
+        assert!(!exists, "the record of {name} expired at once, as asked");
+    }
+}
+
+/// Tokens never go backwards: once the store has seen a token above
+/// Redis's clock (granted while the clock was ahead, before a failover or
+/// a restart), every token it has granted since is above it.
+#[tokio::test]
+async fn tokens_stay_above_the_highest_token_the_store_has_seen() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    let store = store_at(&common::redis_url(), |c| c).await;
+    let mut raw = common::raw(&common::redis_url()).await;
+    // A record written when Redis's clock was an hour ahead: its token is
+    // an hour of microseconds above today's clock.
+    let ahead = key("granted-when-the-clock-was-ahead");
+    let lease = acquired(
+        store
+            .claim_or_get(&ahead, &options(Duration::from_secs(60)))
+            .await,
+    );
+    let high = lease.token.get() + 3_600_000_000;
+    let [record_key, ..] = store.redis_keys(&ahead);
+    let () = raw
+        .hset(&record_key, "token", high.to_string())
+        .await
+        .expect("HSET token");
+    let seen = store.get(&ahead).await.expect("get").expect("record");
+    assert_eq!(seen.token.get(), high, "the store read the high token");
+
+    for name in ["other-key", "another-key"] {
+        let lease = acquired(
+            store
+                .claim_or_get(&key(name), &options(Duration::from_secs(60)))
+                .await,
+        );
+        assert!(
+            lease.token.get() > high,
+            "a token granted after seeing {high} is above it, got {} for {name}",
+            lease.token.get()
+        );
+    }
+}
+
+/// An evicting `maxmemory-policy` is noticed at connect and named in the
+/// warning the store logs; `noeviction` draws none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_policy_is_reported_at_connect() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _server = ChildRedis::start(port, &["--maxmemory-policy", "volatile-lru"]).wait_for(port);
+    let store = store_at(&url, |c| c).await;
+    assert_eq!(
+        store.maxmemory_policy(),
+        Some("volatile-lru"),
+        "read at connect"
+    );
+    let warning = store.eviction_warning();
+    assert!(
+        matches!(&warning, Some(w) if w.contains("volatile-lru") && w.contains("noeviction")),
+        "an evicting policy is warned about, by name: {warning:?}"
+    );
+
+    // Where CONFIG is disabled (managed Redis), INFO memory still tells.
+    let mut raw = common::raw(&url).await;
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("app")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-config")
+        .query_async(&mut raw)
+        .await
+        .expect("ACL SETUSER");
+    let restricted = store_at(&format!("redis://app:pw@127.0.0.1:{port}/"), |c| c).await;
+    assert_eq!(
+        restricted.maxmemory_policy(),
+        Some("volatile-lru"),
+        "read from INFO memory when CONFIG is refused"
+    );
+
+    let noeviction = store_at(&common::redis_url(), |c| c).await;
+    let mut shared = common::raw(&common::redis_url()).await;
+    let policy: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut shared)
+        .await
+        .expect("CONFIG GET");
+    if policy.get(1).map(String::as_str) == Some("noeviction") {
+        assert_eq!(
+            noeviction.eviction_warning(),
+            None,
+            "noeviction draws no warning"
+        );
+    }
+}
+
+/// A TCP proxy on loopback that can make the pub/sub connections it
+/// carries half-open: bytes stop flowing both ways, nothing is closed.
+struct Proxy {
+    port: u16,
+    next_id: Arc<AtomicU64>,
+    frozen_below: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let next_id = Arc::new(AtomicU64::new(0));
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let (ids, frozen) = (next_id.clone(), frozen_below.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = ids.fetch_add(1, Ordering::SeqCst);
+                let server = TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .expect("proxy to Redis");
+                let subscriber = Arc::new(AtomicBool::new(false));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let stalled = {
+                    let (frozen, subscriber) = (frozen.clone(), subscriber.clone());
+                    move || subscriber.load(Ordering::SeqCst) && id < frozen.load(Ordering::SeqCst)
+                };
+                tokio::spawn(pump(
+                    client_read,
+                    server_write,
+                    Some(subscriber),
+                    stalled.clone(),
+                ));
+                tokio::spawn(pump(server_read, client_write, None, stalled));
+            }
+        });
+        Self {
+            port,
+            next_id,
+            frozen_below,
+        }
+    }
+
+    /// Every pub/sub connection open now goes silent.
+    fn freeze_subscribers(&self) {
+        self.frozen_below
+            .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    subscriber: Option<Arc<AtomicBool>>,
+    stalled: impl Fn() -> bool,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let subscribing = buffer[..n]
+            .windows(9)
+            .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"));
+        if let (Some(subscriber), true) = (&subscriber, subscribing) {
+            subscriber.store(true, Ordering::SeqCst);
+        }
+        if stalled() {
+            // Half-open: keep both ends open, pass nothing on, ever.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A pub/sub connection that silently stops delivering (half-open) is
+/// noticed by the store's PING; it subscribes again and wakes its waiters,
+/// who see a completion long before the fallback re-read would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_subscription_is_noticed_and_waiters_still_wake() {
+    if !backend_available(Some("REDIS_URL")) {
+        return;
+    }
+    let port = common::free_port();
+    let _server = ChildRedis::start(port, &[]).wait_for(port);
+    let proxy = Proxy::start(port).await;
+    let store = Arc::new(
+        store_at(&format!("redis://127.0.0.1:{}/", proxy.port), |c| {
+            c.with_wait_fallback(Duration::from_secs(60))
+                .with_pubsub_ping(Duration::from_millis(200))
+                .with_response_timeout(Duration::from_millis(500))
+        })
+        .await,
+    );
+    let k = key("half-open");
+    let lease = acquired(
+        store
+            .claim_or_get(&k, &options(Duration::from_secs(60)))
+            .await,
+    );
+    proxy.freeze_subscribers();
+    let waiter = {
+        let (store, k) = (store.clone(), k.clone());
+        tokio::spawn(async move { store.wait(&k, Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    store
+        .complete(&k, lease.token, Bytes::from_static(b"1"))
+        .await
+        .expect("complete");
+    let record = waiter
+        .await
+        .expect("waiter")
+        .expect("wait")
+        .expect("record");
+    assert_eq!(
+        record.state,
+        RecordState::Completed,
+        "woken with the result"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken after the PING noticed the dead subscription, not by the 60 s fallback \
+         nor the 30 s timeout ({:?})",
+        started.elapsed()
+    );
+}
