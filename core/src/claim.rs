@@ -11,10 +11,15 @@ use crate::types::{ClaimOptions, Fingerprint, JobError, Kind, Owner, RequestKey,
 /// A point in time on the store's clock, as UTC.
 pub type Timestamp = DateTime<Utc>;
 
-/// The one atomic decision of design §3.
+/// The one atomic decision of a claim: a new lease, work in flight elsewhere,
+/// a result, or a failure.
+///
+/// Dropping an [`Claim::Acquired`] unused blocks the key for the lease's
+/// time to live: do the job, or [`crate::RequestStore::release`] the lease.
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[must_use = "an Acquired claim holds the key until its lease ends: run the job or release it"]
 pub enum Claim {
-    /// The caller holds a new lease and must do the job.
+    /// The caller holds a new lease and must do the job (or release it).
     Acquired(Lease),
     /// Another worker holds a live lease.
     InFlight(InFlight),
@@ -58,7 +63,13 @@ impl Claim {
 }
 
 /// The right to do a key's job until `expires_at` (store clock).
+///
+/// A lease granted after a release carries the release's attempt number and
+/// `takeover: false`: the previous holder gave the key back, nobody was taken
+/// over. Only a lease granted over an *expired* lease is a takeover.
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[must_use = "a lease holds the key until it ends: run the job, then complete, fail or release it"]
+#[non_exhaustive]
 pub struct Lease {
     /// The request's key.
     pub key: RequestKey,
@@ -74,12 +85,15 @@ pub struct Lease {
     /// Time left on the lease when the store answered, so that callers need
     /// no synchronized clock.
     pub remaining: Duration,
-    /// Whether this lease took over another worker's expired lease.
+    /// Whether this lease took over another worker's expired lease; `false`
+    /// for a fresh record, a retry after a failure, and a claim after a
+    /// release.
     pub takeover: bool,
 }
 
 /// Another worker holds a live lease.
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub struct InFlight {
     /// The request's key.
     pub key: RequestKey,
@@ -97,6 +111,7 @@ pub struct InFlight {
 
 /// The job completed.
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub struct Completed {
     /// The request's key.
     pub key: RequestKey,
@@ -112,6 +127,7 @@ pub struct Completed {
 
 /// The job failed and no lease can be granted now.
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub struct Failed {
     /// The request's key.
     pub key: RequestKey,
@@ -158,6 +174,7 @@ impl RecordState {
 /// Fields that depend on "now" (`lease_remaining`, `retry_after`) are computed
 /// by the store when it reads the record, so that no client clock is needed.
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub struct Record {
     /// The request's key.
     pub key: RequestKey,
@@ -311,8 +328,140 @@ impl Record {
     }
 }
 
+impl Lease {
+    /// A lease as a store grants it (`takeover: false`; see
+    /// [`Lease::with_takeover`]). For stores and for tests that build
+    /// answers by hand.
+    pub fn new(
+        key: RequestKey,
+        token: Token,
+        attempt: u32,
+        ttl: Duration,
+        expires_at: Timestamp,
+        remaining: Duration,
+    ) -> Self {
+        Self {
+            key,
+            token,
+            attempt,
+            ttl,
+            expires_at,
+            remaining,
+            takeover: false,
+        }
+    }
+
+    /// The same lease, marked as a takeover of an expired lease or not.
+    pub fn with_takeover(mut self, takeover: bool) -> Self {
+        self.takeover = takeover;
+        self
+    }
+}
+
+impl InFlight {
+    /// Another worker's live lease, without an owner (set `owner` after).
+    pub fn new(
+        key: RequestKey,
+        token: Token,
+        attempt: u32,
+        lease_expires_at: Timestamp,
+        remaining: Duration,
+    ) -> Self {
+        Self {
+            key,
+            token,
+            attempt,
+            owner: None,
+            lease_expires_at,
+            remaining,
+        }
+    }
+}
+
+impl Completed {
+    /// A completed job's answer.
+    pub fn new(
+        key: RequestKey,
+        token: Token,
+        attempt: u32,
+        result: Bytes,
+        completed_at: Timestamp,
+    ) -> Self {
+        Self {
+            key,
+            token,
+            attempt,
+            result,
+            completed_at,
+        }
+    }
+}
+
+impl Failed {
+    /// A failed job's answer.
+    pub fn new(
+        key: RequestKey,
+        token: Token,
+        attempt: u32,
+        error: JobError,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Self {
+            key,
+            token,
+            attempt,
+            error,
+            retry_after,
+        }
+    }
+}
+
+impl Record {
+    /// A record with its identity set and everything else empty: attempt 1
+    /// of the default maximum, no owner, lease, result or error, updated when
+    /// created. Stores and tests set the other (public) fields after.
+    pub fn new(
+        key: RequestKey,
+        kind: Kind,
+        state: RecordState,
+        token: Token,
+        created_at: Timestamp,
+    ) -> Self {
+        Self {
+            key,
+            kind,
+            fingerprint: None,
+            state,
+            token,
+            attempt: 1,
+            max_attempts: crate::types::DEFAULT_MAX_ATTEMPTS,
+            owner: None,
+            lease_expires_at: None,
+            lease_remaining: None,
+            result: None,
+            error: None,
+            retry_after: None,
+            created_at,
+            updated_at: created_at,
+            completed_at: None,
+            expires_at: None,
+        }
+    }
+}
+
+impl Renewal {
+    /// A renewal's answer.
+    pub fn new(expires_at: Timestamp, remaining: Duration) -> Self {
+        Self {
+            expires_at,
+            remaining,
+        }
+    }
+}
+
 /// The new end of a renewed lease.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub struct Renewal {
     /// When the lease now ends on the store's clock.
     pub expires_at: Timestamp,

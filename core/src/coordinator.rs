@@ -42,6 +42,7 @@ pub enum Source {
 
 /// A job's result, as returned by [`Coordinator::get_or_run`].
 #[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub struct Outcome {
     /// The job's result.
     pub result: Bytes,
@@ -51,6 +52,19 @@ pub struct Outcome {
     pub token: Token,
     /// The attempt that completed the job.
     pub attempt: u32,
+}
+
+impl Outcome {
+    /// An outcome, e.g. for a test double of code that calls the
+    /// coordinator.
+    pub fn new(result: Bytes, source: Source, token: Token, attempt: u32) -> Self {
+        Self {
+            result,
+            source,
+            token,
+            attempt,
+        }
+    }
 }
 
 /// Why [`Coordinator::get_or_run`] returned no result.

@@ -267,10 +267,10 @@ impl RequestStore for HttpStore {
             return Err(status_error(status, &bytes, key, Some(token)));
         }
         let answer: HeartbeatResponse = decode(&bytes, "heartbeat")?;
-        Ok(Renewal {
-            expires_at: timestamp(&answer.lease_expires_at, "lease_expires_at")?,
-            remaining: Duration::from_millis(answer.lease_ms),
-        })
+        Ok(Renewal::new(
+            timestamp(&answer.lease_expires_at, "lease_expires_at")?,
+            Duration::from_millis(answer.lease_ms),
+        ))
     }
 
     async fn complete(&self, key: &RequestKey, token: Token, result: Bytes) -> Result<Record> {
@@ -593,53 +593,58 @@ fn claim_from_answer(
     let token = token_of(required(a.token, &state, "token")?)?;
     let attempt = required(a.attempt, &state, "attempt")?;
     Ok(match state.as_str() {
-        "acquired" => Claim::Acquired(Lease {
-            key,
-            token,
-            attempt,
-            ttl: options.lease_ttl(),
-            expires_at: timestamp(
-                &required(a.lease_expires_at, &state, "lease_expires_at")?,
-                "lease_expires_at",
-            )?,
-            remaining: Duration::from_millis(required(a.lease_ms, &state, "lease_ms")?),
-            takeover: required(a.takeover, &state, "takeover")?,
-        }),
-        "in_flight" => Claim::InFlight(InFlight {
-            key,
-            token,
-            attempt,
-            owner: a.owner.map(|o| parsed(o, Owner::parse)).transpose()?,
-            lease_expires_at: timestamp(
-                &required(a.lease_expires_at, &state, "lease_expires_at")?,
-                "lease_expires_at",
-            )?,
-            remaining: Duration::from_millis(required(a.retry_after_ms, &state, "retry_after_ms")?),
-        }),
-        "completed" => Claim::Completed(Completed {
+        "acquired" => Claim::Acquired(
+            Lease::new(
+                key,
+                token,
+                attempt,
+                options.lease_ttl(),
+                timestamp(
+                    &required(a.lease_expires_at, &state, "lease_expires_at")?,
+                    "lease_expires_at",
+                )?,
+                Duration::from_millis(required(a.lease_ms, &state, "lease_ms")?),
+            )
+            .with_takeover(required(a.takeover, &state, "takeover")?),
+        ),
+        "in_flight" => {
+            let mut in_flight = InFlight::new(
+                key,
+                token,
+                attempt,
+                timestamp(
+                    &required(a.lease_expires_at, &state, "lease_expires_at")?,
+                    "lease_expires_at",
+                )?,
+                Duration::from_millis(required(a.retry_after_ms, &state, "retry_after_ms")?),
+            );
+            in_flight.owner = a.owner.map(|o| parsed(o, Owner::parse)).transpose()?;
+            Claim::InFlight(in_flight)
+        }
+        "completed" => Claim::Completed(Completed::new(
             key,
             token,
             attempt,
             // A JSON `null` result reads as an absent field; it is still the
             // result `null`.
-            result: Bytes::from(
+            Bytes::from(
                 a.result
                     .map_or_else(|| "null".to_owned(), |r| r.get().to_owned()),
             ),
-            completed_at: timestamp(
+            timestamp(
                 &required(a.completed_at, &state, "completed_at")?,
                 "completed_at",
             )?,
-        }),
+        )),
         _ => {
             let error = required(a.error, &state, "error")?;
-            Claim::Failed(Failed {
+            Claim::Failed(Failed::new(
                 key,
                 token,
                 attempt,
-                error: JobError::new(error.message, error.retryable),
-                retry_after: a.retry_after_ms.map(Duration::from_millis),
-            })
+                JobError::new(error.message, error.retryable),
+                a.retry_after_ms.map(Duration::from_millis),
+            ))
         }
     })
 }
@@ -653,37 +658,37 @@ fn record_from_body(key: &RequestKey, body: RecordBody) -> Result<Record> {
     };
     let optional_time =
         |value: Option<String>, field: &str| value.map(|text| timestamp(&text, field)).transpose();
-    Ok(Record {
-        // The service shows the caller's own key (without any namespace).
-        key: key.clone(),
-        kind: parsed(body.kind, Kind::parse)?,
-        fingerprint: body
-            .fingerprint
-            .map(|f| parsed(f, Fingerprint::parse))
-            .transpose()?,
+    let mut record = Record::new(
+        key.clone(),
+        parsed(body.kind, Kind::parse)?,
         state,
-        token: token_of(body.token)?,
-        attempt: body.attempt,
-        max_attempts: body.max_attempts,
-        owner: body.owner.map(|o| parsed(o, Owner::parse)).transpose()?,
-        lease_expires_at: optional_time(body.lease_expires_at, "lease_expires_at")?,
-        lease_remaining: body.lease_ms.map(Duration::from_millis),
-        // A completed record always has a result; a JSON `null` there reads
-        // as `None` but is the result `null`.
-        result: match state {
-            RecordState::Completed => Some(Bytes::from(
-                body.result
-                    .map_or_else(|| "null".to_owned(), |r| r.get().to_owned()),
-            )),
-            _ => body.result.map(|r| Bytes::from(r.get().to_owned())),
-        },
-        error: body.error.map(|e| JobError::new(e.message, e.retryable)),
-        retry_after: body.retry_after_ms.map(Duration::from_millis),
-        created_at: timestamp(&body.created_at, "created_at")?,
-        updated_at: timestamp(&body.updated_at, "updated_at")?,
-        completed_at: optional_time(body.completed_at, "completed_at")?,
-        expires_at: optional_time(body.expires_at, "expires_at")?,
-    })
+        token_of(body.token)?,
+        timestamp(&body.created_at, "created_at")?,
+    );
+    record.fingerprint = body
+        .fingerprint
+        .map(|f| parsed(f, Fingerprint::parse))
+        .transpose()?;
+    record.attempt = body.attempt;
+    record.max_attempts = body.max_attempts;
+    record.owner = body.owner.map(|o| parsed(o, Owner::parse)).transpose()?;
+    record.lease_expires_at = optional_time(body.lease_expires_at, "lease_expires_at")?;
+    record.lease_remaining = body.lease_ms.map(Duration::from_millis);
+    // A completed record always has a result; a JSON `null` there reads
+    // as `None` but is the result `null`.
+    record.result = match state {
+        RecordState::Completed => Some(Bytes::from(
+            body.result
+                .map_or_else(|| "null".to_owned(), |r| r.get().to_owned()),
+        )),
+        _ => body.result.map(|r| Bytes::from(r.get().to_owned())),
+    };
+    record.error = body.error.map(|e| JobError::new(e.message, e.retryable));
+    record.retry_after = body.retry_after_ms.map(Duration::from_millis);
+    record.updated_at = timestamp(&body.updated_at, "updated_at")?;
+    record.completed_at = optional_time(body.completed_at, "completed_at")?;
+    record.expires_at = optional_time(body.expires_at, "expires_at")?;
+    Ok(record)
 }
 
 #[cfg(test)]

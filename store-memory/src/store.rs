@@ -158,52 +158,52 @@ impl Entry {
     }
 
     fn lease(&self, key: &RequestKey, clock: &Clock, now: Instant, takeover: bool) -> Lease {
-        Lease {
-            key: key.clone(),
-            token: self.token,
-            attempt: self.attempt,
-            ttl: self.lease_ttl,
-            expires_at: clock.wall(self.lease_expires_at),
-            remaining: self.lease_expires_at.saturating_duration_since(now),
-            takeover,
-        }
+        Lease::new(
+            key.clone(),
+            self.token,
+            self.attempt,
+            self.lease_ttl,
+            clock.wall(self.lease_expires_at),
+            self.lease_expires_at.saturating_duration_since(now),
+        )
+        .with_takeover(takeover)
     }
 
     fn failed(&self, key: &RequestKey, now: Instant) -> Failed {
-        Failed {
-            key: key.clone(),
-            token: self.token,
-            attempt: self.attempt,
-            error: self
-                .error
+        Failed::new(
+            key.clone(),
+            self.token,
+            self.attempt,
+            self.error
                 .clone()
                 .unwrap_or_else(|| JobError::retryable("failed")),
-            retry_after: self.retry_at.map(|at| at.saturating_duration_since(now)),
-        }
+            self.retry_at.map(|at| at.saturating_duration_since(now)),
+        )
     }
 
     fn record(&self, key: &RequestKey, clock: &Clock, now: Instant) -> Record {
         let processing = self.state == RecordState::Processing;
-        Record {
-            key: key.clone(),
-            kind: self.kind.clone(),
-            fingerprint: self.fingerprint.clone(),
-            state: self.state,
-            token: self.token,
-            attempt: self.attempt,
-            max_attempts: self.max_attempts,
-            owner: self.owner.clone(),
-            lease_expires_at: processing.then(|| clock.wall(self.lease_expires_at)),
-            lease_remaining: processing
-                .then(|| self.lease_expires_at.saturating_duration_since(now)),
-            result: self.result.clone(),
-            error: self.error.clone(),
-            retry_after: self.retry_at.map(|at| at.saturating_duration_since(now)),
-            created_at: clock.wall(self.created_at),
-            updated_at: clock.wall(self.updated_at),
-            completed_at: self.completed_at.map(|at| clock.wall(at)),
-            expires_at: Some(clock.wall(self.expires_at)),
-        }
+        let mut record = Record::new(
+            key.clone(),
+            self.kind.clone(),
+            self.state,
+            self.token,
+            clock.wall(self.created_at),
+        );
+        record.fingerprint = self.fingerprint.clone();
+        record.attempt = self.attempt;
+        record.max_attempts = self.max_attempts;
+        record.owner = self.owner.clone();
+        record.lease_expires_at = processing.then(|| clock.wall(self.lease_expires_at));
+        record.lease_remaining =
+            processing.then(|| self.lease_expires_at.saturating_duration_since(now));
+        record.result = self.result.clone();
+        record.error = self.error.clone();
+        record.retry_after = self.retry_at.map(|at| at.saturating_duration_since(now));
+        record.updated_at = clock.wall(self.updated_at);
+        record.completed_at = self.completed_at.map(|at| clock.wall(at));
+        record.expires_at = Some(clock.wall(self.expires_at));
+        record
     }
 
     /// Ends the record as `failed`; a retry is allowed after the backoff only
@@ -281,14 +281,15 @@ impl RequestStore for MemoryStore {
             }
             let takeover = match entry.state {
                 RecordState::Processing if entry.lease_live(now) => {
-                    return Ok(Claim::InFlight(InFlight {
-                        key: key.clone(),
-                        token: entry.token,
-                        attempt: entry.attempt,
-                        owner: entry.owner.clone(),
-                        lease_expires_at: clock.wall(entry.lease_expires_at),
-                        remaining: entry.lease_expires_at.saturating_duration_since(now),
-                    }));
+                    let mut in_flight = InFlight::new(
+                        key.clone(),
+                        entry.token,
+                        entry.attempt,
+                        clock.wall(entry.lease_expires_at),
+                        entry.lease_expires_at.saturating_duration_since(now),
+                    );
+                    in_flight.owner = entry.owner.clone();
+                    return Ok(Claim::InFlight(in_flight));
                 }
                 // A released lease is given back without using an attempt.
                 RecordState::Processing if entry.released => false,
@@ -301,13 +302,13 @@ impl RequestStore for MemoryStore {
                 }
                 RecordState::Processing => true,
                 RecordState::Completed => {
-                    return Ok(Claim::Completed(Completed {
-                        key: key.clone(),
-                        token: entry.token,
-                        attempt: entry.attempt,
-                        result: entry.result.clone().unwrap_or_default(),
-                        completed_at: clock.wall(entry.completed_at.unwrap_or(entry.updated_at)),
-                    }));
+                    return Ok(Claim::Completed(Completed::new(
+                        key.clone(),
+                        entry.token,
+                        entry.attempt,
+                        entry.result.clone().unwrap_or_default(),
+                        clock.wall(entry.completed_at.unwrap_or(entry.updated_at)),
+                    )));
                 }
                 RecordState::Failed if entry.retry_at.is_some_and(|at| at <= now) => false,
                 RecordState::Failed => return Ok(Claim::Failed(entry.failed(key, now))),
@@ -370,10 +371,10 @@ impl RequestStore for MemoryStore {
         entry.lease_expires_at = lease_expires_at;
         entry.updated_at = now;
         entry.expires_at = entry.lease_expires_at + self.retention;
-        Ok(Renewal {
-            expires_at: self.clock.wall(entry.lease_expires_at),
-            remaining: entry.lease_expires_at.saturating_duration_since(now),
-        })
+        Ok(Renewal::new(
+            self.clock.wall(entry.lease_expires_at),
+            entry.lease_expires_at.saturating_duration_since(now),
+        ))
     }
 
     async fn complete(&self, key: &RequestKey, token: Token, result: Bytes) -> Result<Record> {

@@ -395,35 +395,36 @@ fn record(row: &PgRow, key: &RequestKey) -> Result<Record> {
     let lease_expires_at: Option<DateTime<Utc>> = get(row, "lease_expires_at")?;
     let retry_at: Option<DateTime<Utc>> = get(row, "retry_at")?;
     let result: Option<Vec<u8>> = get(row, "result")?;
-    Ok(Record {
-        key: key.clone(),
-        kind: Kind::parse(get::<String>(row, "kind")?).map_err(|e| corrupt(e.to_string()))?,
-        fingerprint: get::<Option<String>>(row, "fingerprint")?
-            .map(Fingerprint::parse)
-            .transpose()
-            .map_err(|e| corrupt(e.to_string()))?,
+    let mut record = Record::new(
+        key.clone(),
+        Kind::parse(get::<String>(row, "kind")?).map_err(|e| corrupt(e.to_string()))?,
         state,
-        token: token(get(row, "token")?)?,
-        attempt: u32::try_from(get::<i32>(row, "attempt")?).unwrap_or(0),
-        max_attempts: u32::try_from(get::<i32>(row, "max_attempts")?).unwrap_or(0),
-        owner: get::<Option<String>>(row, "owner")?
-            .map(Owner::parse)
-            .transpose()
-            .map_err(|e| corrupt(e.to_string()))?,
-        lease_expires_at: lease_expires_at.filter(|_| processing),
-        lease_remaining: lease_expires_at
-            .filter(|_| processing)
-            .map(|at| remaining(at, now)),
-        result: result.map(Bytes::from),
-        error: job_error(row)?,
-        retry_after: retry_at
-            .filter(|_| state == RecordState::Failed)
-            .map(|at| remaining(at, now)),
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
-        completed_at: get(row, "completed_at")?,
-        expires_at: Some(get(row, "expires_at")?),
-    })
+        token(get(row, "token")?)?,
+        get(row, "created_at")?,
+    );
+    record.fingerprint = get::<Option<String>>(row, "fingerprint")?
+        .map(Fingerprint::parse)
+        .transpose()
+        .map_err(|e| corrupt(e.to_string()))?;
+    record.attempt = u32::try_from(get::<i32>(row, "attempt")?).unwrap_or(0);
+    record.max_attempts = u32::try_from(get::<i32>(row, "max_attempts")?).unwrap_or(0);
+    record.owner = get::<Option<String>>(row, "owner")?
+        .map(Owner::parse)
+        .transpose()
+        .map_err(|e| corrupt(e.to_string()))?;
+    record.lease_expires_at = lease_expires_at.filter(|_| processing);
+    record.lease_remaining = lease_expires_at
+        .filter(|_| processing)
+        .map(|at| remaining(at, now));
+    record.result = result.map(Bytes::from);
+    record.error = job_error(row)?;
+    record.retry_after = retry_at
+        .filter(|_| state == RecordState::Failed)
+        .map(|at| remaining(at, now));
+    record.updated_at = get(row, "updated_at")?;
+    record.completed_at = get(row, "completed_at")?;
+    record.expires_at = Some(get(row, "expires_at")?);
+    Ok(record)
 }
 
 /// A token as Postgres's `bigint` (tokens are at most 2^53 − 1).

@@ -707,40 +707,41 @@ fn record(
     } else {
         None
     };
-    Ok(Record {
-        key: key.clone(),
-        kind: Kind::parse(required(text(fields, "kind")?, "kind")?)
-            .map_err(|e| corrupt(e.to_string()))?,
-        fingerprint: text(fields, "fp")?
-            .map(Fingerprint::parse)
-            .transpose()
+    let mut record = Record::new(
+        key.clone(),
+        Kind::parse(required(text(fields, "kind")?, "kind")?)
             .map_err(|e| corrupt(e.to_string()))?,
         state,
         token,
-        attempt: count("attempt")?,
-        max_attempts: count("max")?,
-        owner: text(fields, "owner")?
-            .map(Owner::parse)
-            .transpose()
-            .map_err(|e| corrupt(e.to_string()))?,
-        lease_expires_at,
-        lease_remaining: if processing {
-            Some(millis(lease_left.unwrap_or(0)))
-        } else {
-            None
-        },
-        result: field(fields, "result").map(Bytes::from),
-        error,
-        retry_after: if state == RecordState::Failed {
-            number(fields, "retry_at")?.map(|at| millis(at - now))
-        } else {
-            None
-        },
-        created_at: instant(required(number(fields, "created")?, "created")?)?,
-        updated_at: instant(required(number(fields, "updated")?, "updated")?)?,
-        completed_at: number(fields, "done")?.map(instant).transpose()?,
-        expires_at: Some(instant(required(number(fields, "exp")?, "exp")?)?),
-    })
+        instant(required(number(fields, "created")?, "created")?)?,
+    );
+    record.fingerprint = text(fields, "fp")?
+        .map(Fingerprint::parse)
+        .transpose()
+        .map_err(|e| corrupt(e.to_string()))?;
+    record.attempt = count("attempt")?;
+    record.max_attempts = count("max")?;
+    record.owner = text(fields, "owner")?
+        .map(Owner::parse)
+        .transpose()
+        .map_err(|e| corrupt(e.to_string()))?;
+    record.lease_expires_at = lease_expires_at;
+    record.lease_remaining = if processing {
+        Some(millis(lease_left.unwrap_or(0)))
+    } else {
+        None
+    };
+    record.result = field(fields, "result").map(Bytes::from);
+    record.error = error;
+    record.retry_after = if state == RecordState::Failed {
+        number(fields, "retry_at")?.map(|at| millis(at - now))
+    } else {
+        None
+    };
+    record.updated_at = instant(required(number(fields, "updated")?, "updated")?)?;
+    record.completed_at = number(fields, "done")?.map(instant).transpose()?;
+    record.expires_at = Some(instant(required(number(fields, "exp")?, "exp")?)?);
+    Ok(record)
 }
 
 #[async_trait]
