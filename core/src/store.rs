@@ -34,6 +34,10 @@ pub trait RequestStore: Send + Sync + Debug + 'static {
     /// (fresh, takeover of an expired lease, or retry after backoff), or
     /// learns that the job is in flight, completed or failed.
     ///
+    /// A lease granted after a release carries the same attempt number and
+    /// `takeover: false`: only a lease granted over an *expired* lease is a
+    /// takeover.
+    ///
     /// Atomic: concurrent claims of one key see one order; exactly one of N
     /// concurrent claims of a fresh key is `Acquired`. Not idempotent: each
     /// `Acquired` grants a new token. A claim that finds a live lease, a
@@ -65,7 +69,9 @@ pub trait RequestStore: Send + Sync + Debug + 'static {
     ///
     /// Atomic and fenced. Idempotent: repeating it with the same token after
     /// it succeeded returns the record again and the first error stands.
-    /// Errors: `LeaseLost` (another token, or the record completed).
+    /// Errors: `LeaseLost` (another token, the record completed, or a claim
+    /// already turned the record `failed` because the lease expired with no
+    /// attempt left — only a repeat of a `fail` that succeeded succeeds).
     async fn fail(&self, key: &RequestKey, token: Token, error: &JobError) -> Result<Record>;
 
     /// Gives the lease up: it ends now and its token is retired. The record
