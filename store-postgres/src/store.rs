@@ -119,7 +119,8 @@ impl PgStore {
     /// Refused with a message saying what to set: a transaction-mode pooler
     /// without [`PgConfig::listen_url`], a store or listen URL seen to go
     /// through a transaction-mode pooler the configuration does not declare,
-    /// a listen URL on another database, and a certificate that TLS refuses.
+    /// a listen URL on another database, a certificate that TLS refuses, and
+    /// a zero retention.
     pub async fn connect(config: PgConfig) -> Result<Self> {
         check_schema(&config.schema)?;
         if config.retention.is_zero() {

@@ -125,21 +125,24 @@ async fn receive(listener: &mut PgListener, prefix: &str, waiters: &Waiters, wat
             // Quiet for a while: check that the connection still answers. A
             // notification that arrives meanwhile is kept for the next
             // `try_recv`.
-            Err(_) => match tokio::time::timeout(watch.timeout, (&mut *listener).execute("SELECT 1")).await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "LISTEN connection failed a ping; reconnecting");
-                    return;
+            Err(_) => {
+                match tokio::time::timeout(watch.timeout, (&mut *listener).execute("SELECT 1"))
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "LISTEN connection failed a ping; reconnecting");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            timeout = ?watch.timeout,
+                            "LISTEN connection did not answer a ping; reconnecting"
+                        );
+                        return;
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!(
-                        timeout = ?watch.timeout,
-                        "LISTEN connection did not answer a ping; reconnecting"
-                    );
-                    return;
-                }
-            },
+            }
         }
     }
 }

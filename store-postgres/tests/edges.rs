@@ -107,8 +107,7 @@ async fn a_fail_after_an_exhausted_claim_is_lease_lost_through_the_pooler() {
     if !backend_available(Some("DATABASE_URL")) || !backend_available(Some("PGBOUNCER_URL")) {
         return;
     }
-    let store =
-        common::pooled_store_with(&common::fresh_schema(), Duration::from_secs(3600)).await;
+    let store = common::pooled_store_with(&common::fresh_schema(), Duration::from_secs(3600)).await;
     fail_after_an_exhausted_claim_is_lost(&store).await;
 }
 
