@@ -29,7 +29,7 @@ pub struct PgConfig {
     /// Most pooled connections (default 10).
     pub pool_size: u32,
     /// How long results and failures are kept, and abandoned leases after
-    /// they end (default 24 h).
+    /// they end (default 24 h). Must be more than zero.
     pub retention: Duration,
     /// How often a waiter re-reads its record even without a notification:
     /// the bounded fallback for a lost one (default 5 s).
@@ -37,8 +37,18 @@ pub struct PgConfig {
     /// Longest one operation may take, waiting for a pooled connection
     /// included; past it the operation answers `Unavailable` (default 5 s).
     /// A server that stops answering mid-query (a frozen network path, a
-    /// stalled host) then costs a caller this long, not forever.
+    /// stalled host) then costs a caller this long, not forever. Postgres
+    /// itself cancels the store's statements a little sooner
+    /// (`statement_timeout` and `lock_timeout` of the store's sessions, or
+    /// of each statement through a transaction-mode pooler), so a statement
+    /// the caller gave up on is rolled back rather than left running, holding
+    /// locks and a connection, and committing later.
     pub operation_timeout: Duration,
+    /// After this long without a notification, the LISTEN connection is
+    /// pinged; one that does not answer within the operation timeout (a
+    /// half-open connection after a network failover, say) is replaced
+    /// (default 10 s). Until then, waiters rely on `wait_fallback`.
+    pub listen_ping: Duration,
 }
 
 impl PgConfig {
@@ -53,6 +63,7 @@ impl PgConfig {
             retention: DEFAULT_RETENTION,
             wait_fallback: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(5),
+            listen_ping: Duration::from_secs(10),
         }
     }
 
@@ -159,6 +170,7 @@ impl fmt::Debug for PgConfig {
             .field("retention", &self.retention)
             .field("wait_fallback", &self.wait_fallback)
             .field("operation_timeout", &self.operation_timeout)
+            .field("listen_ping", &self.listen_ping)
             .finish()
     }
 }

@@ -24,10 +24,15 @@ pub(crate) fn map(error: sqlx::Error) -> Error {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 57P0x: admin/crash shutdown, cannot
             // connect now; 53300: too many connections; 40001/40P01:
-            // serialization failure, deadlock.
+            // serialization failure, deadlock; 57014/55P03: the statement
+            // ran past `statement_timeout` or waited past `lock_timeout`
+            // (the server's side of the operation timeout), rolled back.
             code.starts_with("08")
                 || code.starts_with("57P")
-                || matches!(code.as_ref(), "53300" | "40001" | "40P01")
+                || matches!(
+                    code.as_ref(),
+                    "53300" | "40001" | "40P01" | "57014" | "55P03"
+                )
         }),
         _ => false,
     };

@@ -16,11 +16,19 @@
 //!   row, and a fresh insert uses `INSERT … ON CONFLICT DO UPDATE … WHERE
 //!   <past retention>` so a lost race is re-read, never an error.
 //! - Tokens come from one sequence, so a key's tokens strictly increase even
-//!   after `delete` or retention.
+//!   after `delete` or retention (and across a failover, given synchronous
+//!   replication: see below).
 //! - `wait` is woken by LISTEN/NOTIFY on one connection per store instance,
-//!   fanned out in process; after that connection drops it reconnects and
-//!   every waiter re-reads its record; a bounded fallback re-read covers a
-//!   lost notification.
+//!   fanned out in process. That connection is pinged when it has been
+//!   quiet for [`PgConfig::listen_ping`]; once it fails or stops answering,
+//!   it is replaced, and as soon as the new one listens every waiter
+//!   re-reads its record. A bounded fallback re-read covers a lost
+//!   notification meanwhile.
+//! - An operation that runs out of [`PgConfig::operation_timeout`] also ends
+//!   on the server: Postgres cancels and rolls back the store's statements a
+//!   little sooner (`statement_timeout`, `lock_timeout`), so none keeps
+//!   waiting for a lock, holding a connection, or commits after its caller
+//!   was told `Unavailable`.
 //! - Statements name their schema (`"onceflight".onceflight_claim(…)`) and
 //!   the functions pin their own `search_path`, so nothing depends on the
 //!   session's or the role's `search_path`.
@@ -41,6 +49,44 @@
 //! the session. [`PgStore::connect`] refuses a store URL it sees going
 //! through such a pooler undeclared, and a session URL that does, saying
 //! what to set.
+//!
+//! Through a transaction-mode pooler the time bounds travel with each
+//! statement (`SET LOCAL statement_timeout …; SET LOCAL lock_timeout …;
+//! SELECT …`, one query string, one round trip), since session settings do
+//! not stay with a client there. The pooler's own limits (PgBouncer's
+//! `query_timeout`, `query_wait_timeout`) are still worth setting for time
+//! spent waiting inside the pooler for a server connection.
+//!
+//! # Tokens across a failover
+//!
+//! Fencing tokens come from a Postgres sequence. A sequence is not
+//! transactional and is WAL-logged ahead in batches (32 values at a time),
+//! and with asynchronous streaming replication the last WAL the primary
+//! wrote may never reach the standby. Promoted after such a loss, the
+//! standby hands out sequence values that the old primary already granted:
+//! the same token twice for one key, and a smaller token after a larger
+//! one. Nothing in a single database can detect that; it is the price of
+//! asynchronous replication, which also loses the claims themselves.
+//!
+//! Fleets that rely on tokens downstream (a storage system that refuses a
+//! write carrying a token lower than one it has seen) should run the store
+//! on a primary with synchronous replication (`synchronous_standby_names`
+//! set and `synchronous_commit` at `on` or stronger — the default level, as
+//! long as a synchronous standby is named): a claim's commit, which follows
+//! the WAL of the token it grants, then returns only once a standby has
+//! it, so any token a worker has seen survives a failover to that standby.
+//! High-availability modes of managed Postgres that replicate synchronously
+//! (an RDS Multi-AZ instance, Cloud SQL HA) qualify; an asynchronous read
+//! replica promoted by hand does not.
+//!
+//! Without synchronous replication, after an unplanned failover and before
+//! serving traffic, move the sequence well past anything the old primary can
+//! have granted, e.g. `SELECT setval('"onceflight".onceflight_tokens',
+//! nextval('"onceflight".onceflight_tokens') + 1000000)` (use a margin above
+//! the tokens granted per second times the worst replication lag). Tokens
+//! stay below 2^53 − 1, so there is room for many such jumps. The store does
+//! not mix the clock into tokens: that would trade this hazard for another
+//! (a clock stepped back on the new primary) and spend the 2^53 range fast.
 
 mod config;
 mod connect;

@@ -20,7 +20,7 @@ use crate::config::{PgConfig, PgPooler};
 use crate::connect;
 use crate::error::{BACKEND, TimedOut, map};
 use crate::sql::{Arg, Statement, Statements};
-use crate::waiters::spawn_listener;
+use crate::waiters::{Watch, spawn_listener};
 
 /// The embedded migrations (`migrations/`), applied by [`PgStore::migrate`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -52,6 +52,10 @@ pub struct PgStore {
     retention_ms: i64,
     wait_fallback: Duration,
     operation_timeout: Duration,
+    /// The server-side bounds of one statement sent through a
+    /// transaction-mode pooler, to go in front of it in the same query
+    /// string (see [`server_timeout`]).
+    local_timeouts: String,
     waiters: Arc<Waiters>,
     listener: JoinHandle<()>,
 }
@@ -115,9 +119,18 @@ impl PgStore {
     /// Refused with a message saying what to set: a transaction-mode pooler
     /// without [`PgConfig::listen_url`], a store or listen URL seen to go
     /// through a transaction-mode pooler the configuration does not declare,
-    /// a listen URL on another database, and a certificate that TLS refuses.
+    /// a listen URL on another database, a certificate that TLS refuses, and
+    /// a zero retention.
     pub async fn connect(config: PgConfig) -> Result<Self> {
         check_schema(&config.schema)?;
+        if config.retention.is_zero() {
+            // Every record would be past retention as it is written: each
+            // claim would start over, and no result would ever be shared.
+            return Err(invalid_config(
+                "retention must be more than zero: it is how long results and failures are kept"
+                    .to_owned(),
+            ));
+        }
         let operation_timeout = config.operation_timeout.max(Duration::from_millis(1));
         let session_url = match (&config.listen_url, config.pooler) {
             (Some(url), _) => url.clone(),
@@ -151,25 +164,50 @@ impl PgStore {
                 )));
             }
         }
+        let server_timeout = server_timeout(operation_timeout);
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(1))
             .acquire_timeout(operation_timeout)
             // No ping before each operation: it would be a second round trip.
             // A connection that died while idle fails its next statement,
             // which answers `Unavailable` (safe to retry) and is discarded.
-            .test_before_acquire(false)
+            .test_before_acquire(false);
+        let pool = match config.pooler {
+            // The session keeps its settings: set once per connection, and
+            // every statement on it is bounded.
+            PgPooler::None => {
+                let set = format!(
+                    "SET statement_timeout = {ms}; SET lock_timeout = {ms}",
+                    ms = server_timeout.as_millis()
+                );
+                pool.after_connect(move |conn, _| {
+                    let sql = sqlx::AssertSqlSafe(set.clone());
+                    Box::pin(async move { conn.execute(sqlx::raw_sql(sql)).await.map(drop) })
+                })
+            }
+            // Session settings do not stick behind a transaction-mode pooler:
+            // each statement carries its own (see `local_timeouts`).
+            PgPooler::Transaction => pool,
+        };
+        let pool = pool
             .connect_with(options)
             .await
             .map_err(|e| connect::connect_error(&config.url, e))?;
         let waiters = Arc::new(Waiters::default());
         // The LISTEN connection lives outside the operations' pool, so that
         // `pool_size` connections stay free for operations.
-        let listen_pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(session_options.clone());
-        let listener = spawn_listener(&listen_pool, &config.schema, Arc::clone(&waiters))
-            .await
-            .map_err(map)?;
+        let watch = Watch {
+            ping_after: config.listen_ping.max(Duration::from_millis(10)),
+            timeout: operation_timeout,
+        };
+        let listener = spawn_listener(
+            session_options.clone(),
+            &config.schema,
+            Arc::clone(&waiters),
+            watch,
+        )
+        .await
+        .map_err(map)?;
         Ok(Self {
             pool,
             pooler: config.pooler,
@@ -181,6 +219,10 @@ impl PgStore {
             retention_ms: ms(config.retention.min(MAX_RETENTION)),
             wait_fallback: config.wait_fallback.max(Duration::from_millis(10)),
             operation_timeout,
+            local_timeouts: format!(
+                "SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; ",
+                ms = server_timeout.as_millis()
+            ),
             waiters,
             listener,
         })
@@ -300,11 +342,23 @@ impl PgStore {
                     .await
             }
             PgPooler::Transaction => {
-                let sql = sqlx::AssertSqlSafe(statement.render(args)?);
+                let sql = sqlx::AssertSqlSafe(self.pooled_sql(statement, args)?);
                 self.bounded((&self.pool).fetch_optional(sqlx::raw_sql(sql)))
                     .await
             }
         }
+    }
+
+    /// `statement` as one simple-protocol query for a transaction-mode
+    /// pooler, preceded by its server-side time bounds. The query string is
+    /// one implicit transaction, so `SET LOCAL` holds for the statement that
+    /// follows (Postgres arms `statement_timeout` afresh for each statement
+    /// of a query string) and ends with it: nothing is left on the server
+    /// connection for the pooler's next client.
+    fn pooled_sql(&self, statement: &Statement, args: &[Arg<'_>]) -> Result<String> {
+        let mut sql = self.local_timeouts.clone();
+        sql.push_str(&statement.render(args)?);
+        Ok(sql)
     }
 
     /// [`Self::fetch_optional`] of a statement that always answers a row.
@@ -322,7 +376,7 @@ impl PgStore {
                     .await
             }
             PgPooler::Transaction => {
-                let sql = sqlx::AssertSqlSafe(statement.render(args)?);
+                let sql = sqlx::AssertSqlSafe(self.pooled_sql(statement, args)?);
                 self.bounded((&self.pool).execute(sqlx::raw_sql(sql))).await
             }
         }
@@ -344,6 +398,26 @@ impl PgStore {
         }
         record(&row, key)
     }
+}
+
+/// How long Postgres itself lets one of the store's statements run or wait
+/// for a lock (`statement_timeout`, `lock_timeout`): a little under the
+/// operation timeout.
+///
+/// The client gives up on an operation after the operation timeout, but a
+/// statement it stops waiting for would go on on the server: holding its
+/// connection (which sqlx resynchronises before reuse), the row locks it
+/// took, and possibly committing a lease no caller was told about. Bounded
+/// on the server a little sooner, the statement is cancelled there and
+/// rolled back, and the caller gets Postgres's answer (`Unavailable`) in
+/// time. Only when waiting for a pooled connection took most of the budget
+/// can the client give up first; the statement then still ends on the
+/// server within this bound.
+fn server_timeout(operation_timeout: Duration) -> Duration {
+    let margin = (operation_timeout / 10).min(Duration::from_millis(500));
+    // Whole milliseconds, never zero (which would mean "no limit").
+    let ms = (operation_timeout - margin).as_millis().max(1);
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
 fn token(value: i64) -> Result<Token> {
