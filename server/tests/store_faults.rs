@@ -476,6 +476,102 @@ async fn redis_restart_with_append_only_file_keeps_results() {
     expect_resumed(&server).await;
 }
 
+/// A full Redis (`maxmemory` reached, `noeviction`): a new claim is answered
+/// 503 `store_unavailable` with `Retry-After` and writes nothing, while work
+/// already granted can still be completed, failed, released and deleted —
+/// never a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_redis_refuses_new_claims_and_finishes_granted_work() {
+    let Some(redis) = RedisChild::start("redis_out_of_memory", false) else {
+        return;
+    };
+    let url = redis.url();
+    let server = serve(Store::Redis(&url)).await;
+    let client = client();
+    let mut granted = Vec::new();
+    for _ in 0..4 {
+        let key = unique_name("granted");
+        let token = call(
+            &client,
+            Method::POST,
+            &server.url(&format!("/v1/requests/{key}/claim")),
+            Some(claim_body(60_000)),
+            None,
+        )
+        .await
+        .expect(StatusCode::CREATED)["token"]
+            .as_u64()
+            .expect("token");
+        granted.push((key, token));
+    }
+    assert_eq!(
+        redis.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
+        "+OK"
+    );
+    // Far below what Redis already uses: every write Redis checks is refused.
+    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "1"]), "+OK");
+
+    let fresh = unique_name("fresh");
+    let refused = client
+        .post(server.url(&format!("/v1/requests/{fresh}/claim")))
+        .json(&claim_body(60_000))
+        .send()
+        .await
+        .expect("claim");
+    assert_eq!(
+        refused.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a full store refuses new work"
+    );
+    assert!(
+        refused.headers().contains_key("retry-after"),
+        "with Retry-After"
+    );
+    let body: Value = refused.json().await.expect("error body");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+
+    let finish = [
+        ("complete", json!({"result": {"kept": true}})),
+        ("fail", json!({"message": "gave up"})),
+        ("release", json!({})),
+    ];
+    for ((key, token), (route, extra)) in granted.iter().zip(finish) {
+        let mut body = extra;
+        body["token"] = json!(token);
+        call(
+            &client,
+            Method::POST,
+            &server.url(&format!("/v1/requests/{key}/{route}")),
+            Some(body),
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
+    }
+    let (deleted, _) = &granted[3];
+    let answer = client
+        .delete(server.url(&format!("/v1/requests/{deleted}")))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(
+        answer.status(),
+        StatusCode::NO_CONTENT,
+        "a delete frees memory, so it is allowed"
+    );
+
+    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "0"]), "+OK");
+    let after = call(
+        &client,
+        Method::GET,
+        &server.url(&format!("/v1/requests/{fresh}")),
+        None,
+        None,
+    )
+    .await;
+    after.expect_error(StatusCode::NOT_FOUND, "not_found");
+}
+
 /// Redis without persistence is killed and restarted: 503s meanwhile; then
 /// every record is gone (as the README states), and a new claim's token is
 /// still greater than every token granted before the restart.

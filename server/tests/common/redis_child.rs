@@ -98,6 +98,27 @@ impl RedisChild {
         }
     }
 
+    /// Sends one command (arguments without spaces or line breaks, as an
+    /// inline command) and returns the first line of the reply.
+    #[allow(dead_code)] // Not every test binary uses it.
+    pub(crate) fn command(&self, args: &[&str]) -> String {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the test's Redis");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        stream
+            .write_all(format!("{}\r\n", args.join(" ")).as_bytes())
+            .expect("send the command");
+        let mut reply = Vec::new();
+        let mut byte = [0_u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).expect("read the reply");
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
+    }
+
     fn answers_ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
