@@ -112,7 +112,7 @@ fn claim_op(store: Arc<dyn RequestStore>) -> Op {
         let (store, options) = (Arc::clone(&store), Arc::clone(&options));
         Box::pin(async move {
             let key = RequestKey::parse(key).expect("key");
-            store
+            let _ = store
                 .claim_or_get(&key, &options)
                 .await
                 .expect("claim_or_get");
@@ -543,18 +543,18 @@ async fn postgres_round_trips() {
     let o = options();
     let key = |i: usize| RequestKey::parse(format!("rt|{i}")).expect("key");
     // Warm up: sqlx prepares each statement once per connection.
-    store
+    let _ = store
         .claim_or_get(&key(usize::MAX), &o)
         .await
         .expect("claim");
-    store
+    let _ = store
         .claim_or_get(&key(usize::MAX), &o)
         .await
         .expect("claim");
     for what in ["fresh key", "live lease (hit)"] {
         let before = count(&mut admin).await;
         for i in 0..n {
-            store.claim_or_get(&key(i), &o).await.expect("claim");
+            let _ = store.claim_or_get(&key(i), &o).await.expect("claim");
         }
         let after = count(&mut admin).await;
         // One transaction is the flush itself. The store's LISTEN
@@ -611,7 +611,7 @@ async fn redis_round_trips(store: &RedisStore) {
         );
         for i in 0..n {
             let key = RequestKey::parse(format!("rt|{i}")).expect("key");
-            store.claim_or_get(&key, &o).await.expect("claim");
+            let _ = store.claim_or_get(&key, &o).await.expect("claim");
         }
         let after = (
             calls(&mut conn, "evalsha").await,

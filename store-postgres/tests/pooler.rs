@@ -175,7 +175,7 @@ async fn round_trips_per_operation(store: &PgStore, proxy: &RoundTrips) -> Vec<(
     );
     let lease = acquired(store.claim_or_get(&a, &o).await.unwrap());
     count("claim (fresh)");
-    store.claim_or_get(&a, &o).await.unwrap();
+    let _ = store.claim_or_get(&a, &o).await.unwrap();
     count("claim (in flight)");
     store.renew(&a, lease.token, None).await.unwrap();
     count("renew");
@@ -184,7 +184,7 @@ async fn round_trips_per_operation(store: &PgStore, proxy: &RoundTrips) -> Vec<(
         .await
         .unwrap();
     count("complete");
-    store.claim_or_get(&a, &o).await.unwrap();
+    let _ = store.claim_or_get(&a, &o).await.unwrap();
     count("claim (completed)");
     let failing = acquired(store.claim_or_get(&b, &o).await.unwrap());
     count("claim (fresh, b)");
@@ -417,7 +417,7 @@ async fn server_connections_are_shared_between_clients() {
         })
         .collect();
     for claim in claims {
-        claim.await.expect("task").expect("claim");
+        let _ = claim.await.expect("task").expect("claim");
     }
     let clients = store.pool().size();
     let mut admin = PgConnection::connect(&direct).await.expect("connect");

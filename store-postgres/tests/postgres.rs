@@ -88,7 +88,7 @@ async fn the_hit_path_writes_nothing() {
         .complete(&done, lease.token, Bytes::from_static(b"{}"))
         .await
         .unwrap();
-    acquired(store.claim_or_get(&busy, &o).await.unwrap());
+    let _ = acquired(store.claim_or_get(&busy, &o).await.unwrap());
     let lease = acquired(store.claim_or_get(&failed, &o).await.unwrap());
     store
         .fail(&failed, lease.token, &JobError::permanent("no"))
@@ -125,7 +125,7 @@ async fn the_hit_path_writes_nothing() {
     }
     // The same hits through the store: not one row version or lock changes.
     for k in [&done, &busy, &failed] {
-        store.claim_or_get(k, &o).await.unwrap();
+        let _ = store.claim_or_get(k, &o).await.unwrap();
     }
     assert_eq!(
         row_versions(&mut conn).await,
@@ -209,7 +209,7 @@ async fn every_operation_is_one_round_trip() {
     };
     let lease = acquired(store.claim_or_get(&key("a"), &o).await.unwrap());
     count("claim (fresh)", &mut before).await;
-    store.claim_or_get(&key("a"), &o).await.unwrap();
+    let _ = store.claim_or_get(&key("a"), &o).await.unwrap();
     count("claim (in flight)", &mut before).await;
     store.renew(&key("a"), lease.token, None).await.unwrap();
     count("renew", &mut before).await;
@@ -218,7 +218,7 @@ async fn every_operation_is_one_round_trip() {
         .await
         .unwrap();
     count("complete", &mut before).await;
-    store.claim_or_get(&key("a"), &o).await.unwrap();
+    let _ = store.claim_or_get(&key("a"), &o).await.unwrap();
     count("claim (completed)", &mut before).await;
     let lease = acquired(store.claim_or_get(&key("b"), &o).await.unwrap());
     store

@@ -81,7 +81,7 @@ async fn out_of_memory_refuses_new_claims_and_lets_granted_work_finish() {
             .claim_or_get(&key("release"), &options(Duration::from_secs(60)))
             .await,
     );
-    acquired(
+    let _ = acquired(
         store
             .claim_or_get(&key("delete"), &options(Duration::from_secs(60)))
             .await,

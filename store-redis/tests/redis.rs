@@ -233,7 +233,7 @@ async fn waiters_re_read_after_the_subscription_reconnects() {
     );
     let mut conn = common::raw(&common::redis_url()).await;
     let k = key("lost-message");
-    acquired(
+    let _ = acquired(
         store
             .claim_or_get(&k, &options(Duration::from_secs(30)))
             .await

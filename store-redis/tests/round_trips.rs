@@ -115,7 +115,7 @@ async fn each_operation_is_one_evalsha() {
                 }
             }
             "claim (in flight)" | "claim (failed)" | "claim (completed)" => {
-                store.claim_or_get(&k, &opts).await.expect(step);
+                let _ = store.claim_or_get(&k, &opts).await.expect(step);
             }
             "renew" => {
                 store.renew(&k, token, None).await.expect(step);
