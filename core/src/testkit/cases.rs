@@ -672,7 +672,7 @@ pub async fn fingerprint_mismatch_is_refused_and_changes_nothing<T: Setup>(setup
     }
 
     let bare = key("fingerprint-bare");
-    acquired(claim(&store, &bare, &options(t, 4)).await);
+    let _ = acquired(claim(&store, &bare, &options(t, 4)).await);
     assert!(
         matches!(claim(&store, &bare, &a).await, Claim::InFlight(_)),
         "a record without fingerprint accepts any"
@@ -770,7 +770,7 @@ pub async fn sweep_removes_only_expired_records<T: Setup>(setup: &T, t: Timing) 
         .complete(&young, lease.token, json("young"))
         .await
         .expect("complete young");
-    acquired(claim(&store, &live, &options(t, 10)).await);
+    let _ = acquired(claim(&store, &live, &options(t, 10)).await);
     t.sleep(3).await;
     store.sweep().await.expect("sweep");
     assert!(store.get(&old).await.expect("get").is_none(), "old is gone");
@@ -904,7 +904,7 @@ pub async fn wait_returns_on_delete<T: Setup>(setup: &T, t: Timing) {
 pub async fn wait_times_out<T: Setup>(setup: &T, t: Timing) {
     let store = setup.store(SuiteConfig::default()).await;
     let k = key("wait-timeout");
-    acquired(claim(&store, &k, &options(t, 20)).await);
+    let _ = acquired(claim(&store, &k, &options(t, 20)).await);
     let started = Instant::now();
     let record = store
         .wait(&k, t.units(1))
