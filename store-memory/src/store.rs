@@ -118,6 +118,10 @@ struct Entry {
     released: bool,
     result: Option<Bytes>,
     error: Option<JobError>,
+    /// A claim turned the record failed because its lease expired with no
+    /// attempt left: its holder never failed it, so a `fail` with its token
+    /// is no repeat and is refused.
+    failed_by_expiry: bool,
     /// Retryable failures so far, which sets the backoff's doubling.
     failures: u32,
     retry_at: Option<Instant>,
@@ -152,6 +156,7 @@ impl Entry {
         self.lease_expires_at = now + self.lease_ttl;
         self.released = false;
         self.error = None;
+        self.failed_by_expiry = false;
         self.retry_at = None;
         self.updated_at = now;
         self.expires_at = self.lease_expires_at + retention;
@@ -216,6 +221,7 @@ impl Entry {
         self.retry_at = retry.then(|| now + backoff_after(self.retry_backoff, self.failures));
         self.state = RecordState::Failed;
         self.error = Some(error);
+        self.failed_by_expiry = false;
         self.lease_expires_at = now;
         self.updated_at = now;
         self.expires_at = now + retention;
@@ -295,6 +301,7 @@ impl RequestStore for MemoryStore {
                 RecordState::Processing if entry.attempt >= entry.max_attempts => {
                     let message = lease_expired_message(entry.attempt, entry.max_attempts);
                     entry.set_failed(JobError::retryable(message), now, retention);
+                    entry.failed_by_expiry = true;
                     // The attempts are spent: no retry, although retryable.
                     entry.retry_at = None;
                     return Ok(Claim::Failed(entry.failed(key, now)));
@@ -336,6 +343,7 @@ impl RequestStore for MemoryStore {
             released: false,
             result: None,
             error: None,
+            failed_by_expiry: false,
             failures: 0,
             retry_at: None,
             created_at: now,
@@ -407,8 +415,10 @@ impl RequestStore for MemoryStore {
                 entry.set_failed(error.clone(), now, self.retention);
             }
             // The same token repeating a successful fail: the first error
-            // stands.
-            RecordState::Failed => {}
+            // stands. A record a claim failed for its expired lease was not
+            // failed by this token, which lost its lease like a `complete`
+            // would.
+            RecordState::Failed if !entry.failed_by_expiry => {}
             _ => return Err(lease_lost(key, token)),
         }
         Ok(entry.record(key, &self.clock, now))

@@ -593,6 +593,39 @@ pub async fn expired_lease_without_attempts_left_fails<T: Setup>(setup: &T, t: T
     );
 }
 
+/// A `fail` with the token of a lease that a claim turned failed (expired,
+/// no attempt left) is `LeaseLost`, as `complete` is, and changes nothing.
+pub async fn fail_after_expired_last_lease_is_lease_lost<T: Setup>(setup: &T, t: Timing) {
+    let store = setup.store(SuiteConfig::default()).await;
+    let k = key("expired-last-fail");
+    let o = options(t, 2).with_max_attempts(1).unwrap();
+    let lease = acquired(claim(&store, &k, &o).await);
+    t.sleep(3).await;
+    match claim(&store, &k, &o).await {
+        Claim::Failed(f) => {
+            assert_eq!(f.retry_after, None, "no retry allowed");
+            assert_eq!(f.token, lease.token, "no new token was granted");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    let before = record(&store, &k).await;
+    assert_eq!(before.state, RecordState::Failed, "the claim failed it");
+    let late = store
+        .fail(&k, lease.token, &JobError::permanent("late"))
+        .await;
+    assert!(
+        matches!(late, Err(Error::LeaseLost { .. })),
+        "the dead worker's late fail: expected LeaseLost, got {late:?}"
+    );
+    let after = record(&store, &k).await;
+    assert_eq!(snapshot(&after), snapshot(&before), "record unchanged");
+    assert_eq!(
+        after.error.as_ref().map(JobError::message),
+        Some(lease_expired_message(1, 1).as_str()),
+        "the expiry's error stands"
+    );
+}
+
 /// A release ends the lease at once without using an attempt: the next claim
 /// gets the same attempt number, no takeover, and the old token is retired.
 pub async fn release_does_not_consume_an_attempt<T: Setup>(setup: &T, t: Timing) {

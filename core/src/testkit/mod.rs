@@ -215,6 +215,7 @@ macro_rules! __conformance_cases {
             permanent_failure_is_final,
             max_attempts_exhausted_by_failures,
             expired_lease_without_attempts_left_fails,
+            fail_after_expired_last_lease_is_lease_lost,
             release_does_not_consume_an_attempt,
             kind_mismatch_is_refused_and_changes_nothing,
             fingerprint_mismatch_is_refused_and_changes_nothing,
