@@ -145,8 +145,9 @@ struct ServeArgs {
     #[arg(long, env = "ONCEFLIGHT_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
 
-    /// How long results and failures are kept, in seconds.
-    #[arg(long, env = "ONCEFLIGHT_RETENTION_SECS", default_value_t = 86_400)]
+    /// How long results and failures are kept, in seconds (at least 1: with
+    /// none, every record would be forgotten at once).
+    #[arg(long, env = "ONCEFLIGHT_RETENTION_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     retention_secs: u64,
 
     /// Largest result a `complete` may store, in bytes.

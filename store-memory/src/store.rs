@@ -43,8 +43,27 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// A store built from `config`, or `InvalidInput` when
+    /// [`MemoryConfig::validate`] refuses it (a zero retention).
+    pub fn try_new(config: MemoryConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::build(config))
+    }
+
     /// A store built from `config`.
+    ///
+    /// # Panics
+    ///
+    /// When [`MemoryConfig::validate`] refuses `config` (a zero retention);
+    /// [`MemoryStore::try_new`] returns the error instead.
     pub fn new(config: MemoryConfig) -> Self {
+        if let Err(e) = config.validate() {
+            panic!("invalid memory store configuration: {e}");
+        }
+        Self::build(config)
+    }
+
+    fn build(config: MemoryConfig) -> Self {
         let shards = config.shards.max(1).next_power_of_two();
         Self {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
