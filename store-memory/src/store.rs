@@ -74,6 +74,14 @@ impl MemoryStore {
         }
     }
 
+    /// Whether memory still holds a record for `key`: a live one, or one past
+    /// retention that no sweep, claim or delete has removed yet (every
+    /// operation already treats those as absent). For tests and diagnostics
+    /// of [`RequestStore::sweep`]; [`RequestStore::get`] is the API.
+    pub fn holds_record(&self, key: &RequestKey) -> bool {
+        self.shard(key).lock().records.contains_key(key)
+    }
+
     fn shard(&self, key: &RequestKey) -> &Mutex<Shard> {
         // The shard count is a power of two, so masking picks uniformly.
         let hash = self.hasher.hash_one(key.as_str());

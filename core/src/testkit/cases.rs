@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Setup, SuiteConfig, Timing};
+use super::{Expiry, RawStorage, Setup, SuiteConfig, Timing};
 use crate::{
     Claim, ClaimOptions, DEFAULT_RETRY_BACKOFF, Error, Fingerprint, JobError, Kind, Lease,
     MAX_LEASE_TTL, MAX_TOKEN, Owner, Record, RecordState, RequestKey, RequestStore, Token,
@@ -782,8 +782,10 @@ pub async fn retention_expiry_forgets_the_record<T: Setup>(setup: &T, t: Timing)
     assert!(second.token > first.token, "a greater token");
 }
 
-/// `sweep` deletes records past retention and keeps the others.
-pub async fn sweep_removes_only_expired_records<T: Setup>(setup: &T, t: Timing) {
+/// `sweep` deletes records past retention from storage, counting them, and
+/// keeps the others; storage that forgets them by itself
+/// ([`Expiry::ByStorage`]) leaves it nothing to count.
+pub async fn sweep_removes_only_expired_records<T: Setup + RawStorage>(setup: &T, t: Timing) {
     let store = setup
         .store(SuiteConfig {
             retention: t.units(4),
@@ -805,14 +807,54 @@ pub async fn sweep_removes_only_expired_records<T: Setup>(setup: &T, t: Timing) 
         .expect("complete young");
     acquired(claim(&store, &live, &options(t, 10)).await);
     t.sleep(3).await;
-    store.sweep().await.expect("sweep");
-    assert!(store.get(&old).await.expect("get").is_none(), "old is gone");
+    assert!(
+        store.get(&old).await.expect("get").is_none(),
+        "old is past retention"
+    );
+    let expected = match setup.expiry() {
+        Expiry::Swept => {
+            assert!(
+                setup.raw_record_exists(&store, &old).await,
+                "storage keeps a record past retention until it is swept"
+            );
+            1
+        }
+        Expiry::ByStorage => {
+            assert!(
+                !setup.raw_record_exists(&store, &old).await,
+                "storage forgot the record past retention by itself"
+            );
+            0
+        }
+    };
+    let swept = store.sweep().await.expect("sweep");
+    assert_eq!(
+        swept,
+        expected,
+        "sweep counts the records it removed ({:?})",
+        setup.expiry()
+    );
+    assert!(
+        !setup.raw_record_exists(&store, &old).await,
+        "old is gone from storage"
+    );
+    for kept in [&young, &live] {
+        assert!(
+            setup.raw_record_exists(&store, kept).await,
+            "{kept} is still in storage"
+        );
+    }
     assert_eq!(
         record(&store, &young).await.result,
         Some(json("young")),
         "young is kept"
     );
     assert!(!record(&store, &live).await.lease_expired(), "live is kept");
+    assert_eq!(
+        store.sweep().await.expect("second sweep"),
+        0,
+        "nothing is left to sweep"
+    );
 }
 
 /// Spawns `wait(key, timeout)` and returns its handle; the handle yields the

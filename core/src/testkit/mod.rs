@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::RequestKey;
 use crate::store::RequestStore;
 
 pub mod cases;
@@ -71,6 +72,82 @@ where
 
     fn store(&self, config: SuiteConfig) -> BoxFuture<'static, S> {
         Box::pin(self(config))
+    }
+}
+
+/// What a backend's storage does with records past retention (design §4:
+/// `sweep` is housekeeping only, so both are correct; the cases hold each
+/// backend to the one it declares).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Records past retention stay in storage, hidden from every operation,
+    /// until `sweep` removes them (or a claim or delete replaces or removes
+    /// them): `sweep` counts each one it removes. The memory and Postgres
+    /// stores.
+    Swept,
+    /// Storage forgets records past retention by itself (Redis key TTLs):
+    /// nothing is left for `sweep`, which answers 0.
+    ByStorage,
+}
+
+/// A look past a store's API at what its storage physically holds, which the
+/// `sweep` case needs: `get` hides records past retention, so only this can
+/// show that `sweep` really removed them.
+///
+/// Required by [`cases::sweep_removes_only_expired_records`], so a setup
+/// without it does not compile into the conformance suite. Wrap a setup
+/// function and an inspecting async function with [`WithRawStorage`], or
+/// implement it on a setup type of your own.
+pub trait RawStorage: Setup {
+    /// How this backend's storage treats records past retention.
+    fn expiry(&self) -> Expiry;
+
+    /// Whether `store`'s storage still holds a record for `key`, live or
+    /// past retention — asked of the storage itself (a map, a table row, a
+    /// Redis key), not through `store`'s API.
+    // Not `Send`: the cases await it in place, never in a spawned task, and
+    // an `AsyncFn` cannot promise `Send` on stable Rust.
+    #[allow(async_fn_in_trait)]
+    async fn raw_record_exists(&self, store: &Self::Store, key: &RequestKey) -> bool;
+}
+
+/// A [`Setup`] and a [`RawStorage`] from parts: `setup` builds stores,
+/// `raw` answers [`RawStorage::raw_record_exists`], and `expiry` says what
+/// the storage does with records past retention.
+///
+/// ```ignore
+/// async fn raw(store: &MyStore, key: &RequestKey) -> bool { /* … */ }
+/// conformance_tests!(WithRawStorage { setup, raw, expiry: Expiry::Swept }, paused);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct WithRawStorage<F, R> {
+    /// Builds the stores.
+    pub setup: F,
+    /// Looks at a store's storage.
+    pub raw: R,
+    /// What the storage does with records past retention.
+    pub expiry: Expiry,
+}
+
+impl<F: Setup, R: Send + Sync + 'static> Setup for WithRawStorage<F, R> {
+    type Store = F::Store;
+
+    fn store(&self, config: SuiteConfig) -> BoxFuture<'static, Self::Store> {
+        self.setup.store(config)
+    }
+}
+
+impl<F, R> RawStorage for WithRawStorage<F, R>
+where
+    F: Setup,
+    R: AsyncFn(&F::Store, &RequestKey) -> bool + Send + Sync + 'static,
+{
+    fn expiry(&self) -> Expiry {
+        self.expiry
+    }
+
+    async fn raw_record_exists(&self, store: &Self::Store, key: &RequestKey) -> bool {
+        (self.raw)(store, key).await
     }
 }
 
