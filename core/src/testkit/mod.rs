@@ -88,6 +88,11 @@ pub enum Expiry {
     /// Storage forgets records past retention by itself (Redis key TTLs):
     /// nothing is left for `sweep`, which answers 0.
     ByStorage,
+    /// This store's `sweep` does nothing and answers 0, because sweeping is
+    /// someone else's job: an HTTP client, whose service sweeps its own
+    /// store on its own schedule. Storage keeps records past retention
+    /// until then.
+    SweptElsewhere,
 }
 
 /// A look past a store's API at what its storage physically holds, which the

@@ -50,7 +50,8 @@ pub struct ModelCheckConfig {
     pub paused: bool,
     /// What the store's `sweep` finds: exactly the model's records past
     /// retention ([`Expiry::Swept`], the default), or none because storage
-    /// forgot them by itself ([`Expiry::ByStorage`]).
+    /// forgot them by itself ([`Expiry::ByStorage`]) or because sweeping is
+    /// not this store's job ([`Expiry::SweptElsewhere`]).
     pub expiry: Expiry,
 }
 
@@ -502,7 +503,7 @@ impl<'a, S: RequestStore> Run<'a, S> {
                 // exact. Storage that forgets them by itself leaves none.
                 let expected = match self.config.expiry {
                     Expiry::Swept => past_retention,
-                    Expiry::ByStorage => 0,
+                    Expiry::ByStorage | Expiry::SweptElsewhere => 0,
                 };
                 let actual = self.store.sweep().await;
                 line += &format!(" → {expected}");
