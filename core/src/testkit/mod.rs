@@ -314,8 +314,7 @@ macro_rules! __conformance_cases {
             wait_returns_at_once_when_nothing_to_wait_for,
             concurrent_fresh_claims_acquire_once,
             tokens_strictly_increase_across_the_lifecycle,
-            completed_result_is_the_same_for_every_reader,
-            values_are_validated;
+            completed_result_is_the_same_for_every_reader;
         coordinator:
             herd_of_callers_runs_the_job_once,
             herd_across_two_coordinators_runs_the_job_once,
