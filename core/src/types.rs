@@ -543,4 +543,106 @@ mod tests {
         assert_eq!(o.retry_backoff(), Duration::from_secs(1), "backoff");
         assert!(o.fingerprint().is_none() && o.owner().is_none());
     }
+
+    /// Every value outside the limits of keys, kinds, fingerprints, owners,
+    /// tokens, leases, attempts, backoffs and messages is refused with
+    /// `InvalidInput` naming the field; values at the limits are accepted.
+    #[test]
+    fn values_are_validated() {
+        fn refused<V: std::fmt::Debug>(result: Result<V>, field: &str, what: &str) {
+            match result {
+                Err(Error::InvalidInput { field: f, .. }) if f == field => {}
+                other => panic!("{what}: expected InvalidInput({field}), got {other:?}"),
+            }
+        }
+        for bad in [
+            String::new(),
+            "k".repeat(513),
+            "a\nb".into(),
+            "tab\there".into(),
+            "nul\0".into(),
+            "del\u{7f}".into(),
+            "c1\u{85}".into(),
+        ] {
+            refused(
+                RequestKey::parse(bad.clone()),
+                "key",
+                &format!("key {bad:?}"),
+            );
+        }
+        for good in [
+            "k".repeat(512),
+            "image|ab".into(),
+            "a/b c%7C é 画像".into(),
+            "é".repeat(256),
+        ] {
+            assert!(RequestKey::parse(good.clone()).is_ok(), "key {good:?}");
+        }
+        for bad in ["", "Image", "im age", "im|g", "ü", &"k".repeat(65)] {
+            refused(Kind::parse(bad), "kind", &format!("kind {bad:?}"));
+        }
+        for good in ["image", "image.v2_x-1", &"k".repeat(64)] {
+            assert!(Kind::parse(good).is_ok(), "kind {good:?}");
+        }
+        for bad in [String::new(), "f".repeat(129), "x\ny".into()] {
+            refused(
+                Fingerprint::parse(bad.clone()),
+                "fingerprint",
+                &format!("fingerprint {bad:?}"),
+            );
+        }
+        assert!(
+            Fingerprint::parse("f".repeat(128)).is_ok(),
+            "fingerprint of 128 bytes"
+        );
+        for bad in [String::new(), "o".repeat(129), "x\ry".into()] {
+            refused(
+                Owner::parse(bad.clone()),
+                "owner",
+                &format!("owner {bad:?}"),
+            );
+        }
+        assert!(Owner::parse("o".repeat(128)).is_ok(), "owner of 128 bytes");
+        refused(Token::new(MAX_TOKEN + 1), "token", "token 2^53");
+        assert_eq!(Token::new(MAX_TOKEN).map(Token::get).ok(), Some(MAX_TOKEN));
+        let o = ClaimOptions::new(Kind::parse("image").unwrap());
+        for ttl in [Duration::ZERO, MAX_LEASE_TTL + Duration::from_millis(1)] {
+            refused(
+                o.clone().with_lease_ttl(ttl),
+                "lease_ttl",
+                &format!("ttl {ttl:?}"),
+            );
+        }
+        assert!(
+            o.clone().with_lease_ttl(MAX_LEASE_TTL).is_ok(),
+            "24 h lease"
+        );
+        assert!(
+            o.clone().with_lease_ttl(Duration::from_millis(1)).is_ok(),
+            "1 ms lease"
+        );
+        for n in [0, 1001] {
+            refused(
+                o.clone().with_max_attempts(n),
+                "max_attempts",
+                &format!("max_attempts {n}"),
+            );
+        }
+        assert!(o.clone().with_max_attempts(1000).is_ok(), "1000 attempts");
+        refused(
+            o.clone().with_retry_backoff(Duration::ZERO),
+            "retry_backoff",
+            "zero backoff",
+        );
+        refused(
+            JobError::parse("m".repeat(4097), true),
+            "message",
+            "a 4097-byte message",
+        );
+        assert_eq!(
+            JobError::new("m".repeat(5000), true).message().len(),
+            4096,
+            "a job's long message is cut to 4096 bytes"
+        );
+    }
 }

@@ -43,9 +43,15 @@ pub struct Limits {
     /// Largest result a `complete` may store, in bytes of JSON (default
     /// 1 MiB).
     pub max_result_bytes: usize,
-    /// Largest request body, in bytes (default: the result limit plus 64 KiB
-    /// for the rest of the body).
+    /// Largest `complete` body, in bytes (default: the result limit plus
+    /// 64 KiB for the rest of the body); past it, 413 `too_large`.
     pub max_body_bytes: usize,
+    /// Largest body of the routes that carry no result — claim, heartbeat,
+    /// fail and release —, in bytes (default 64 KiB, far above the largest
+    /// valid one); past it, 413 `too_large`. A small limit of their own
+    /// keeps a client from making the server buffer and parse a
+    /// result-sized body where no result can be.
+    pub max_small_body_bytes: usize,
     /// Most `GET ?wait_ms` long-polls held at once; past it, 503
     /// `too_many_waiters` (default 10000).
     pub max_waiters: usize,
@@ -75,6 +81,9 @@ pub struct Limits {
     pub max_connections: Option<usize>,
 }
 
+/// The default [`Limits::max_small_body_bytes`]: 64 KiB.
+pub const DEFAULT_MAX_SMALL_BODY_BYTES: usize = 64 * 1024;
+
 impl Default for Limits {
     fn default() -> Self {
         Self::with_result_limit(1024 * 1024)
@@ -87,6 +96,7 @@ impl Limits {
         Self {
             max_result_bytes,
             max_body_bytes: max_result_bytes.saturating_add(64 * 1024),
+            max_small_body_bytes: DEFAULT_MAX_SMALL_BODY_BYTES,
             max_waiters: 10_000,
             store_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
@@ -178,14 +188,26 @@ impl AppState {
 }
 
 /// The router of design §7 over `state`.
+///
+/// `complete` reads bodies up to [`Limits::max_body_bytes`]; the other
+/// routes with a body up to [`Limits::max_small_body_bytes`] (a route's own
+/// limit overrides the router-wide one, which only `complete` and bodiless
+/// requests meet).
 pub fn app(state: AppState) -> Router {
-    let body_limit = state.limits().max_body_bytes;
+    let limits = state.limits();
+    let small = DefaultBodyLimit::max(limits.max_small_body_bytes);
     Router::new()
-        .route("/v1/requests/{key}/claim", post(routes::claim))
-        .route("/v1/requests/{key}/heartbeat", post(routes::heartbeat))
+        .route("/v1/requests/{key}/claim", post(routes::claim).layer(small))
+        .route(
+            "/v1/requests/{key}/heartbeat",
+            post(routes::heartbeat).layer(small),
+        )
         .route("/v1/requests/{key}/complete", post(routes::complete))
-        .route("/v1/requests/{key}/fail", post(routes::fail))
-        .route("/v1/requests/{key}/release", post(routes::release))
+        .route("/v1/requests/{key}/fail", post(routes::fail).layer(small))
+        .route(
+            "/v1/requests/{key}/release",
+            post(routes::release).layer(small),
+        )
         .route(
             "/v1/requests/{key}",
             get(routes::get_record).delete(routes::delete_record),
@@ -196,7 +218,7 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(routes::openapi))
         .fallback(routes::unknown_route)
         .method_not_allowed_fallback(routes::wrong_method)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state)
 }
 

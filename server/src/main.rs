@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use onceflight_core::{DEFAULT_RETENTION, RequestStore};
 use onceflight_server::auth::Tokens;
 use onceflight_server::stores::{self, StoreOptions, redact_url};
-use onceflight_server::{AppState, Limits, serve};
+use onceflight_server::{AppState, DEFAULT_MAX_SMALL_BODY_BYTES, Limits, serve};
 use tokio::net::TcpListener;
 
 /// Run an expensive job once per key across a fleet and share its result.
@@ -145,13 +145,19 @@ struct ServeArgs {
     #[arg(long, env = "ONCEFLIGHT_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
 
-    /// How long results and failures are kept, in seconds.
-    #[arg(long, env = "ONCEFLIGHT_RETENTION_SECS", default_value_t = 86_400)]
+    /// How long results and failures are kept, in seconds (at least 1: with
+    /// none, every record would be forgotten at once).
+    #[arg(long, env = "ONCEFLIGHT_RETENTION_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     retention_secs: u64,
 
     /// Largest result a `complete` may store, in bytes.
     #[arg(long, env = "ONCEFLIGHT_MAX_RESULT_BYTES", default_value_t = 1024 * 1024)]
     max_result_bytes: usize,
+
+    /// Largest body of claim, heartbeat, fail and release (which carry no
+    /// result), in bytes; past it, 413 too_large.
+    #[arg(long, env = "ONCEFLIGHT_MAX_SMALL_BODY_BYTES", default_value_t = DEFAULT_MAX_SMALL_BODY_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
+    max_small_body_bytes: u64,
 
     /// Most long-polls (`GET ?wait_ms`) held at once.
     #[arg(long, env = "ONCEFLIGHT_MAX_WAITERS", default_value_t = 10_000)]
@@ -299,6 +305,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         Duration::from_secs(args.sweep_secs.max(1)),
     );
     let mut limits = Limits::with_result_limit(args.max_result_bytes);
+    limits.max_small_body_bytes = usize::try_from(args.max_small_body_bytes)?;
     limits.max_waiters = args.max_waiters;
     limits.store_timeout = store_timeout;
     limits.header_timeout = Duration::from_millis(args.header_timeout_ms);

@@ -170,9 +170,12 @@ pub async fn open(
 #[cfg(feature = "memory")]
 fn open_memory(options: &StoreOptions) -> Result<Arc<dyn RequestStore>, OpenStoreError> {
     use onceflight_store_memory::{MemoryConfig, MemoryStore};
-    Ok(Arc::new(MemoryStore::new(
-        MemoryConfig::default().with_retention(options.retention),
-    )))
+    let store = MemoryStore::try_new(MemoryConfig::default().with_retention(options.retention))
+        .map_err(|source| OpenStoreError::Connect {
+            store: "in-memory",
+            source,
+        })?;
+    Ok(Arc::new(store))
 }
 
 #[cfg(not(feature = "memory"))]

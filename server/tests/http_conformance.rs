@@ -6,8 +6,13 @@
 
 mod common;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
 use common::serve_in_process;
-use onceflight_core::testkit::SuiteConfig;
+use onceflight_core::RequestKey;
+use onceflight_core::testkit::{Expiry, RawStorage, Setup, SuiteConfig};
 use onceflight_server::auth::Tokens;
 use onceflight_server::client::HttpStore;
 use onceflight_store_memory::{MemoryConfig, MemoryStore};
@@ -26,7 +31,76 @@ async fn setup(config: SuiteConfig) -> HttpStore {
     HttpStore::new(&base).expect("a valid base URL")
 }
 
-onceflight_core::conformance_tests!(setup);
+/// Memory stores served over HTTP, each reached through an `HttpStore`
+/// (with `bearer`, whose namespace is `namespace`). The setup keeps the
+/// memory stores it served, so that [`RawStorage`] can look at them behind
+/// the API. The macro builds one setup per test.
+struct MemoryOverHttp {
+    tokens: fn() -> Tokens,
+    bearer: Option<&'static str>,
+    namespace: Option<&'static str>,
+    served: Mutex<Vec<Arc<MemoryStore>>>,
+}
+
+impl MemoryOverHttp {
+    fn new() -> Self {
+        Self {
+            tokens: Tokens::default,
+            bearer: None,
+            namespace: None,
+            served: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Setup for MemoryOverHttp {
+    type Store = HttpStore;
+
+    fn store(&self, config: SuiteConfig) -> Pin<Box<dyn Future<Output = HttpStore> + Send>> {
+        let store = Arc::new(MemoryStore::new(
+            MemoryConfig::default().with_retention(config.retention),
+        ));
+        self.served
+            .lock()
+            .expect("the served stores")
+            .push(Arc::clone(&store));
+        let (tokens, bearer) = ((self.tokens)(), self.bearer);
+        Box::pin(async move {
+            let base = serve_in_process(store, tokens).await;
+            let client = HttpStore::new(&base).expect("a valid base URL");
+            match bearer {
+                Some(bearer) => client.with_bearer_token(bearer),
+                None => client,
+            }
+        })
+    }
+}
+
+impl RawStorage for MemoryOverHttp {
+    /// `HttpStore::sweep` does nothing: the service sweeps its own store.
+    fn expiry(&self) -> Expiry {
+        Expiry::SweptElsewhere
+    }
+
+    async fn raw_record_exists(&self, _client: &HttpStore, key: &RequestKey) -> bool {
+        let served = self.served.lock().expect("the served stores");
+        // A client does not say which service it talks to; the cases that
+        // look at storage build one store each.
+        let [store] = served.as_slice() else {
+            panic!(
+                "raw_record_exists needs exactly one store per case, this one built {}",
+                served.len()
+            );
+        };
+        let stored = match self.namespace {
+            Some(namespace) => RequestKey::namespaced(namespace, key).expect("a namespaced key"),
+            None => key.clone(),
+        };
+        store.holds_record(&stored)
+    }
+}
+
+onceflight_core::conformance_tests!(MemoryOverHttp::new());
 
 /// Every case again, through a namespace: the service has tokens configured
 /// and stores the client's keys as `team-a/<key>`.
@@ -41,14 +115,16 @@ mod namespaced {
             .expect("a valid token list")
     }
 
-    async fn setup(config: SuiteConfig) -> HttpStore {
-        let base = serve(config, tokens()).await;
-        HttpStore::new(&base)
-            .expect("a valid base URL")
-            .with_bearer_token(TOKEN_A)
+    fn setup() -> MemoryOverHttp {
+        MemoryOverHttp {
+            tokens,
+            bearer: Some(TOKEN_A),
+            namespace: Some("team-a"),
+            ..MemoryOverHttp::new()
+        }
     }
 
-    onceflight_core::conformance_tests!(setup);
+    onceflight_core::conformance_tests!(setup());
 
     /// One key in two namespaces is two independent records; a wrong token
     /// is refused as a `Backend` error (retrying will not fix it).

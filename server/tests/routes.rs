@@ -750,6 +750,109 @@ async fn tokens_that_are_not_safe_integers_are_invalid_requests() {
         .expect(StatusCode::OK);
 }
 
+/// `body` (a JSON object) padded with trailing spaces to exactly `len`
+/// bytes: still the same JSON, just longer.
+fn padded(body: Value, len: usize) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(&body).expect("serializable");
+    assert!(bytes.len() <= len, "{body} is longer than {len} bytes");
+    bytes.resize(len, b' ');
+    bytes
+}
+
+/// Claim, heartbeat, fail and release carry no result: their bodies have a
+/// small limit of their own (64 KiB by default), one byte past it is 413
+/// `too_large` and changes nothing, and up to it the body is read as usual.
+/// `complete` keeps the result-sized limit.
+#[tokio::test]
+async fn bodies_without_a_result_have_a_small_limit_of_their_own() {
+    let limits = Limits::default();
+    assert_eq!(limits.max_small_body_bytes, 64 * 1024, "the default");
+    let at = limits.max_small_body_bytes;
+    let api = Api::with(Tokens::default(), limits);
+
+    let claim = json!({"kind": "image"});
+    api.post_raw(&op("k", "claim"), padded(claim.clone(), at + 1))
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    api.record("k")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    let token = api
+        .post_raw(&op("k", "claim"), padded(claim.clone(), at))
+        .await
+        .expect(StatusCode::CREATED)["token"]
+        .as_u64()
+        .expect("a token");
+
+    let before = api.snapshot("k").await;
+    for (route, body) in [
+        ("heartbeat", json!({"token": token})),
+        ("release", json!({"token": token})),
+        ("fail", json!({"token": token, "message": "m"})),
+    ] {
+        api.post_raw(&op("k", route), padded(body, at + 1))
+            .await
+            .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    }
+    assert_eq!(api.snapshot("k").await, before, "nothing changed");
+
+    api.post_raw(&op("k", "heartbeat"), padded(json!({"token": token}), at))
+        .await
+        .expect(StatusCode::OK);
+    api.post_raw(&op("k", "release"), padded(json!({"token": token}), at))
+        .await
+        .expect(StatusCode::OK);
+    let token = api
+        .post_raw(&op("k", "claim"), padded(claim, at))
+        .await
+        .expect(StatusCode::CREATED)["token"]
+        .as_u64()
+        .expect("a token");
+    api.post_raw(
+        &op("k", "fail"),
+        padded(json!({"token": token, "message": "m"}), at),
+    )
+    .await
+    .expect(StatusCode::OK);
+
+    // A result well past the small limit is still welcome in `complete`.
+    let token = api.acquire("big", json!({"kind": "image"})).await;
+    let result = "r".repeat(4 * at);
+    let record = api
+        .post(
+            &op("big", "complete"),
+            json!({"token": token, "result": result}),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .clone();
+    assert_eq!(record["result"], json!(result), "the result is stored");
+}
+
+/// The small-body limit is configurable, and a claim body of a result's
+/// size — parsed and refused for its fields before — is refused for its
+/// size without being read as JSON.
+#[tokio::test]
+async fn the_small_body_limit_is_configurable() {
+    let limits = Limits {
+        max_small_body_bytes: 1024,
+        ..Limits::default()
+    };
+    let api = Api::with(Tokens::default(), limits);
+    api.post_raw(&op("k", "claim"), padded(json!({"kind": "image"}), 1025))
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    api.post_raw(&op("k", "claim"), padded(json!({"kind": "image"}), 1024))
+        .await
+        .expect(StatusCode::CREATED);
+
+    let api = Api::new();
+    let fingerprint = "f".repeat(1024 * 1024 + 1024);
+    api.claim("j", json!({"kind": "image", "fingerprint": fingerprint}))
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+}
+
 #[tokio::test]
 async fn results_and_bodies_over_the_limits_are_too_large() {
     let limits = Limits::with_result_limit(64);
@@ -970,6 +1073,12 @@ async fn operations_routes() {
             doc["paths"][path][method].is_object(),
             "the document describes {method} {path}"
         );
+        if method == "post" {
+            assert!(
+                doc["paths"][path][method]["responses"]["413"].is_object(),
+                "the document says {method} {path} may answer 413 too_large"
+            );
+        }
     }
 }
 
@@ -1517,6 +1626,8 @@ async fn deeply_nested_json_is_answered() {
         reply.status,
         reply.text
     );
+    // Within the 64 KiB limit of a claim body, so that it is parsed.
+    let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
     let reply = api
         .post_raw(&op("j", "claim"), format!(r#"{{"kind": {deep}}}"#))
         .await;

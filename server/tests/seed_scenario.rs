@@ -1,7 +1,8 @@
 //! End to end through the real `onceflight` binary: the incident of
 //! `seed/000_11623b1c91619f4c.txt` replayed over HTTP, graceful shutdown with
-//! a held long-poll, and the refusal to serve a non-loopback address without
-//! tokens.
+//! a held long-poll, the refusal to serve a non-loopback address without
+//! tokens, the refusal of a zero retention, and the small-body limit's
+//! flag.
 //!
 //! Each test starts its own server on a free loopback port and kills it when
 //! dropped.
@@ -11,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Launch, Server, call, client, free_port};
+use onceflight_server::stores::{self, OpenStoreError, StoreOptions};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -263,4 +265,85 @@ async fn a_public_bind_requires_tokens() {
         .args(&["--allow-unauthenticated"])
         .spawn();
     open.wait_ready().await;
+}
+
+/// A retention of zero — every record forgotten the instant it is written,
+/// so no claim would ever see another's lease — is refused before serving,
+/// by the flag and by its environment twin, with an error naming the flag.
+#[tokio::test]
+async fn zero_retention_is_refused_at_start_up() {
+    for launch in [
+        Launch::new().args(&["--retention-secs", "0"]),
+        Launch::new().env("ONCEFLIGHT_RETENTION_SECS", "0"),
+    ] {
+        let mut server = launch.spawn();
+        let status = server.wait_exit(Duration::from_secs(20)).await;
+        let logs = server.logs();
+        assert!(
+            !status.success(),
+            "a zero retention must stop the start, exited {status}:\n{logs}"
+        );
+        assert!(
+            logs.contains("--retention-secs"),
+            "the error names the flag:\n{logs}"
+        );
+    }
+    // Opening the memory store as the binary does refuses it too.
+    let options = StoreOptions {
+        retention: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    let opened = stores::open("memory://", &options).await;
+    assert!(
+        matches!(
+            opened,
+            Err(OpenStoreError::Connect {
+                source: onceflight_core::Error::InvalidInput {
+                    field: "retention",
+                    ..
+                },
+                ..
+            })
+        ),
+        "memory:// with a zero retention: got {:?}",
+        opened.map(|store| store.backend())
+    );
+    // One second is the least that is accepted.
+    Launch::new()
+        .args(&["--retention-secs", "1"])
+        .start()
+        .await
+        .terminate()
+        .await;
+}
+
+/// `--max-small-body-bytes` sets the limit of bodies without a result: a
+/// claim body past it is 413 `too_large`, a claim within it is served.
+#[tokio::test]
+async fn the_small_body_limit_flag_is_honoured() {
+    let mut server = Launch::new()
+        .args(&["--max-small-body-bytes", "1024"])
+        .start()
+        .await;
+    let http = client();
+    let claim_url = server.url("/v1/requests/k/claim");
+    call(
+        &http,
+        Method::POST,
+        &claim_url,
+        Some(json!({"kind": "image", "owner": "o".repeat(1024)})),
+        None,
+    )
+    .await
+    .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    call(
+        &http,
+        Method::POST,
+        &claim_url,
+        Some(json!({"kind": "image", "owner": "o".repeat(100)})),
+        None,
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    server.terminate().await;
 }

@@ -43,8 +43,27 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// A store built from `config`, or `InvalidInput` when
+    /// [`MemoryConfig::validate`] refuses it (a zero retention).
+    pub fn try_new(config: MemoryConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self::build(config))
+    }
+
     /// A store built from `config`.
+    ///
+    /// # Panics
+    ///
+    /// When [`MemoryConfig::validate`] refuses `config` (a zero retention);
+    /// [`MemoryStore::try_new`] returns the error instead.
     pub fn new(config: MemoryConfig) -> Self {
+        if let Err(e) = config.validate() {
+            panic!("invalid memory store configuration: {e}");
+        }
+        Self::build(config)
+    }
+
+    fn build(config: MemoryConfig) -> Self {
         let shards = config.shards.max(1).next_power_of_two();
         Self {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
@@ -53,6 +72,14 @@ impl MemoryStore {
             retention: config.retention.min(MAX_RETENTION),
             clock: Clock::new(),
         }
+    }
+
+    /// Whether memory still holds a record for `key`: a live one, or one past
+    /// retention that no sweep, claim or delete has removed yet (every
+    /// operation already treats those as absent). For tests and diagnostics
+    /// of [`RequestStore::sweep`]; [`RequestStore::get`] is the API.
+    pub fn holds_record(&self, key: &RequestKey) -> bool {
+        self.shard(key).lock().records.contains_key(key)
     }
 
     fn shard(&self, key: &RequestKey) -> &Mutex<Shard> {
@@ -118,6 +145,10 @@ struct Entry {
     released: bool,
     result: Option<Bytes>,
     error: Option<JobError>,
+    /// A claim turned the record failed because its lease expired with no
+    /// attempt left: its holder never failed it, so a `fail` with its token
+    /// is no repeat and is refused.
+    failed_by_expiry: bool,
     /// Retryable failures so far, which sets the backoff's doubling.
     failures: u32,
     retry_at: Option<Instant>,
@@ -152,6 +183,7 @@ impl Entry {
         self.lease_expires_at = now + self.lease_ttl;
         self.released = false;
         self.error = None;
+        self.failed_by_expiry = false;
         self.retry_at = None;
         self.updated_at = now;
         self.expires_at = self.lease_expires_at + retention;
@@ -216,6 +248,7 @@ impl Entry {
         self.retry_at = retry.then(|| now + backoff_after(self.retry_backoff, self.failures));
         self.state = RecordState::Failed;
         self.error = Some(error);
+        self.failed_by_expiry = false;
         self.lease_expires_at = now;
         self.updated_at = now;
         self.expires_at = now + retention;
@@ -296,6 +329,7 @@ impl RequestStore for MemoryStore {
                 RecordState::Processing if entry.attempt >= entry.max_attempts => {
                     let message = lease_expired_message(entry.attempt, entry.max_attempts);
                     entry.set_failed(JobError::retryable(message), now, retention);
+                    entry.failed_by_expiry = true;
                     // The attempts are spent: no retry, although retryable.
                     entry.retry_at = None;
                     return Ok(Claim::Failed(entry.failed(key, now)));
@@ -337,6 +371,7 @@ impl RequestStore for MemoryStore {
             released: false,
             result: None,
             error: None,
+            failed_by_expiry: false,
             failures: 0,
             retry_at: None,
             created_at: now,
@@ -408,8 +443,10 @@ impl RequestStore for MemoryStore {
                 entry.set_failed(error.clone(), now, self.retention);
             }
             // The same token repeating a successful fail: the first error
-            // stands.
-            RecordState::Failed => {}
+            // stands. A record a claim failed for its expired lease was not
+            // failed by this token, which lost its lease like a `complete`
+            // would.
+            RecordState::Failed if !entry.failed_by_expiry => {}
             _ => return Err(lease_lost(key, token)),
         }
         Ok(entry.record(key, &self.clock, now))

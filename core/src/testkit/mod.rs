@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::RequestKey;
 use crate::store::RequestStore;
 
 pub mod cases;
@@ -74,6 +75,87 @@ where
 
     fn store(&self, config: SuiteConfig) -> BoxFuture<'static, S> {
         Box::pin(self(config))
+    }
+}
+
+/// What a backend's storage does with records past retention (design §4:
+/// `sweep` is housekeeping only, so both are correct; the cases hold each
+/// backend to the one it declares).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Records past retention stay in storage, hidden from every operation,
+    /// until `sweep` removes them (or a claim or delete replaces or removes
+    /// them): `sweep` counts each one it removes. The memory and Postgres
+    /// stores.
+    Swept,
+    /// Storage forgets records past retention by itself (Redis key TTLs):
+    /// nothing is left for `sweep`, which answers 0.
+    ByStorage,
+    /// This store's `sweep` does nothing and answers 0, because sweeping is
+    /// someone else's job: an HTTP client, whose service sweeps its own
+    /// store on its own schedule. Storage keeps records past retention
+    /// until then.
+    SweptElsewhere,
+}
+
+/// A look past a store's API at what its storage physically holds, which the
+/// `sweep` case needs: `get` hides records past retention, so only this can
+/// show that `sweep` really removed them.
+///
+/// Required by [`cases::sweep_removes_only_expired_records`], so a setup
+/// without it does not compile into the conformance suite. Wrap a setup
+/// function and an inspecting async function with [`WithRawStorage`], or
+/// implement it on a setup type of your own.
+pub trait RawStorage: Setup {
+    /// How this backend's storage treats records past retention.
+    fn expiry(&self) -> Expiry;
+
+    /// Whether `store`'s storage still holds a record for `key`, live or
+    /// past retention — asked of the storage itself (a map, a table row, a
+    /// Redis key), not through `store`'s API.
+    // Not `Send`: the cases await it in place, never in a spawned task, and
+    // an `AsyncFn` cannot promise `Send` on stable Rust.
+    #[allow(async_fn_in_trait)]
+    async fn raw_record_exists(&self, store: &Self::Store, key: &RequestKey) -> bool;
+}
+
+/// A [`Setup`] and a [`RawStorage`] from parts: `setup` builds stores,
+/// `raw` answers [`RawStorage::raw_record_exists`], and `expiry` says what
+/// the storage does with records past retention.
+///
+/// ```ignore
+/// async fn raw(store: &MyStore, key: &RequestKey) -> bool { /* … */ }
+/// conformance_tests!(WithRawStorage { setup, raw, expiry: Expiry::Swept }, paused);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct WithRawStorage<F, R> {
+    /// Builds the stores.
+    pub setup: F,
+    /// Looks at a store's storage.
+    pub raw: R,
+    /// What the storage does with records past retention.
+    pub expiry: Expiry,
+}
+
+impl<F: Setup, R: Send + Sync + 'static> Setup for WithRawStorage<F, R> {
+    type Store = F::Store;
+
+    fn store(&self, config: SuiteConfig) -> BoxFuture<'static, Self::Store> {
+        self.setup.store(config)
+    }
+}
+
+impl<F, R> RawStorage for WithRawStorage<F, R>
+where
+    F: Setup,
+    R: AsyncFn(&F::Store, &RequestKey) -> bool + Send + Sync + 'static,
+{
+    fn expiry(&self) -> Expiry {
+        self.expiry
+    }
+
+    async fn raw_record_exists(&self, store: &Self::Store, key: &RequestKey) -> bool {
+        (self.raw)(store, key).await
     }
 }
 
@@ -218,6 +300,7 @@ macro_rules! __conformance_cases {
             permanent_failure_is_final,
             max_attempts_exhausted_by_failures,
             expired_lease_without_attempts_left_fails,
+            fail_after_expired_last_lease_is_lease_lost,
             release_does_not_consume_an_attempt,
             kind_mismatch_is_refused_and_changes_nothing,
             fingerprint_mismatch_is_refused_and_changes_nothing,
@@ -234,8 +317,7 @@ macro_rules! __conformance_cases {
             wait_returns_at_once_when_nothing_to_wait_for,
             concurrent_fresh_claims_acquire_once,
             tokens_strictly_increase_across_the_lifecycle,
-            completed_result_is_the_same_for_every_reader,
-            values_are_validated;
+            completed_result_is_the_same_for_every_reader;
         coordinator:
             herd_of_callers_runs_the_job_once,
             herd_across_two_coordinators_runs_the_job_once,

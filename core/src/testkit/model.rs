@@ -26,11 +26,15 @@
 //!   record failed with [`lease_expired_message`] — a retryable error that
 //!   counts as a retryable failure but allows no retry.
 //! - `complete` repeated with the record's token on a completed record, and
-//!   `fail` repeated with the record's token on a failed record, succeed
-//!   without changing anything (design §4's same-token idempotence). This
-//!   includes a `fail` by the holder of a lease that a claim turned failed
-//!   because it expired on the last attempt: the record is failed under that
-//!   token either way.
+//!   `fail` repeated with the record's token on a record that this token's
+//!   own `fail` turned failed, succeed without changing anything (design §4's
+//!   same-token idempotence). A `fail` by the holder of a lease that a claim
+//!   turned failed, because it expired on the last attempt, is `LeaseLost`,
+//!   as its `complete` is: that worker never failed anything, so there is
+//!   no earlier success for it to repeat, and its message is not recorded.
+//! - A claim after a `release` answers `Acquired` with `takeover: false` and
+//!   the same attempt number: the lease was given back, not abandoned, so
+//!   nothing was taken over and no attempt was used.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -232,6 +236,7 @@ impl Model {
                 let message = lease_expired_message(entry.attempt, entry.max_attempts);
                 entry.state = RecordState::Failed;
                 entry.error = Some(JobError::retryable(message));
+                entry.failed_by_expiry = true;
                 entry.failures += 1;
                 entry.retry_at = None;
                 entry.expires_at = now + retention;
@@ -314,8 +319,9 @@ impl Model {
 
     /// Design §4 `fail`: stores `error` and turns the record failed, with a
     /// retry allowed after the backoff when the error is retryable and an
-    /// attempt is left; a repeat with the same token returns the record,
-    /// first error kept.
+    /// attempt is left; a repeat with the same token after a `fail` that
+    /// succeeded returns the record, first error kept. A token whose expired
+    /// lease a claim turned failed (no attempt left) is `LeaseLost`.
     pub fn fail(
         &mut self,
         key: &str,
@@ -327,6 +333,7 @@ impl Model {
         if let Some(entry) = self.holder_mut(key, token) {
             entry.state = RecordState::Failed;
             entry.error = Some(error.clone());
+            entry.failed_by_expiry = false;
             entry.retry_at = None;
             if error.is_retryable() {
                 entry.failures += 1;
@@ -338,7 +345,13 @@ impl Model {
             return Ok(entry.view(now));
         }
         match self.live_mut(key) {
-            Some(entry) if entry.token == token && entry.state == RecordState::Failed => {
+            // Only a repeat of a `fail` that succeeded: a record that a claim
+            // failed for its expired lease was never failed by this token.
+            Some(entry)
+                if entry.token == token
+                    && entry.state == RecordState::Failed
+                    && !entry.failed_by_expiry =>
+            {
                 Ok(entry.view(now))
             }
             _ => Err(ModelError::LeaseLost),
@@ -418,6 +431,9 @@ struct Entry {
     released: bool,
     result: Option<Bytes>,
     error: Option<JobError>,
+    /// The record is failed because a claim found its lease expired with no
+    /// attempt left, not because its holder called `fail`.
+    failed_by_expiry: bool,
     /// Retryable failures so far (the backoff doubles with each).
     failures: u32,
     retry_at: Option<Duration>,
@@ -448,6 +464,7 @@ impl Entry {
             released: false,
             result: None,
             error: None,
+            failed_by_expiry: false,
             failures: 0,
             retry_at: None,
             completed_at: None,
@@ -479,6 +496,7 @@ impl Entry {
         self.lease_expires_at = now + options.lease_ttl();
         self.released = false;
         self.error = None;
+        self.failed_by_expiry = false;
         self.retry_at = None;
         self.expires_at = self.lease_expires_at + retention;
     }
@@ -600,6 +618,42 @@ mod tests {
                 retry_after: None,
             },
             "an expired lease without attempts left fails the record"
+        );
+    }
+
+    #[test]
+    fn fail_after_the_claim_failed_an_expired_last_lease_is_lease_lost() {
+        let mut model = Model::new(RETENTION);
+        let opts = options("image").with_max_attempts(1).expect("valid");
+        model.claim("k", &opts).expect("claim");
+        model.advance(Duration::from_secs(11));
+        let failed = model.claim("k", &opts).expect("claim");
+        assert!(
+            matches!(
+                failed,
+                ClaimOutcome::Failed {
+                    token: 1,
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "an expired last lease fails the record: {failed:?}"
+        );
+        let before = model.get("k");
+        assert_eq!(
+            model.fail("k", 1, &JobError::permanent("late")),
+            Err(ModelError::LeaseLost),
+            "the expired holder never failed the record, so there is nothing to repeat"
+        );
+        assert_eq!(model.get("k"), before, "the record is unchanged");
+
+        model.claim("j", &options("image")).expect("claim");
+        let error = JobError::permanent("mine");
+        let first = model.fail("j", 2, &error).expect("fail");
+        assert_eq!(
+            model.fail("j", 2, &JobError::retryable("again")),
+            Ok(first),
+            "a repeat of a fail that succeeded succeeds, first error kept"
         );
     }
 

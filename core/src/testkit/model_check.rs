@@ -29,7 +29,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tokio::time::Instant;
 
 use super::model::{ClaimOutcome, Model, ModelError, ModelToken, NEVER_GRANTED, RecordView};
-use super::{Setup, SuiteConfig};
+use super::{Expiry, Setup, SuiteConfig};
 use crate::{
     Claim, ClaimOptions, Error, Fingerprint, JobError, Kind, MAX_TOKEN, Owner, Record, RequestKey,
     RequestStore, Token,
@@ -48,6 +48,11 @@ pub struct ModelCheckConfig {
     /// time, like the memory store); otherwise time is real and durations
     /// are compared within a quarter tick.
     pub paused: bool,
+    /// What the store's `sweep` finds: exactly the model's records past
+    /// retention ([`Expiry::Swept`], the default), or none because storage
+    /// forgot them by itself ([`Expiry::ByStorage`]) or because sweeping is
+    /// not this store's job ([`Expiry::SweptElsewhere`]).
+    pub expiry: Expiry,
 }
 
 impl ModelCheckConfig {
@@ -61,6 +66,7 @@ impl ModelCheckConfig {
             max_ops: 40,
             tick: Duration::from_secs(1),
             paused: true,
+            expiry: Expiry::Swept,
         }
     }
 
@@ -73,7 +79,14 @@ impl ModelCheckConfig {
             max_ops: 20,
             tick: Duration::from_millis(300),
             paused: false,
+            expiry: Expiry::Swept,
         }
+    }
+
+    /// The same, for a store whose sweep finds what `expiry` says.
+    pub fn with_expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = expiry;
+        self
     }
 
     /// How far a duration the store reports may stray from the model's.
@@ -483,16 +496,22 @@ impl<'a, S: RequestStore> Run<'a, S> {
                 }
             }
             Op::Sweep => {
-                let expected = self.model.sweep();
+                let past_retention = self.model.sweep();
+                // Records past retention stay in storage until something
+                // removes them: a claim that starts the key afresh, a
+                // delete, or this sweep — as in the model, so the count is
+                // exact. Storage that forgets them by itself leaves none.
+                let expected = match self.config.expiry {
+                    Expiry::Swept => past_retention,
+                    Expiry::ByStorage | Expiry::SweptElsewhere => 0,
+                };
                 let actual = self.store.sweep().await;
-                line += &format!(" → at most {expected}");
-                // A store may already have dropped some records past
-                // retention, so it can only sweep fewer than the model; the
-                // steps that follow check that it removed nothing live.
+                line += &format!(" → {expected}");
                 match actual {
-                    Ok(actual) if actual <= expected => Ok(()),
+                    Ok(actual) if actual == expected => Ok(()),
                     Ok(actual) => Err(format!(
-                        "sweep removed {actual} records, but only {expected} were past retention"
+                        "sweep removed {actual} records, expected {expected} ({past_retention} were past retention, {:?})",
+                        self.config.expiry
                     )),
                     Err(e) => Err(format!("sweep failed: {e}")),
                 }

@@ -150,7 +150,7 @@ fn retry_after_secs(d: Duration) -> u64 {
         (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
         (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
         (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
-        (status = 413, description = "too_large: the body is over the size limit", body = ErrorBody),
+        (status = 413, description = "too_large: the body is over the limit of bodies without a result (64 KiB by default)", body = ErrorBody),
         (status = 422, description = "fingerprint_mismatch: the kind or fingerprint differs from the record's", body = ErrorBody),
         (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
@@ -195,7 +195,7 @@ pub(crate) async fn claim(
         (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
         (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
         (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
-        (status = 413, description = "too_large: the body is over the size limit", body = ErrorBody),
+        (status = 413, description = "too_large: the body is over the limit of bodies without a result (64 KiB by default)", body = ErrorBody),
         (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
@@ -275,7 +275,7 @@ pub(crate) async fn complete(
         (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
         (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
         (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
-        (status = 413, description = "too_large: the body is over the size limit", body = ErrorBody),
+        (status = 413, description = "too_large: the body is over the limit of bodies without a result (64 KiB by default)", body = ErrorBody),
         (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
@@ -309,7 +309,7 @@ pub(crate) async fn fail(
         (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
         (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
         (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
-        (status = 413, description = "too_large: the body is over the size limit", body = ErrorBody),
+        (status = 413, description = "too_large: the body is over the limit of bodies without a result (64 KiB by default)", body = ErrorBody),
         (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
