@@ -12,16 +12,15 @@
 
 mod common;
 
-use common::serve_in_process;
+use common::over_http::OverHttp;
+use futures::future::BoxFuture;
+use onceflight_core::RequestKey;
 use onceflight_core::testkit::{SuiteConfig, unique_name};
-use onceflight_server::auth::Tokens;
-use onceflight_server::client::HttpStore;
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 
-/// Serves the store `config` opens, migrated, in a fresh schema with the
-/// suite's retention, on an ephemeral loopback port for as long as the
-/// test's runtime lives; returns a client for it.
-async fn serve(config: PgConfig, suite: SuiteConfig) -> HttpStore {
+/// The store `config` opens, migrated, in a fresh schema with the suite's
+/// retention.
+async fn open(config: PgConfig, suite: SuiteConfig) -> PgStore {
     let store = PgStore::connect(
         config
             .with_schema(unique_name("t_http"))
@@ -31,16 +30,32 @@ async fn serve(config: PgConfig, suite: SuiteConfig) -> HttpStore {
     .await
     .expect("connect to the test's Postgres");
     store.migrate().await.expect("migrate a fresh schema");
-    let base = serve_in_process(store, Tokens::default()).await;
-    HttpStore::new(&base).expect("a valid base URL")
+    store
 }
 
-async fn setup(config: SuiteConfig) -> HttpStore {
+fn direct(config: SuiteConfig) -> BoxFuture<'static, PgStore> {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (checked by the macro)");
-    serve(PgConfig::new(url), config).await
+    Box::pin(open(PgConfig::new(url), config))
 }
 
-onceflight_core::conformance_tests!(setup, requires "DATABASE_URL");
+/// Whether the served store's table holds a row for `key` (a simple query
+/// with an escaped literal, so that it also works through the pooler).
+fn raw<'a>(store: &'a PgStore, key: &'a RequestKey) -> BoxFuture<'a, bool> {
+    Box::pin(async move {
+        let sql = format!(
+            "SELECT 1 FROM \"{}\".onceflight_records WHERE key = '{}'",
+            store.schema(),
+            key.as_str().replace('\'', "''")
+        );
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .fetch_all(store.pool())
+            .await
+            .expect("look at the table");
+        !rows.is_empty()
+    })
+}
+
+onceflight_core::conformance_tests!(OverHttp::new(direct, raw), requires "DATABASE_URL");
 
 /// The suite through PgBouncer in transaction mode, whose server pool is
 /// smaller than the store's: every operation an unprepared query on
@@ -49,14 +64,14 @@ onceflight_core::conformance_tests!(setup, requires "DATABASE_URL");
 mod pooled {
     use super::*;
 
-    async fn setup(config: SuiteConfig) -> HttpStore {
+    fn pooled(config: SuiteConfig) -> BoxFuture<'static, PgStore> {
         let direct = std::env::var("DATABASE_URL").expect("DATABASE_URL (set with PGBOUNCER_URL)");
         let pooled = std::env::var("PGBOUNCER_URL").expect("PGBOUNCER_URL (checked by the macro)");
         let pooled = PgConfig::new(pooled)
             .with_pooler(PgPooler::Transaction)
             .with_listen_url(direct);
-        serve(pooled, config).await
+        Box::pin(open(pooled, config))
     }
 
-    onceflight_core::conformance_tests!(setup, requires "PGBOUNCER_URL");
+    onceflight_core::conformance_tests!(OverHttp::new(pooled, raw), requires "PGBOUNCER_URL");
 }

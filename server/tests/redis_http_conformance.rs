@@ -9,26 +9,40 @@
 
 mod common;
 
-use common::serve_in_process;
+use common::over_http::OverHttp;
+use futures::future::BoxFuture;
+use onceflight_core::RequestKey;
 use onceflight_core::testkit::{SuiteConfig, unique_name};
-use onceflight_server::auth::Tokens;
-use onceflight_server::client::HttpStore;
 use onceflight_store_redis::{RedisConfig, RedisStore};
 
-/// Serves a Redis store under a fresh prefix, with the suite's retention,
-/// on an ephemeral loopback port for as long as the test's runtime lives;
-/// returns a client for it.
-async fn setup(config: SuiteConfig) -> HttpStore {
-    let url = std::env::var("REDIS_URL").expect("REDIS_URL (checked by the macro)");
-    let store = RedisStore::connect(
-        RedisConfig::new(url)
-            .with_prefix(format!("{}:", unique_name("t_http")))
-            .with_retention(config.retention),
-    )
-    .await
-    .expect("connect to REDIS_URL");
-    let base = serve_in_process(store, Tokens::default()).await;
-    HttpStore::new(&base).expect("a valid base URL")
+/// A Redis store under a fresh prefix, with the suite's retention.
+fn open(config: SuiteConfig) -> BoxFuture<'static, RedisStore> {
+    Box::pin(async move {
+        let url = std::env::var("REDIS_URL").expect("REDIS_URL (checked by the macro)");
+        RedisStore::connect(
+            RedisConfig::new(url)
+                .with_prefix(format!("{}:", unique_name("t_http")))
+                .with_retention(config.retention),
+        )
+        .await
+        .expect("connect to REDIS_URL")
+    })
 }
 
-onceflight_core::conformance_tests!(setup, requires "REDIS_URL");
+/// Whether Redis still holds the served store's record for `key`, asked
+/// with `EXISTS` through the store's own connection (its script keys are
+/// known to the store).
+fn raw<'a>(store: &'a RedisStore, key: &'a RequestKey) -> BoxFuture<'a, bool> {
+    Box::pin(async move {
+        let [record, ..] = store.redis_keys(key);
+        let mut connection = store.connection();
+        let found: i64 = redis::cmd("EXISTS")
+            .arg(&record)
+            .query_async(&mut connection)
+            .await
+            .expect("EXISTS");
+        found == 1
+    })
+}
+
+onceflight_core::conformance_tests!(OverHttp::new(open, raw), requires "REDIS_URL");

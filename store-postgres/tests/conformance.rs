@@ -2,4 +2,4 @@
 
 mod common;
 
-onceflight_core::conformance_tests!(common::setup, requires "DATABASE_URL");
+onceflight_core::conformance_tests!(common::suite(common::setup), requires "DATABASE_URL");

@@ -5,4 +5,4 @@
 
 mod common;
 
-onceflight_core::conformance_tests!(common::pooled_setup, requires "PGBOUNCER_URL");
+onceflight_core::conformance_tests!(common::suite(common::pooled_setup), requires "PGBOUNCER_URL");

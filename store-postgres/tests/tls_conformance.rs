@@ -4,4 +4,4 @@
 
 mod common;
 
-onceflight_core::conformance_tests!(common::tls_setup, requires "PG_TLS_URL");
+onceflight_core::conformance_tests!(common::suite(common::tls_setup), requires "PG_TLS_URL");

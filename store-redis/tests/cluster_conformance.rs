@@ -3,4 +3,4 @@
 
 mod common;
 
-onceflight_core::conformance_tests!(common::cluster_setup, requires "REDIS_CLUSTER_URLS");
+onceflight_core::conformance_tests!(common::suite(common::cluster_setup), requires "REDIS_CLUSTER_URLS");

@@ -3,4 +3,4 @@
 
 mod common;
 
-onceflight_core::conformance_tests!(common::setup, requires "REDIS_URL");
+onceflight_core::conformance_tests!(common::suite(common::setup), requires "REDIS_URL");

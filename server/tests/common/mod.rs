@@ -8,6 +8,8 @@
 
 pub(crate) mod fleet;
 pub(crate) mod history;
+#[cfg(feature = "client")]
+pub(crate) mod over_http;
 pub(crate) mod pg_cluster;
 pub(crate) mod proxy;
 pub(crate) mod redis_child;

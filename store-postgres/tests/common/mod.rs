@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 
-use onceflight_core::testkit::SuiteConfig;
+use onceflight_core::RequestKey;
+use onceflight_core::testkit::{Expiry, RawStorage, Setup, SuiteConfig, WithRawStorage};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 
 /// The database the tests use (set by `cargo xtask test`).
@@ -132,4 +133,31 @@ pub(crate) fn with_database(url: &str, database: &str) -> String {
         .map(|(_, q)| format!("?{q}"))
         .unwrap_or_default();
     format!("{base}/{database}{query}")
+}
+
+/// Whether `store`'s table holds a row for `key`, live or past retention:
+/// the conformance suite's look past the store's API. A simple-protocol
+/// query with the key as an escaped literal, so that it works through a
+/// transaction-mode pooler too.
+pub(crate) async fn raw_record_exists(store: &PgStore, key: &RequestKey) -> bool {
+    let sql = format!(
+        "SELECT 1 FROM \"{}\".onceflight_records WHERE key = '{}'",
+        store.schema(),
+        key.as_str().replace('\'', "''")
+    );
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_all(store.pool())
+        .await
+        .expect("look at the table");
+    !rows.is_empty()
+}
+
+/// The conformance suite's setup built by `setup`, with a look at the
+/// table; Postgres keeps records past retention until `sweep`.
+pub(crate) fn suite<F: Setup<Store = PgStore>>(setup: F) -> impl RawStorage<Store = PgStore> {
+    WithRawStorage {
+        setup,
+        raw: raw_record_exists,
+        expiry: Expiry::Swept,
+    }
 }

@@ -9,7 +9,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use onceflight_core::testkit::SuiteConfig;
+use onceflight_core::RequestKey;
+use onceflight_core::testkit::{Expiry, RawStorage, Setup, SuiteConfig, WithRawStorage};
 use onceflight_store_redis::{RedisConfig, RedisStore};
 
 /// The single server the tests use.
@@ -106,5 +107,28 @@ impl Drop for ChildRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Whether Redis still holds `key`'s record, asked with `EXISTS` on the
+/// record's own Redis key: the conformance suite's look past the store's API.
+pub(crate) async fn raw_record_exists(store: &RedisStore, key: &RequestKey) -> bool {
+    let [record, ..] = store.redis_keys(key);
+    let mut connection = store.connection();
+    let found: i64 = redis::cmd("EXISTS")
+        .arg(&record)
+        .query_async(&mut connection)
+        .await
+        .expect("EXISTS");
+    found == 1
+}
+
+/// The conformance suite's setup built by `setup`, with a look at Redis;
+/// Redis forgets records past retention by itself (key TTLs).
+pub(crate) fn suite<F: Setup<Store = RedisStore>>(setup: F) -> impl RawStorage<Store = RedisStore> {
+    WithRawStorage {
+        setup,
+        raw: raw_record_exists,
+        expiry: Expiry::ByStorage,
     }
 }
