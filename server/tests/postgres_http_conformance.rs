@@ -15,7 +15,7 @@ mod common;
 use common::over_http::OverHttp;
 use futures::future::BoxFuture;
 use onceflight_core::RequestKey;
-use onceflight_core::testkit::{SuiteConfig, unique_name};
+use onceflight_core::testkit::{Expiry, SuiteConfig, unique_name};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 
 /// The store `config` opens, migrated, in a fresh schema with the suite's
@@ -55,7 +55,7 @@ fn raw<'a>(store: &'a PgStore, key: &'a RequestKey) -> BoxFuture<'a, bool> {
     })
 }
 
-onceflight_core::conformance_tests!(OverHttp::new(direct, raw), requires "DATABASE_URL");
+onceflight_core::conformance_tests!(OverHttp::new(direct, raw, Expiry::SweptElsewhere), requires "DATABASE_URL");
 
 /// The suite through PgBouncer in transaction mode, whose server pool is
 /// smaller than the store's: every operation an unprepared query on
@@ -73,5 +73,5 @@ mod pooled {
         Box::pin(open(pooled, config))
     }
 
-    onceflight_core::conformance_tests!(OverHttp::new(pooled, raw), requires "PGBOUNCER_URL");
+    onceflight_core::conformance_tests!(OverHttp::new(pooled, raw, Expiry::SweptElsewhere), requires "PGBOUNCER_URL");
 }

@@ -12,7 +12,7 @@ mod common;
 use common::over_http::OverHttp;
 use futures::future::BoxFuture;
 use onceflight_core::RequestKey;
-use onceflight_core::testkit::{SuiteConfig, unique_name};
+use onceflight_core::testkit::{Expiry, SuiteConfig, unique_name};
 use onceflight_store_redis::{RedisConfig, RedisStore};
 
 /// A Redis store under a fresh prefix, with the suite's retention.
@@ -45,4 +45,4 @@ fn raw<'a>(store: &'a RedisStore, key: &'a RequestKey) -> BoxFuture<'a, bool> {
     })
 }
 
-onceflight_core::conformance_tests!(OverHttp::new(open, raw), requires "REDIS_URL");
+onceflight_core::conformance_tests!(OverHttp::new(open, raw, Expiry::ByStorage), requires "REDIS_URL");

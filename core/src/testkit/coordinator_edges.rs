@@ -200,7 +200,10 @@ pub async fn blocking_job_keeps_its_lease<T: Setup>(setup: &T, t: Timing) {
     let store = Arc::new(setup.store(SuiteConfig::default()).await);
     let coordinator = Coordinator::new(Arc::clone(&store));
     let k = key("blocking-job");
-    let started = Arc::new(Notify::new());
+    // A flag, not a `Notify`: a wake-up sent from the job's thread just
+    // before it blocks would park this case on that very thread (tokio runs
+    // a task woken from a worker on that worker next), and prove nothing.
+    let started = Arc::new(AtomicBool::new(false));
     let run = {
         let k = k.clone();
         let started = Arc::clone(&started);
@@ -208,7 +211,7 @@ pub async fn blocking_job_keeps_its_lease<T: Setup>(setup: &T, t: Timing) {
         tokio::spawn(async move {
             coordinator
                 .get_or_run(k, options(t, 3), move |_ctx| async move {
-                    started.notify_one();
+                    started.store(true, Ordering::SeqCst);
                     // A synchronous SDK call, say.
                     std::thread::sleep(block);
                     Ok(json("blocked"))
@@ -216,7 +219,7 @@ pub async fn blocking_job_keeps_its_lease<T: Setup>(setup: &T, t: Timing) {
                 .await
         })
     };
-    started.notified().await;
+    eventually_set(&started, t, "the job started").await;
     t.sleep(4).await;
     match claim(&*store, &k, &options(t, 3)).await {
         Claim::InFlight(f) => assert_eq!(f.attempt, 1, "no takeover"),

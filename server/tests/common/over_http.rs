@@ -20,18 +20,23 @@ pub(crate) type Open<S> = fn(SuiteConfig) -> BoxFuture<'static, S>;
 pub(crate) type Raw<S> = for<'a> fn(&'a S, &'a RequestKey) -> BoxFuture<'a, bool>;
 
 /// Stores opened by `open`, served over HTTP without tokens; `raw` looks at
-/// the one a case built.
+/// the one a case built, and `expiry` says what its storage does with
+/// records past retention as seen through `HttpStore` (whose `sweep` does
+/// nothing): [`Expiry::SweptElsewhere`] when they stay until the service
+/// sweeps, [`Expiry::ByStorage`] when storage drops them by itself.
 pub(crate) struct OverHttp<S> {
     open: Open<S>,
     raw: Raw<S>,
+    expiry: Expiry,
     served: Arc<Mutex<Vec<Arc<S>>>>,
 }
 
 impl<S> OverHttp<S> {
-    pub(crate) fn new(open: Open<S>, raw: Raw<S>) -> Self {
+    pub(crate) fn new(open: Open<S>, raw: Raw<S>, expiry: Expiry) -> Self {
         Self {
             open,
             raw,
+            expiry,
             served: Arc::default(),
         }
     }
@@ -55,9 +60,8 @@ impl<S: RequestStore> Setup for OverHttp<S> {
 }
 
 impl<S: RequestStore> RawStorage for OverHttp<S> {
-    /// `HttpStore::sweep` does nothing: the service sweeps its own store.
     fn expiry(&self) -> Expiry {
-        Expiry::SweptElsewhere
+        self.expiry
     }
 
     async fn raw_record_exists(&self, _client: &HttpStore, key: &RequestKey) -> bool {
