@@ -345,7 +345,7 @@ impl Keys {
 }
 
 /// Races of `callers` claims for fresh keys, checking that each has exactly
-/// one `Acquired` (design §5.5), outside criterion's timing.
+/// one `Acquired` (docs/protocol.md §5.5), outside criterion's timing.
 fn check_races(rt: &Runtime, subject: &Subject, callers: usize) {
     let races = if onceflight_benches::quick() { 20 } else { 100 };
     let keys = Keys::new(stores::unique("race-check"));

@@ -1,4 +1,4 @@
-//! The herd of design §9, and the incident's own approach beside ours.
+//! The herd of docs/protocol.md §9, and the incident's own approach beside ours.
 //!
 //! - Herd: 1,000 concurrent `Coordinator::get_or_run` for one fresh key
 //!   with a 50 ms job, spread over 8 coordinators (as 8 processes would

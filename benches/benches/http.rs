@@ -1,4 +1,4 @@
-//! HTTP through the real server (design §9: "claims/s through the server
+//! HTTP through the real server (docs/protocol.md §9: "claims/s through the server
 //! ≥ 0.5 × a bare route of the same server"), and how many long-polls one
 //! server holds and at what memory cost.
 //!

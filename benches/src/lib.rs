@@ -1,4 +1,4 @@
-//! The harness of onceflight's benchmarks (design §9): stores to measure,
+//! The harness of onceflight's benchmarks (docs/protocol.md §9): stores to measure,
 //! a concurrent load generator with latency percentiles, and the figures
 //! each benchmark records for `cargo xtask bench`'s report.
 //!
@@ -66,5 +66,5 @@ pub fn resident_bytes(pid: &str) -> u64 {
         .unwrap_or_else(|| panic!("VmRSS in {path} (Linux only)"))
 }
 
-/// The concurrency levels of design §9.
+/// The concurrency levels of docs/protocol.md §9.
 pub const CALLERS: [usize; 3] = [1, 8, 64];

@@ -142,7 +142,7 @@ pub struct Failed {
     pub retry_after: Option<Duration>,
 }
 
-/// A record's state (design §2).
+/// A record's state (docs/protocol.md §2).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum RecordState {
     /// A lease was granted; it may have expired or been released.

@@ -78,7 +78,7 @@ impl Error {
 
     /// The `FingerprintMismatch` a claim with `options` gets on a record of
     /// `record_kind`: the reason names the kinds when they differ, else the
-    /// fingerprint. Stores decide *whether* it is a mismatch (design §3);
+    /// fingerprint. Stores decide *whether* it is a mismatch (docs/protocol.md §3);
     /// this only words it, the same for every store.
     pub fn fingerprint_mismatch(
         key: &RequestKey,

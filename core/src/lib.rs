@@ -2,7 +2,7 @@
 //! and share its result.
 //!
 //! - [`RequestStore`] is the small atomic protocol every backend implements
-//!   (design §3–§4): [`RequestStore::claim_or_get`] decides in one step whether
+//!   (docs/protocol.md §3–§4): [`RequestStore::claim_or_get`] decides in one step whether
 //!   the caller does the job, waits for it, or takes its cached result.
 //! - [`Coordinator`] is what most Rust callers use: [`Coordinator::get_or_run`]
 //!   claims, runs the job while renewing the lease, completes or fails it,
@@ -10,29 +10,28 @@
 //!
 //! This crate does no I/O of its own and depends on no database client.
 
+pub mod backend;
 mod claim;
 mod coordinator;
 mod error;
 mod redact;
 mod store;
 mod types;
-pub mod waiters;
+mod waiters;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use claim::{
-    Claim, Completed, Decision, Failed, InFlight, Lease, Record, RecordState, Renewal, Timestamp,
+    Claim, Completed, Failed, InFlight, Lease, Record, RecordState, Renewal, Timestamp,
 };
 pub use coordinator::{Coordinator, JobContext, Outcome, RunError, RunOptions, Source};
 pub use error::{Error, Result};
-pub use redact::redact_url;
 pub use store::RequestStore;
 pub use types::{
     ClaimOptions, DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETENTION,
     DEFAULT_RETRY_BACKOFF, Fingerprint, JobError, Kind, MAX_ATTEMPTS_LIMIT, MAX_LEASE_TTL,
-    MAX_MESSAGE_BYTES, MAX_RETRY_BACKOFF, MAX_TOKEN, Owner, RequestKey, Token, backoff_after,
-    check_lease_ttl, lease_expired_message,
+    MAX_MESSAGE_BYTES, MAX_RETRY_BACKOFF, MAX_TOKEN, Owner, RequestKey, Token,
 };
 
 /// Re-exported so that stores and callers name the same versions.

@@ -12,7 +12,7 @@ use crate::claim::{Claim, Record, Renewal};
 use crate::error::Result;
 use crate::types::{ClaimOptions, JobError, RequestKey, Token};
 
-/// A store of request records: the lifecycle of design §3 and §4.
+/// A store of request records: the lifecycle of docs/protocol.md §3 and §4.
 ///
 /// Every method is one atomic step judged by the store's clock, and in the
 /// common case one round trip to the store. Fenced methods (`renew`,
@@ -30,7 +30,7 @@ pub trait RequestStore: Send + Sync + Debug + 'static {
     /// errors and metrics.
     fn backend(&self) -> &'static str;
 
-    /// Decides atomically, per design §3, whether the caller gets a lease
+    /// Decides atomically, per docs/protocol.md §3, whether the caller gets a lease
     /// (fresh, takeover of an expired lease, or retry after backoff), or
     /// learns that the job is in flight, completed or failed.
     ///

@@ -1,5 +1,5 @@
 //! Validated values: a value of one of these types has passed the limits of
-//! design §2, so stores and the server never re-check them.
+//! docs/protocol.md §2, so stores and the server never re-check them.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -72,7 +72,7 @@ macro_rules! text_newtype {
         pub struct $name(String);
 
         impl $name {
-            /// Validates `value` against the limits of design §2.
+            /// Validates `value` against the limits of docs/protocol.md §2.
             pub fn parse(value: impl Into<String>) -> Result<Self> {
                 let value = value.into();
                 Self::check(&value)?;
@@ -476,7 +476,7 @@ pub fn backoff_after(base: Duration, failures: u32) -> Duration {
 }
 
 /// The message a claim stores when it finds an expired lease and no attempt
-/// left (design §3). Every store writes exactly this text.
+/// left (docs/protocol.md §3). Every store writes exactly this text.
 pub fn lease_expired_message(attempt: u32, max_attempts: u32) -> String {
     format!("lease expired on attempt {attempt} of {max_attempts}")
 }
@@ -536,7 +536,7 @@ mod tests {
     }
 
     #[test]
-    fn claim_options_defaults_match_the_design() {
+    fn claim_options_defaults_match_the_protocol() {
         let o = ClaimOptions::new(Kind::parse("image").unwrap());
         assert_eq!(o.lease_ttl(), Duration::from_secs(30), "lease ttl");
         assert_eq!(o.max_attempts(), 3, "max attempts");

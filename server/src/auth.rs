@@ -1,4 +1,4 @@
-//! Bearer tokens and namespaces (design §7 "Security").
+//! Bearer tokens and namespaces (docs/protocol.md §7 "Security").
 //!
 //! Each token maps to a namespace; a caller's keys are stored as
 //! `namespace/key`, so keys of one namespace are invisible to another. With

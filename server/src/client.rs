@@ -1,4 +1,4 @@
-//! [`HttpStore`]: a [`RequestStore`] over the HTTP API of design §7, so that a
+//! [`HttpStore`]: a [`RequestStore`] over the HTTP API of docs/protocol.md §7, so that a
 //! [`onceflight_core::Coordinator`] can work against a remote onceflight
 //! service as it does against a local store.
 //!
@@ -16,10 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use onceflight_core::backend::check_lease_ttl;
 use onceflight_core::{
     Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
     Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Timestamp, Token,
-    check_lease_ttl,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
@@ -58,7 +58,7 @@ const EARLY_ANSWER_PAUSE: Duration = Duration::from_millis(50);
 /// Cheap to clone: clones share one connection pool. `Debug` shows the base
 /// URL without its password and never shows the bearer token.
 ///
-/// Results travel as JSON (design §7): [`RequestStore::complete`] refuses
+/// Results travel as JSON (docs/protocol.md §7): [`RequestStore::complete`] refuses
 /// bytes that are not JSON text with `InvalidInput { field: "result" }`
 /// before sending anything, and results are read back as the exact JSON text
 /// the service sent.
@@ -143,7 +143,7 @@ impl HttpStore {
     }
 
     /// Sends `token` as `Authorization: Bearer <token>` with every request:
-    /// the service maps it to a namespace (design §7 "Security"). A token
+    /// the service maps it to a namespace (docs/protocol.md §7 "Security"). A token
     /// that is not a valid header value makes every request fail with
     /// `InvalidInput { field: "request" }`.
     pub fn with_bearer_token(mut self, token: impl Into<String>) -> Self {
@@ -698,7 +698,11 @@ mod tests {
     #[test]
     fn keys_are_one_path_segment() {
         let segment = |k: &str| key_segment(&RequestKey::parse(k).unwrap()).unwrap();
-        assert_eq!(segment("image|ab"), "image%7Cab", "design §7's example");
+        assert_eq!(
+            segment("image|ab"),
+            "image%7Cab",
+            "docs/protocol.md §7's example"
+        );
         assert_eq!(
             segment("a/b c%7C"),
             "a%2Fb%20c%257C",

@@ -1,4 +1,4 @@
-//! The onceflight service: the HTTP API of design §7 over any
+//! The onceflight service: the HTTP API of docs/protocol.md §7 over any
 //! [`RequestStore`], with bearer-token namespaces, Prometheus metrics and an
 //! OpenAPI document; and (feature `client`) [`client::HttpStore`], a
 //! `RequestStore` that talks to a remote onceflight.
@@ -187,7 +187,7 @@ impl AppState {
     }
 }
 
-/// The router of design §7 over `state`.
+/// The router of docs/protocol.md §7 over `state`.
 ///
 /// `complete` reads bodies up to [`Limits::max_body_bytes`]; the other
 /// routes with a body up to [`Limits::max_small_body_bytes`] (a route's own
@@ -215,7 +215,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
-        .route("/openapi.json", get(routes::openapi))
+        .route("/openapi.json", get(api::serve_openapi))
         .fallback(routes::unknown_route)
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))

@@ -274,7 +274,7 @@ async fn open_postgres(
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.
-pub use onceflight_core::redact_url;
+pub use onceflight_core::backend::redact_url;
 
 #[cfg(feature = "redis")]
 async fn open_redis(

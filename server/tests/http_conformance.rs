@@ -1,6 +1,6 @@
 //! The conformance suite over HTTP: each case gets its own onceflight service
 //! (a memory store served on `127.0.0.1:0`) and talks to it through
-//! `HttpStore`, so the API of design §7 and the client together must behave
+//! `HttpStore`, so the API of docs/protocol.md §7 and the client together must behave
 //! exactly as a store does. A second run goes through bearer-token
 //! namespaces, which must not change any semantics.
 

@@ -1,6 +1,6 @@
 //! The property harnesses of `onceflight-core` through the HTTP API: random
 //! operation sequences against the reference model, and concurrent
-//! histories checked for design §5's guarantees, each case on its own
+//! histories checked for docs/protocol.md §5's guarantees, each case on its own
 //! service (memory store) reached through `HttpStore`.
 
 mod common;

@@ -1,6 +1,6 @@
 //! The conformance suite over HTTP on PostgreSQL: each case gets its own
 //! onceflight service (a `PgStore` in a fresh schema, served on
-//! `127.0.0.1:0`) and talks to it through `HttpStore`, so the API of design
+//! `127.0.0.1:0`) and talks to it through `HttpStore`, so the API of docs/protocol.md
 //! §7, the client and the Postgres store together must behave exactly as a
 //! store does.
 //!

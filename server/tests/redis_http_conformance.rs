@@ -1,6 +1,6 @@
 //! The conformance suite over HTTP on Redis: each case gets its own
 //! onceflight service (a `RedisStore` under a fresh key prefix, served on
-//! `127.0.0.1:0`) and talks to it through `HttpStore`, so the API of design
+//! `127.0.0.1:0`) and talks to it through `HttpStore`, so the API of docs/protocol.md
 //! §7, the client and the Redis store together must behave exactly as a
 //! store does.
 //!

@@ -1,4 +1,4 @@
-//! Route-level tests of the HTTP API (design §7), without a socket: each
+//! Route-level tests of the HTTP API (docs/protocol.md §7), without a socket: each
 //! request goes through `app(state)` with `tower::ServiceExt::oneshot`.
 //!
 //! Every reply passes through [`Api::send`], which checks the invariants that

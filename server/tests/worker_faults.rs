@@ -19,7 +19,7 @@
 //! migration) worker is: the kernel stops it between any two instructions.
 //!
 //! After each scenario the merged history of every worker is checked
-//! against design §5 (`history::check`), plus what the scenario is about.
+//! against docs/protocol.md §5 (`history::check`), plus what the scenario is about.
 //! Postgres and Redis scenarios need `DATABASE_URL` / `REDIS_URL`; without
 //! them they skip loudly, unless `ONCEFLIGHT_REQUIRE_BACKENDS=1`.
 

@@ -2,6 +2,9 @@
 
 use onceflight_core::Error;
 
+/// The backend name in errors and metrics.
+pub(crate) const BACKEND: &str = "memory";
+
 /// What can go wrong inside the memory store.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MemoryError {
@@ -13,7 +16,7 @@ pub(crate) enum MemoryError {
 impl From<MemoryError> for Error {
     fn from(e: MemoryError) -> Self {
         Error::Backend {
-            backend: crate::store::BACKEND,
+            backend: BACKEND,
             message: e.to_string(),
         }
     }

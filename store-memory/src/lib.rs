@@ -3,7 +3,7 @@
 //! [`MemoryStore`] keeps records in a fixed number of shards, each behind its
 //! own short-held lock, so claims of different keys rarely contend and no
 //! lock is global. Time is tokio's monotonic clock (the store's clock of
-//! design §4), so tests can pause and advance it. Waiters are woken by the
+//! docs/protocol.md §4), so tests can pause and advance it. Waiters are woken by the
 //! operation that changes a record, and by their own timer at the lease's
 //! end; nothing polls.
 //!

@@ -11,16 +11,14 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use onceflight_core::backend::{backoff_after, check_lease_ttl, lease_expired_message};
 use onceflight_core::{
     Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
     MAX_TOKEN, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
-    backoff_after, check_lease_ttl, lease_expired_message,
 };
 
 use crate::config::MemoryConfig;
-use crate::error::MemoryError;
-
-pub(crate) const BACKEND: &str = "memory";
+use crate::error::{BACKEND, MemoryError};
 
 /// Longest retention honoured (100 years): "keep forever" in practice.
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
@@ -282,7 +280,7 @@ fn lease_lost(key: &RequestKey, token: Token) -> Error {
     Error::lease_lost(key, token)
 }
 
-/// Design §3: a differing kind, or two fingerprints that differ (an absent
+/// docs/protocol.md §3: a differing kind, or two fingerprints that differ (an absent
 /// one on either side is no mismatch).
 fn mismatch(key: &RequestKey, entry: &Entry, options: &ClaimOptions) -> Option<Error> {
     let differs = entry.kind != *options.kind()

@@ -1,7 +1,7 @@
 //! The property harnesses of `onceflight-core` on the memory store: random
 //! operation sequences checked step by step against the reference model (on
 //! tokio's paused clock, directly and through `Arc<dyn RequestStore>`), and
-//! concurrent histories checked for design §5's guarantees (on real time).
+//! concurrent histories checked for docs/protocol.md §5's guarantees (on real time).
 
 use std::sync::Arc;
 

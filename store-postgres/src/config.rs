@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use onceflight_core::{DEFAULT_RETENTION, redact_url as redact};
+use onceflight_core::DEFAULT_RETENTION;
+use onceflight_core::backend::redact_url as redact;
 
 /// How a [`crate::PgStore`] connects and behaves.
 ///

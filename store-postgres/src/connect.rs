@@ -6,7 +6,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use onceflight_core::{Error, Result, redact_url};
+use onceflight_core::backend::redact_url;
+use onceflight_core::{Error, Result};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use onceflight_core::waiters::{Waiters, wait_pushed};
+use onceflight_core::backend::waiters::{Waiters, wait_pushed};
+use onceflight_core::backend::{Decision, check_lease_ttl};
 use onceflight_core::{
-    Claim, ClaimOptions, Decision, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState,
-    Renewal, RequestKey, RequestStore, Result, Token, check_lease_ttl,
+    Claim, ClaimOptions, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState, Renewal,
+    RequestKey, RequestStore, Result, Token,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{Executor, Row};
@@ -69,7 +70,7 @@ impl std::fmt::Debug for PgStore {
             .field("schema", &self.schema)
             .field(
                 "session_url",
-                &onceflight_core::redact_url(&self.session_url),
+                &onceflight_core::backend::redact_url(&self.session_url),
             )
             .field("retention_ms", &self.retention_ms)
             .field("wait_fallback", &self.wait_fallback)

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceflight_core::waiters::Waiters;
+use onceflight_core::backend::waiters::Waiters;
 use sqlx::Executor;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::task::JoinHandle;

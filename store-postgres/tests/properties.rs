@@ -1,4 +1,4 @@
-//! Concurrent histories on PostgreSQL checked for design §5's guarantees.
+//! Concurrent histories on PostgreSQL checked for docs/protocol.md §5's guarantees.
 
 mod common;
 

@@ -1,4 +1,4 @@
--- claim_or_get (design §3), the one atomic decision.
+-- claim_or_get (docs/protocol.md §3), the one atomic decision.
 -- ARGV: channel, key, kind, fingerprint ('' = none), owner ('' = none),
 --       lease ms, max attempts, backoff ms, retention ms, token floor (the
 --       highest token the calling store has seen, '0' = none).

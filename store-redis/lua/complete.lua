@@ -1,4 +1,4 @@
--- complete (design §4): store the result, wake waiters. The same token
+-- complete (docs/protocol.md §4): store the result, wake waiters. The same token
 -- repeating a successful complete succeeds again; the first result stands.
 -- ARGV: channel, key, token, result, retention ms.
 -- The first write is an HDEL, which Redis runs even when out of memory

@@ -1,4 +1,4 @@
--- delete (design §4): forget the record, keeping its last token in the
+-- delete (docs/protocol.md §4): forget the record, keeping its last token in the
 -- fence for as long as the record would have lived, so that the key's next
 -- token is still greater; waiters wake.
 -- ARGV: channel, key.

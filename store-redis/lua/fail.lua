@@ -1,4 +1,4 @@
--- fail (design §4): store the error, schedule a retry if one is allowed,
+-- fail (docs/protocol.md §4): store the error, schedule a retry if one is allowed,
 -- wake waiters. Only a repeat of a `fail` that succeeded succeeds again
 -- (same token, record made failed by that fail); a record a claim turned
 -- failed (expired lease, no attempts left) is a lost lease.

@@ -1,4 +1,4 @@
--- get (design §4): the record as Redis's clock sees it now.
+-- get (docs/protocol.md §4): the record as Redis's clock sees it now.
 -- ARGV: channel, key.
 local _, now = clock()
 local r = read()

@@ -1,4 +1,4 @@
--- release (design §4): the lease ends now, its token is retired, the record
+-- release (docs/protocol.md §4): the lease ends now, its token is retired, the record
 -- stays processing and is claimable at once; waiters wake.
 -- ARGV: channel, key, token, retention ms.
 -- The first write is a DEL, which Redis runs even when out of memory (see

@@ -1,4 +1,4 @@
--- renew (design §4): the lease now ends at Redis's now + ttl.
+-- renew (docs/protocol.md §4): the lease now ends at Redis's now + ttl.
 -- ARGV: channel, key, token, lease ms ('' = the lease's own), retention ms.
 -- The first write is a PEXPIREAT, which Redis runs even when out of memory
 -- (see lib.lua): a worker keeps its lease while it finishes, and a renew

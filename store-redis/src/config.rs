@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use onceflight_core::{DEFAULT_RETENTION, redact_url};
+use onceflight_core::DEFAULT_RETENTION;
+use onceflight_core::backend::redact_url;
 
 /// How a [`crate::RedisStore`] connects and behaves.
 ///

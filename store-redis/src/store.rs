@@ -9,10 +9,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use onceflight_core::waiters::{Waiters, wait_pushed};
+use onceflight_core::backend::waiters::{Waiters, wait_pushed};
+use onceflight_core::backend::{Decision, check_lease_ttl, redact_url};
 use onceflight_core::{
-    Claim, ClaimOptions, Decision, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState,
-    Renewal, RequestKey, RequestStore, Result, Token, check_lease_ttl, redact_url,
+    Claim, ClaimOptions, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState, Renewal,
+    RequestKey, RequestStore, Result, Token,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::ClusterClientBuilder;

@@ -1,5 +1,5 @@
 //! Random operation sequences on Redis checked step by step against the
-//! reference model of design §3–§4 (real time). A binary of its own, so that
+//! reference model of docs/protocol.md §3–§4 (real time). A binary of its own, so that
 //! no other test competes with its timing.
 
 mod common;

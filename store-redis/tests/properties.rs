@@ -1,4 +1,4 @@
-//! Concurrent histories on Redis and Redis Cluster checked for design §5's
+//! Concurrent histories on Redis and Redis Cluster checked for docs/protocol.md §5's
 //! guarantees.
 
 mod common;

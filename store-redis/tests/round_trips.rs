@@ -1,4 +1,4 @@
-//! One round trip per operation (design §9), counted on Redis's side with
+//! One round trip per operation (docs/protocol.md §9), counted on Redis's side with
 //! `INFO commandstats`, and a claim's hit path that writes nothing, counted
 //! by Redis's dirty counter. A binary of its own: the counters are
 //! server-wide, so no other test may run beside these, and these two take

@@ -1,4 +1,4 @@
-//! The servers that `test` and `bench` run against (design §10): for each
+//! The servers that `test` and `bench` run against (docs/protocol.md §10): for each
 //! one a command needs, either the caller's (its URL set in the environment)
 //! or a throw-away one started here and stopped when [`Backends`] is dropped.
 //!

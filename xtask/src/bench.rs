@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: the criterion benchmarks of design §9 against real
+//! `cargo xtask bench`: the criterion benchmarks of docs/protocol.md §9 against real
 //! PostgreSQL and Redis servers, then a report of every figure beside its
 //! baseline (see [`crate::report`]).
 //!

@@ -4,9 +4,9 @@
 //!
 //! The commands are described in [`USAGE`]. `test` is the one that matters
 //! most: it provides the PostgreSQL server, Redis server and Redis Cluster
-//! that the backend tests need (design §10), so that `cargo xtask test` is
+//! that the backend tests need (docs/protocol.md §10), so that `cargo xtask test` is
 //! the single command that runs every test of every backend. `bench` runs the
-//! criterion benchmarks of design §9 against the same kind of servers and
+//! criterion benchmarks of docs/protocol.md §9 against the same kind of servers and
 //! turns what they record into a report; it is not part of `ci`, because
 //! numbers from a shared machine are no gate (`.ci/run` runs it in quick
 //! mode, which only proves the benchmarks still run and are correct).
@@ -66,7 +66,7 @@ commands:
   ci                      lint, then test: what to run before landing a commit.
   bench [--quick] [-- args]
                           build the server binary, then run the criterion
-                          benchmarks (design §9) against PostgreSQL (directly
+                          benchmarks (docs/protocol.md §9) against PostgreSQL (directly
                           and through PgBouncer in transaction mode) and Redis
                           (DATABASE_URL / PGBOUNCER_URL / REDIS_URL when set,
                           otherwise throw-away servers) and write report.md,

@@ -330,7 +330,7 @@ pub(crate) fn markdown(records: &Records, meta: &Meta) -> String {
         .map_or_else(|| "unknown number of".to_owned(), |cpus| cpus.to_string());
     // `writeln!` into a `String` cannot fail; the results are ignored below
     // for that reason.
-    let _ = writeln!(out, "# onceflight benchmarks (design §9)\n");
+    let _ = writeln!(out, "# onceflight benchmarks (docs/protocol.md §9)\n");
     let _ = writeln!(out, "- Date: {date}");
     let _ = writeln!(out, "- Mode: {mode}");
     let _ = writeln!(out, "- Machine: {cpus} CPUs, Linux {}", meta.kernel);

@@ -1,5 +1,5 @@
 //! `cargo xtask schemathesis`: holds the running server to its own OpenAPI
-//! document (design §7 "`GET /openapi.json`"). Schemathesis, a property-based
+//! document (docs/protocol.md §7 "`GET /openapi.json`"). Schemathesis, a property-based
 //! API tester from PyPI, reads `/openapi.json` of a live `onceflight` and
 //! sends it generated requests, valid and invalid, checking every answer:
 //! no 5xx, a status the document lists, its content type, headers and body
@@ -77,7 +77,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "409"]
 [[operations]]
 include-operation-id = "claim"
 # A claim can be valid on its own and still be refused with 422
-# fingerprint_mismatch (design §3): when the key's record was created by an
+# fingerprint_mismatch (docs/protocol.md §3): when the key's record was created by an
 # earlier claim with another kind or fingerprint. The fuzzer reuses simple
 # keys ("0", "00") across cases, so this happens; it is the documented answer.
 checks.positive_data_acceptance.expected-statuses = ["2xx", "422"]
@@ -93,7 +93,7 @@ from urllib.parse import unquote
 import schemathesis
 
 # A GET with wait_ms holds its answer while the record's lease is live
-# (design §7): with the fuzzer's long leases, a valid wait_ms of up to 60 s
+# (docs/protocol.md §7): with the fuzzer's long leases, a valid wait_ms of up to 60 s
 # would stall the run. Valid waits are capped at this many milliseconds;
 # out-of-range ones (negative, over 60000, not a number) go through
 # unchanged, so their 400 is still checked. Long-polls themselves are
@@ -101,7 +101,7 @@ import schemathesis
 LONGEST_WAIT_MS = 200
 MAX_WAIT_MS = 60000
 
-# What the server accepts as a key (design §2): 1 to 512 bytes of UTF-8
+# What the server accepts as a key (docs/protocol.md §2): 1 to 512 bytes of UTF-8
 # without control characters.
 KEY = re.compile(r"[^\u0000-\u001F\u007F-\u009F]+")
 MAX_KEY_BYTES = 512
@@ -118,7 +118,7 @@ def map_body(context, body):
     # JSON Schema 2020-12 (OpenAPI 3.1) calls 5.0 an integer, so the fuzzer
     # sends whole floats for integer fields. The API reads integers as JSON
     # integers: a token or duration written `5.0` or `5e0` is 400
-    # invalid_request (design §7; server/tests/routes.rs holds it to that),
+    # invalid_request (docs/protocol.md §7; server/tests/routes.rs holds it to that),
     # which the document cannot express. Integer fields are top-level, so
     # whole floats there are written as the integers they stand for (a
     # complete's `result` may be any JSON, so rewriting it changes nothing
@@ -152,7 +152,7 @@ def filter_failure(context, failure, case, response):
     #   it, so a generated key holding the text "%0C" goes out as a form
     #   feed, which the server rightly refuses;
     # - JSON Schema counts a string's length in characters, the server counts
-    #   UTF-8 bytes (design §2), so 200 three-byte characters pass the
+    #   UTF-8 bytes (docs/protocol.md §2), so 200 three-byte characters pass the
     #   document's maxLength but are 600 bytes.
     # Any other rejection of valid data still fails the run.
     if failure.code != "ST202":

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: every test of every backend, with the servers they
-//! need (design §10): PostgreSQL, a single Redis server and a three-master
+//! need (docs/protocol.md §10): PostgreSQL, a single Redis server and a three-master
 //! Redis Cluster, each either the caller's (from the environment) or a
 //! throw-away one started for this run (see [`crate::backends`]). A run of
 //! the whole workspace ends with [`crate::schemathesis`], which holds the

@@ -47,7 +47,7 @@ export interface paths {
             cookie?: never;
         };
         /** This document. */
-        get: operations["openapi"];
+        get: operations["serve"];
         put?: never;
         post?: never;
         delete?: never;
@@ -399,7 +399,7 @@ export interface components {
              */
             lease_ms: number;
         };
-        /** @description A record as stored (design §2), seen at one instant of the store's clock. */
+        /** @description A record as stored (docs/protocol.md §2), seen at one instant of the store's clock. */
         RecordBody: {
             /**
              * Format: int32
@@ -526,7 +526,7 @@ export interface operations {
             };
         };
     };
-    openapi: {
+    serve: {
         parameters: {
             query?: never;
             header?: never;
@@ -775,7 +775,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description too_large: the body is over the size limit */
+            /** @description too_large: the body is over the limit of bodies without a result (64 KiB by default) */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -950,7 +950,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description too_large: the body is over the size limit */
+            /** @description too_large: the body is over the limit of bodies without a result (64 KiB by default) */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1033,7 +1033,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description too_large: the body is over the size limit */
+            /** @description too_large: the body is over the limit of bodies without a result (64 KiB by default) */
             413: {
                 headers: {
                     [name: string]: unknown;
@@ -1116,7 +1116,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description too_large: the body is over the size limit */
+            /** @description too_large: the body is over the limit of bodies without a result (64 KiB by default) */
             413: {
                 headers: {
                     [name: string]: unknown;

@@ -1,4 +1,4 @@
-//! The conformance cases: one public async function per property of design
+//! The conformance cases: one public async function per property of docs/protocol.md
 //! §3–§5, each run by every backend through
 //! [`conformance_tests!`](crate::conformance_tests).
 //!
@@ -12,10 +12,10 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{Expiry, RawStorage, Setup, SuiteConfig, Timing};
+use crate::backend::lease_expired_message;
 use crate::{
     Claim, ClaimOptions, DEFAULT_RETRY_BACKOFF, Error, Fingerprint, JobError, Kind, Lease,
     MAX_LEASE_TTL, MAX_TOKEN, Owner, Record, RecordState, RequestKey, RequestStore, Token,
-    lease_expired_message,
 };
 
 pub(crate) fn key(name: &str) -> RequestKey {

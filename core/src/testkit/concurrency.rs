@@ -1,6 +1,6 @@
 //! Concurrent histories: many tasks on a multi-thread runtime claim,
 //! complete, fail, release, crash, renew, read and wait on a few keys; the
-//! recorded history must show design §5's guarantees.
+//! recorded history must show docs/protocol.md §5's guarantees.
 //!
 //! Every call is stamped with two numbers from one global atomic sequence:
 //! one taken just before the call, one just after it returned. A response
@@ -73,7 +73,7 @@ impl Default for ConcurrencyConfig {
 
 /// Runs random concurrent scripts against stores built by `setup`, each
 /// history on a fresh two-worker multi-thread runtime on real time, and
-/// checks design §5's guarantees on the recorded history; panics naming the
+/// checks docs/protocol.md §5's guarantees on the recorded history; panics naming the
 /// violated guarantee with the relevant slice of the history.
 ///
 /// A plain function, to be called from a `#[test]` (not `#[tokio::test]`).
@@ -105,7 +105,7 @@ pub fn check_concurrent_history<T: Setup>(setup: T, config: ConcurrencyConfig) {
     match result {
         Ok(()) => {}
         Err(TestError::Fail(reason, _)) => {
-            panic!("a concurrent history broke a guarantee of design §5: {reason}")
+            panic!("a concurrent history broke a guarantee of docs/protocol.md §5: {reason}")
         }
         Err(error) => panic!("the concurrent history check could not run: {error}"),
     }
@@ -621,7 +621,7 @@ impl fmt::Display for Event {
 /// resolution, not scheduling noise (both instants are the store's).
 const CLOCK_RESOLUTION: Duration = Duration::from_millis(2);
 
-/// Checks design §5 on the whole history, key by key.
+/// Checks docs/protocol.md §5 on the whole history, key by key.
 fn check_history(events: &[Event], keys: usize) -> Result<(), String> {
     for key in 0..keys {
         let mut mine: Vec<&Event> = events.iter().filter(|e| e.key == key).collect();

@@ -1,7 +1,7 @@
 //! The shared conformance suite, reference model and property harnesses that
 //! every backend runs (feature `testkit`).
 //!
-//! - [`cases`]: one public async function per property of design §3–§5, and
+//! - [`cases`]: one public async function per property of docs/protocol.md §3–§5, and
 //!   [`coordinator_cases`] and [`coordinator_edges`] for the [`crate::Coordinator`]
 //!   on top of a store.
 //!   [`conformance_tests!`](crate::conformance_tests) expands to one
@@ -78,7 +78,7 @@ where
     }
 }
 
-/// What a backend's storage does with records past retention (design §4:
+/// What a backend's storage does with records past retention (docs/protocol.md §4:
 /// `sweep` is housekeeping only, so both are correct; the cases hold each
 /// backend to the one it declares).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -372,4 +372,55 @@ macro_rules! __conformance_cases {
             $crate::testkit::$module::$case(&$setup, $crate::testkit::Timing::PAUSED).await;
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    /// The public cases of a module's source: every `pub async fn` name.
+    fn cases_in(source: &str) -> Vec<&str> {
+        source
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix("pub async fn "))
+            .map(|rest| {
+                rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Every public case is in the conformance macro's list, so no backend
+    /// can miss one silently; and every name in the list is a case.
+    #[test]
+    fn every_case_is_listed_in_the_macro() {
+        let this = include_str!("mod.rs");
+        let start = this
+            .find("macro_rules! __conformance_cases")
+            .expect("the macro");
+        let listed: Vec<&str> = this[start..]
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|word| !word.is_empty())
+            .collect();
+        let modules = [
+            ("cases", include_str!("cases.rs")),
+            ("coordinator_cases", include_str!("coordinator_cases.rs")),
+            ("coordinator_edges", include_str!("coordinator_edges.rs")),
+        ];
+        let mut total = 0;
+        for (module, source) in modules {
+            let cases = cases_in(source);
+            assert!(!cases.is_empty(), "{module} has cases");
+            for case in cases {
+                total += 1;
+                assert!(
+                    listed.contains(&case),
+                    "{module}::{case} is a public case but not in the list of `conformance_tests!`"
+                );
+            }
+        }
+        assert!(
+            total > 50,
+            "found only {total} cases: is the parser still right?"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! A reference model of design §3–§4: what a store must answer, computed the
+//! A reference model of docs/protocol.md §3–§4: what a store must answer, computed the
 //! simplest way that is obviously right.
 //!
 //! [`Model`] is pure and deterministic. It keeps every record in a map, has an
@@ -7,11 +7,11 @@
 //! starting at 1, so tokens strictly increase per key across deletes and
 //! retention, and [`NEVER_GRANTED`] is never granted). It trades every
 //! concern of a real store (speed, concurrency, wall-clock timestamps) for
-//! being easy to check against the design text, so that
+//! being easy to check against the protocol text (`docs/protocol.md`), so that
 //! [`check_against_model`](super::check_against_model) can hold any backend
 //! to it step by step.
 //!
-//! Where the design only sketches, the model pins down these choices (every
+//! Where the protocol only sketches, the model pins down these choices (every
 //! store implements the same):
 //!
 //! - A record is *live* while its retention instant `expires_at` is strictly
@@ -27,7 +27,7 @@
 //!   counts as a retryable failure but allows no retry.
 //! - `complete` repeated with the record's token on a completed record, and
 //!   `fail` repeated with the record's token on a record that this token's
-//!   own `fail` turned failed, succeed without changing anything (design §4's
+//!   own `fail` turned failed, succeed without changing anything (docs/protocol.md §4's
 //!   same-token idempotence). A `fail` by the holder of a lease that a claim
 //!   turned failed, because it expired on the last attempt, is `LeaseLost`,
 //!   as its `complete` is: that worker never failed anything, so there is
@@ -64,7 +64,7 @@ pub struct Model {
     records: BTreeMap<String, Entry>,
 }
 
-/// What the model answers to a claim (design §3's four outcomes), with the
+/// What the model answers to a claim (docs/protocol.md §3's four outcomes), with the
 /// values a store's [`crate::Claim`] must match.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum ClaimOutcome {
@@ -193,7 +193,7 @@ impl Model {
         self.now += by;
     }
 
-    /// Design §3: decides the claim of `key` with `options`.
+    /// docs/protocol.md §3: decides the claim of `key` with `options`.
     pub fn claim(&mut self, key: &str, options: &ClaimOptions) -> Result<ClaimOutcome, ModelError> {
         let now = self.now;
         let retention = self.retention;
@@ -272,7 +272,7 @@ impl Model {
         }
     }
 
-    /// Design §4 `renew`: the lease now ends `ttl` (default: the lease's own
+    /// docs/protocol.md §4 `renew`: the lease now ends `ttl` (default: the lease's own
     /// ttl) after `now`; returns the time left on it.
     pub fn renew(
         &mut self,
@@ -292,7 +292,7 @@ impl Model {
         Ok(ttl)
     }
 
-    /// Design §4 `complete`: stores `result` and turns the record completed;
+    /// docs/protocol.md §4 `complete`: stores `result` and turns the record completed;
     /// a repeat with the same token returns the record, first result kept.
     pub fn complete(
         &mut self,
@@ -317,7 +317,7 @@ impl Model {
         }
     }
 
-    /// Design §4 `fail`: stores `error` and turns the record failed, with a
+    /// docs/protocol.md §4 `fail`: stores `error` and turns the record failed, with a
     /// retry allowed after the backoff when the error is retryable and an
     /// attempt is left; a repeat with the same token after a `fail` that
     /// succeeded returns the record, first error kept. A token whose expired
@@ -358,7 +358,7 @@ impl Model {
         }
     }
 
-    /// Design §4 `release`: the lease ends now and its token is retired; the
+    /// docs/protocol.md §4 `release`: the lease ends now and its token is retired; the
     /// record stays `processing` and is claimable at once.
     pub fn release(&mut self, key: &str, token: ModelToken) -> Result<RecordView, ModelError> {
         let now = self.now;
@@ -370,7 +370,7 @@ impl Model {
         Ok(entry.view(now))
     }
 
-    /// Design §4 `get`: the live record of `key`, if any.
+    /// docs/protocol.md §4 `get`: the live record of `key`, if any.
     pub fn get(&self, key: &str) -> Option<RecordView> {
         self.records
             .get(key)
@@ -378,7 +378,7 @@ impl Model {
             .map(|entry| entry.view(self.now))
     }
 
-    /// Design §4 `delete`: forgets the record; whether a live one was there.
+    /// docs/protocol.md §4 `delete`: forgets the record; whether a live one was there.
     /// Tokens are never reused (the counter is not per record).
     pub fn delete(&mut self, key: &str) -> bool {
         self.records
@@ -386,7 +386,7 @@ impl Model {
             .is_some_and(|entry| entry.is_live(self.now))
     }
 
-    /// Design §4 `sweep`: forgets every record past retention; how many.
+    /// docs/protocol.md §4 `sweep`: forgets every record past retention; how many.
     pub fn sweep(&mut self) -> u64 {
         let now = self.now;
         let before = self.records.len();

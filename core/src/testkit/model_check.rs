@@ -138,7 +138,7 @@ pub fn check_against_model<T: Setup>(setup: T, config: ModelCheckConfig) {
         run_case(&setup, &config, &case)
     });
     if let Err(error) = result {
-        panic!("the store disagrees with the reference model of design §3–§4.\n{error}");
+        panic!("the store disagrees with the reference model of docs/protocol.md §3–§4.\n{error}");
     }
 }
 
@@ -833,7 +833,7 @@ struct Tokens {
 
 impl Tokens {
     /// Records a grant, checking that the store's token is greater than
-    /// every store token seen for this key (design §2: tokens strictly
+    /// every store token seen for this key (docs/protocol.md §2: tokens strictly
     /// increase, even across deletes and retention).
     fn grant(&mut self, model: ModelToken, store: Token) -> Result<(), String> {
         if let Some(&(_, latest)) = self.grants.last()
@@ -841,7 +841,7 @@ impl Tokens {
         {
             return Err(format!(
                 "the store granted token {store}, not greater than its earlier token \
-                 {latest} for this key (design §2, §5.2)"
+                 {latest} for this key (docs/protocol.md §2, §5.2)"
             ));
         }
         self.grants.push((model, store));

@@ -1,4 +1,4 @@
-//! The HTTP API of design §7: bodies, errors, handlers and the OpenAPI
+//! The HTTP API of docs/protocol.md §7: bodies, errors, handlers and the OpenAPI
 //! document.
 
 pub mod error;
@@ -7,4 +7,5 @@ mod openapi;
 pub(crate) mod routes;
 
 pub use openapi::document as openapi_document;
-pub use routes::{ApiJson, ApiKey, MAX_WAIT_MS};
+pub(crate) use openapi::serve as serve_openapi;
+pub use routes::{ApiJson, KeyPath, MAX_WAIT_MS};

@@ -1,4 +1,4 @@
-//! The JSON bodies of design §7, shared by the server and the HTTP client
+//! The JSON bodies of docs/protocol.md §7, shared by the server and the HTTP client
 //! store. Field names are binding: other programs are written against them.
 //!
 //! Beyond §7, record bodies also carry `max_attempts`, `lease_ms` (time left
@@ -203,7 +203,7 @@ pub enum ClaimResponse {
     },
 }
 
-/// A record as stored (design §2), seen at one instant of the store's clock.
+/// A record as stored (docs/protocol.md §2), seen at one instant of the store's clock.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct RecordBody {
     /// `processing`, `completed` or `failed`.

@@ -2,7 +2,7 @@
 //! body types, so it cannot drift from the code.
 //!
 //! The document is as strict as the server: every range, length and pattern
-//! of design §2/§7 is in it, bodies refuse unknown fields
+//! of docs/protocol.md §2/§7 is in it, bodies refuse unknown fields
 //! (`additionalProperties: false`, from `deny_unknown_fields`), and each
 //! route lists every status it can answer. `cargo xtask schemathesis` holds
 //! the server to it: values the document allows must be accepted, values it
@@ -11,7 +11,7 @@
 //! descriptions instead: lengths are in UTF-8 bytes (`maxLength` counts
 //! characters; the two agree for ASCII), and integers are JSON integers
 //! (JSON Schema 2020-12 also calls `5.0` an integer; the server refuses it,
-//! as design §7 reads "a token that is not a non-negative integer").
+//! as docs/protocol.md §7 reads "a token that is not a non-negative integer").
 
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
@@ -41,7 +41,7 @@ use super::routes;
         routes::healthz,
         routes::readyz,
         routes::metrics,
-        routes::openapi,
+        serve,
     ),
     components(schemas(
         ClaimBody,
@@ -58,7 +58,7 @@ use super::routes;
     )),
     modifiers(&BearerAuth, &KeyConstraints),
     tags(
-        (name = "requests", description = "The request lifecycle (design §3–§4)"),
+        (name = "requests", description = "The request lifecycle (docs/protocol.md §3–§4)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -78,7 +78,7 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Longest key, in bytes (design §2).
+/// Longest key, in bytes (docs/protocol.md §2).
 const MAX_KEY_BYTES: usize = 512;
 
 /// Text without Unicode control characters (general category `Cc`, what
@@ -87,7 +87,7 @@ const MAX_KEY_BYTES: usize = 512;
 /// a literal.
 const NO_CONTROL_CHARACTERS: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
 
-/// Gives every `{key}` path parameter the constraints of design §2 (1–512
+/// Gives every `{key}` path parameter the constraints of docs/protocol.md §2 (1–512
 /// bytes, no control characters), in one place rather than in each route's
 /// annotation, where utoipa would need them repeated as literals.
 struct KeyConstraints;
@@ -287,4 +287,11 @@ mod tests {
             );
         }
     }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3 document of this API", body = serde_json::Value)))]
+pub(crate) async fn serve() -> impl axum::response::IntoResponse {
+    axum::Json(document())
 }

@@ -1,4 +1,4 @@
-//! The handlers of design §7, each a thin translation between JSON and one
+//! The handlers of docs/protocol.md §7, each a thin translation between JSON and one
 //! `RequestStore` call.
 
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use super::model::{
 use crate::AppState;
 use crate::auth::Caller;
 
-/// Longest `wait_ms` a GET may hold (design §7).
+/// Longest `wait_ms` a GET may hold (docs/protocol.md §7).
 pub const MAX_WAIT_MS: u64 = 60_000;
 
 /// Longest `lease_ms` (24 h).
@@ -33,15 +33,15 @@ const MAX_BACKOFF_MS: u64 = 3_600_000;
 
 /// The `{key}` of a route, percent-decoded and validated (400 `invalid_key`).
 #[derive(Debug)]
-pub struct ApiKey(pub RequestKey);
+pub struct KeyPath(pub RequestKey);
 
-impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
         RequestKey::parse(raw)
-            .map(ApiKey)
+            .map(KeyPath)
             .map_err(|e| ApiError::invalid_key(e.to_string()))
     }
 }
@@ -159,7 +159,7 @@ fn retry_after_secs(d: Duration) -> u64 {
 pub(crate) async fn claim(
     State(state): State<AppState>,
     caller: Caller,
-    ApiKey(key): ApiKey,
+    KeyPath(key): KeyPath,
     ApiJson(body): ApiJson<ClaimBody>,
 ) -> Result<Response, ApiError> {
     let options = claim_options(body)?;
@@ -203,7 +203,7 @@ pub(crate) async fn claim(
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     caller: Caller,
-    ApiKey(key): ApiKey,
+    KeyPath(key): KeyPath,
     ApiJson(body): ApiJson<HeartbeatBody>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let token = token(body.token)?;
@@ -239,7 +239,7 @@ pub(crate) async fn heartbeat(
 pub(crate) async fn complete(
     State(state): State<AppState>,
     caller: Caller,
-    ApiKey(key): ApiKey,
+    KeyPath(key): KeyPath,
     ApiJson(body): ApiJson<CompleteBody>,
 ) -> Result<Json<RecordBody>, ApiError> {
     let token = token(body.token)?;
@@ -283,7 +283,7 @@ pub(crate) async fn complete(
 pub(crate) async fn fail(
     State(state): State<AppState>,
     caller: Caller,
-    ApiKey(key): ApiKey,
+    KeyPath(key): KeyPath,
     ApiJson(body): ApiJson<FailBody>,
 ) -> Result<Json<RecordBody>, ApiError> {
     let token = token(body.token)?;
@@ -317,7 +317,7 @@ pub(crate) async fn fail(
 pub(crate) async fn release(
     State(state): State<AppState>,
     caller: Caller,
-    ApiKey(key): ApiKey,
+    KeyPath(key): KeyPath,
     ApiJson(body): ApiJson<ReleaseBody>,
 ) -> Result<Json<RecordBody>, ApiError> {
     let token = token(body.token)?;
@@ -347,7 +347,7 @@ pub(crate) async fn release(
 pub(crate) async fn get_record(
     State(state): State<AppState>,
     caller: Caller,
-    ApiKey(key): ApiKey,
+    KeyPath(key): KeyPath,
     query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RecordBody>, ApiError> {
     let Query(query) = query?;
@@ -399,7 +399,7 @@ pub(crate) async fn get_record(
 pub(crate) async fn delete_record(
     State(state): State<AppState>,
     caller: Caller,
-    ApiKey(key): ApiKey,
+    KeyPath(key): KeyPath,
 ) -> Result<StatusCode, ApiError> {
     if state.store().delete(&caller.store_key(&key)?).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -445,13 +445,6 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         )],
         state.metrics().render(),
     )
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3 document of this API", body = serde_json::Value)))]
-pub(crate) async fn openapi() -> impl IntoResponse {
-    Json(super::openapi::document())
 }
 
 /// 404 `not_found` for unknown routes.

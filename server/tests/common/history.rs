@@ -1,4 +1,4 @@
-//! The recorded history of a fault scenario and its checker against design
+//! The recorded history of a fault scenario and its checker against docs/protocol.md
 //! §5.
 //!
 //! Worker processes write one JSON line per event to a log file of their

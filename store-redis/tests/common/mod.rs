@@ -37,7 +37,12 @@ pub(crate) async fn store_on(url: &str, prefix: &str, retention: Duration) -> Re
             .with_retention(retention),
     )
     .await
-    .unwrap_or_else(|e| panic!("connect to {}: {e}", onceflight_core::redact_url(url)))
+    .unwrap_or_else(|e| {
+        panic!(
+            "connect to {}: {e}",
+            onceflight_core::backend::redact_url(url)
+        )
+    })
 }
 
 /// The conformance suite's setup on the single server.
