@@ -1,11 +1,12 @@
-//! The herd of docs/protocol.md §9, and the incident's own approach beside ours.
+//! The herd of docs/protocol.md §9, and the hand-written check-insert-poll
+//! approach of docs/protocol.md §1 beside ours.
 //!
 //! - Herd: 1,000 concurrent `Coordinator::get_or_run` for one fresh key
 //!   with a 50 ms job, spread over 8 coordinators (as 8 processes would
 //!   be) on one store: the job must run exactly once (a correctness check),
 //!   and the time from the job's completion to each caller's return is
 //!   measured (p50, p99).
-//! - The seed's approach (`seed/000_11623b1c91619f4c.txt`), implemented
+//! - The check-insert-poll approach (docs/protocol.md §1), implemented
 //!   faithfully on the same Postgres: check a cache table, check for a
 //!   pending row, insert (catching 23505 and re-reading), poll every 500 ms
 //!   for completion. Its herd figure stands beside ours as the baseline;
@@ -29,7 +30,7 @@ const BENCH: &str = "herd";
 const HERD: usize = 1_000;
 const COORDINATORS: usize = 8;
 const JOB: Duration = Duration::from_millis(50);
-const SEED_POLL: Duration = Duration::from_millis(500);
+const POLL_EVERY: Duration = Duration::from_millis(500);
 
 /// What the herds of one series saw.
 #[derive(Default)]
@@ -129,9 +130,9 @@ fn record_herd(
         .add(returned.len() as u64, last, latencies);
 }
 
-/// The seed's schema: a cache table and a request table with a unique
+/// The polling approach's schema: a cache table and a request table with a unique
 /// request hash.
-async fn seed_schema(pool: &PgPool) {
+async fn polling_schema(pool: &PgPool) {
     for statement in [
         "CREATE TABLE asset_cache (request_hash text PRIMARY KEY, result text NOT NULL)",
         "CREATE TABLE asset_requests (id bigserial PRIMARY KEY, request_hash text NOT NULL UNIQUE, \
@@ -141,14 +142,15 @@ async fn seed_schema(pool: &PgPool) {
         sqlx::query(statement)
             .execute(pool)
             .await
-            .expect("seed schema");
+            .expect("polling schema");
     }
 }
 
-/// The seed's `getOrGenerate`: what its patch proposed, step by step.
+/// The polling approach's `getOrGenerate`: the usual patch (catch 23505,
+/// re-read, poll), step by step.
 /// Returns whether this caller ran the job, and the duplicate-key errors
 /// it hit.
-async fn seed_get_or_generate(pool: &PgPool, hash: &str, job: Duration) -> (bool, u64) {
+async fn polling_get_or_generate(pool: &PgPool, hash: &str, job: Duration) -> (bool, u64) {
     // 1. Cache check.
     if sqlx::query_scalar::<_, String>("SELECT result FROM asset_cache WHERE request_hash = $1")
         .bind(hash)
@@ -183,11 +185,11 @@ async fn seed_get_or_generate(pool: &PgPool, hash: &str, job: Duration) -> (bool
             poll(pool, hash).await;
             return (false, 1);
         }
-        Err(e) => panic!("seed insert: {e}"),
+        Err(e) => panic!("polling insert: {e}"),
     }
     // 4. Generate, mark done, fill the cache.
     tokio::time::sleep(job).await;
-    let result = r#"{"url":"https://cdn/seed.png"}"#;
+    let result = r#"{"url":"https://cdn/image.png"}"#;
     sqlx::query("UPDATE asset_requests SET status = 'done', result = $2, updated_at = now() WHERE request_hash = $1")
         .bind(hash)
         .bind(result)
@@ -205,7 +207,7 @@ async fn seed_get_or_generate(pool: &PgPool, hash: &str, job: Duration) -> (bool
     (true, 0)
 }
 
-/// The seed's wait: re-read every 500 ms until the row is done.
+/// The polling approach's wait: re-read every 500 ms until the row is done.
 async fn poll(pool: &PgPool, hash: &str) {
     loop {
         let status: Option<String> =
@@ -217,11 +219,11 @@ async fn poll(pool: &PgPool, hash: &str) {
         if status.as_deref() == Some("done") {
             return;
         }
-        tokio::time::sleep(SEED_POLL).await;
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
 
-async fn seed_herd(pool: &PgPool, hash: String, stats: &Mutex<HerdStats>) {
+async fn polling_herd(pool: &PgPool, hash: String, stats: &Mutex<HerdStats>) {
     let runs = Arc::new(AtomicUsize::new(0));
     let done_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let duplicates = Arc::new(AtomicU64::new(0));
@@ -235,7 +237,7 @@ async fn seed_herd(pool: &PgPool, hash: String, stats: &Mutex<HerdStats>) {
                 Arc::clone(&duplicates),
             );
             async move {
-                let (ran, dups) = seed_get_or_generate(&pool, &hash, JOB).await;
+                let (ran, dups) = polling_get_or_generate(&pool, &hash, JOB).await;
                 if ran {
                     runs.fetch_add(1, Ordering::SeqCst);
                     // The job's caller returns right after marking it done.
@@ -255,15 +257,15 @@ async fn seed_herd(pool: &PgPool, hash: String, stats: &Mutex<HerdStats>) {
     );
 }
 
-fn herd_figure(store: &str, ours: &mut HerdStats, seed: Option<&mut HerdStats>) {
+fn herd_figure(store: &str, ours: &mut HerdStats, polling: Option<&mut HerdStats>) {
     let p99 = |s: &mut HerdStats| s.after_completion.percentile_us(0.99);
     let p50 = |s: &mut HerdStats| s.after_completion.percentile_us(0.5);
-    let (baseline, baseline_p50, baseline_p99, dups) = match seed {
-        Some(seed) => (
-            p99(seed).map(|us| us / 1000.0),
-            p50(seed),
-            p99(seed),
-            Some(seed.duplicate_key_errors as f64 / seed.herds.max(1) as f64),
+    let (baseline, baseline_p50, baseline_p99, dups) = match polling {
+        Some(polling) => (
+            p99(polling).map(|us| us / 1000.0),
+            p50(polling),
+            p99(polling),
+            Some(polling.duplicate_key_errors as f64 / polling.herds.max(1) as f64),
         ),
         None => (None, None, None, None),
     };
@@ -279,7 +281,7 @@ fn herd_figure(store: &str, ours: &mut HerdStats, seed: Option<&mut HerdStats>) 
         ours: p99(ours).unwrap_or(0.0) / 1000.0,
         baseline,
         baseline_name: baseline.map(|_| {
-            "the seed's approach: check, check, insert (23505), poll every 500 ms".to_owned()
+            "the polling approach: check, check, insert (23505), poll every 500 ms".to_owned()
         }),
         target: None,
         target_text: None,
@@ -289,7 +291,7 @@ fn herd_figure(store: &str, ours: &mut HerdStats, seed: Option<&mut HerdStats>) 
         baseline_p99_us: baseline_p99,
         note: Some(match dups {
             Some(d) => format!(
-                "{} herds each; {COORDINATORS} coordinators share the store; the seed's callers hit {d:.0} duplicate-key errors (23505) per herd",
+                "{} herds each; {COORDINATORS} coordinators share the store; the polling approach's callers hit {d:.0} duplicate-key errors (23505) per herd",
                 ours.herds
             ),
             None => format!(
@@ -362,21 +364,21 @@ fn measure_ours(
     })
 }
 
-/// Herds of the seed's approach on `pool`.
-fn measure_seed(c: &mut Criterion, rt: &Runtime, pool: &PgPool) -> HerdStats {
-    measure_herds(c, rt, "herd/postgres", "seed", |n, stats| async move {
-        seed_herd(pool, format!("image|herd-{n}"), &stats).await;
+/// Herds of the polling approach on `pool`.
+fn measure_polling(c: &mut Criterion, rt: &Runtime, pool: &PgPool) -> HerdStats {
+    measure_herds(c, rt, "herd/postgres", "polling", |n, stats| async move {
+        polling_herd(pool, format!("image|herd-{n}"), &stats).await;
     })
 }
 
 /// Throughput on fresh keys with an instant job, 64 callers: ours
-/// (`get_or_run`: claim, run, complete) beside the seed's approach (cache
+/// (`get_or_run`: claim, run, complete) beside the polling approach (cache
 /// check, pending check, insert, mark done, fill cache).
 fn throughput(c: &mut Criterion, rt: &Runtime, store: Arc<dyn RequestStore>, pool: &PgPool) {
     const CALLERS: usize = 64;
     let coordinator = Arc::new(Coordinator::new(store));
     let ours = load::series();
-    let seed = load::series();
+    let polling = load::series();
     let prefix = stores::unique("tp");
     let mut group = c.benchmark_group("get_or_run/fresh/postgres");
     {
@@ -411,15 +413,15 @@ fn throughput(c: &mut Criterion, rt: &Runtime, store: Arc<dyn RequestStore>, poo
         });
     }
     let round = Arc::new(AtomicU64::new(0));
-    group.bench_function(format!("seed/{CALLERS}"), |b| {
+    group.bench_function(format!("polling/{CALLERS}"), |b| {
         b.to_async(rt).iter_custom(|iters| {
-            let (pool, series) = (pool.clone(), Arc::clone(&seed));
+            let (pool, series) = (pool.clone(), Arc::clone(&polling));
             let round = round.fetch_add(1, Ordering::Relaxed);
             async move {
                 load::run(CALLERS, iters, &series, move |i| {
                     let pool = pool.clone();
                     async move {
-                        seed_get_or_generate(
+                        polling_get_or_generate(
                             &pool,
                             &format!("image|tp-{round}-{i}"),
                             Duration::ZERO,
@@ -432,25 +434,25 @@ fn throughput(c: &mut Criterion, rt: &Runtime, store: Arc<dyn RequestStore>, poo
         });
     });
     group.finish();
-    let (mut ours, mut seed) = (ours.lock(), seed.lock());
+    let (mut ours, mut polling) = (ours.lock(), polling.lock());
     report::figure(&Figure {
         bench: BENCH,
-        group: "get_or_run on fresh keys (instant job), beside the seed's approach".to_owned(),
+        group: "get_or_run on fresh keys (instant job), beside the polling approach".to_owned(),
         name: "get_or_run".to_owned(),
         store: "postgres".to_owned(),
         concurrency: Some(CALLERS),
         unit: "jobs/s",
         higher_is_better: true,
         ours: ours.throughput(),
-        baseline: Some(seed.throughput()),
-        baseline_name: Some("the seed's approach (5 statements, no lease)".to_owned()),
+        baseline: Some(polling.throughput()),
+        baseline_name: Some("the polling approach (5 statements, no lease)".to_owned()),
         target: None,
         target_text: None,
         p50_us: ours.percentile_us(0.5),
         p99_us: ours.percentile_us(0.99),
-        baseline_p50_us: seed.percentile_us(0.5),
-        baseline_p99_us: seed.percentile_us(0.99),
-        note: Some("ours: claim + complete with a lease and fencing; the seed: cache check, pending check, insert, update, cache insert".to_owned()),
+        baseline_p50_us: polling.percentile_us(0.5),
+        baseline_p99_us: polling.percentile_us(0.99),
+        note: Some("ours: claim + complete with a lease and fencing; the polling approach: cache check, pending check, insert, update, cache insert".to_owned()),
     });
 }
 
@@ -462,14 +464,14 @@ fn main() {
     herd_figure("memory", &mut stats, None);
 
     if let Some(pg) = rt.block_on(stores::postgres(stores::PG_POOL)) {
-        // The seed's tables live beside ours, in the store's fresh schema,
+        // The polling approach's tables live beside ours, in the store's fresh schema,
         // reached through a pool of the same size on the same server.
         let pool = rt.block_on(stores::postgres_pool_in(pg.schema(), stores::PG_POOL));
-        rt.block_on(seed_schema(&pool));
+        rt.block_on(polling_schema(&pool));
         let store: Arc<dyn RequestStore> = Arc::new(pg);
         let mut ours = measure_ours(&mut c, &rt, "postgres", Arc::clone(&store));
-        let mut seed = measure_seed(&mut c, &rt, &pool);
-        herd_figure("postgres", &mut ours, Some(&mut seed));
+        let mut polling = measure_polling(&mut c, &rt, &pool);
+        herd_figure("postgres", &mut ours, Some(&mut polling));
         throughput(&mut c, &rt, store, &pool);
     }
 

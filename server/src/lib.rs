@@ -20,8 +20,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 pub mod api;
 pub mod auth;
+/// `HttpStore`, a `RequestStore` over this API (the `onceflight-client`
+/// crate, re-exported).
 #[cfg(feature = "client")]
-pub mod client;
+pub use onceflight_client as client;
 mod edge;
 pub mod metrics;
 pub mod stores;

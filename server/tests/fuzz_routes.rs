@@ -1,4 +1,4 @@
-//! Property-based fuzzing of the HTTP layer through the router (issue 7):
+//! Property-based fuzzing of the HTTP layer through the router:
 //! random methods, paths (percent-encoded random bytes, `..`, `%2F`, `%00`,
 //! overlong and invalid UTF-8, very long keys, valid keys), queries, headers
 //! and bodies (random bytes, random JSON, near-valid bodies with fields of

@@ -1,5 +1,5 @@
 //! Hostile keys and values on every store, through the served HTTP API
-//! (docs/protocol.md §2, §5.7, §7, issue 7).
+//! (docs/protocol.md §2, §5.7, §7).
 //!
 //! Each scenario runs on the memory store, on Postgres (`DATABASE_URL`, a
 //! fresh schema) and on Redis (`REDIS_URL`, a fresh key prefix), each opened

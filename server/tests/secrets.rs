@@ -1,4 +1,4 @@
-//! Secrets never leak (issue 7): store passwords and bearer tokens appear in
+//! Secrets never leak: store passwords and bearer tokens appear in
 //! no log line, response body or header, metric, start-up error, `--help`
 //! text or `Debug` output.
 //!

@@ -1,4 +1,4 @@
-//! The HTTP edge under slow, stalled and oversized clients (issue 7): real
+//! The HTTP edge under slow, stalled and oversized clients: real
 //! sockets against `serve` in-process on `127.0.0.1:0`, with short
 //! configured timeouts so each case takes a second or two.
 //!

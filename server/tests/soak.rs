@@ -1,7 +1,7 @@
-//! A bounded soak of the real `onceflight` binary on each store (issue 7,
-//! "Load"): for `ONCEFLIGHT_SOAK_SECS` (default 120 s) a mixed load over a
-//! few hundred keys — claims that complete, fail (retryable or not), crash
-//! (abandon a short lease, so others take over), release and delete, herds
+//! A bounded soak of the real `onceflight` binary on each store: for
+//! `ONCEFLIGHT_SOAK_SECS` (default 120 s) a mixed load over a few hundred
+//! keys — claims that complete, fail (retryable or not), crash (abandon a
+//! short lease, so others take over), release and delete, herds
 //! on fresh keys, stale workers finishing late — runs beside rounds of more
 //! than 1,000 long-polls held at once, some of whose clients walk away.
 //! The invariants are checked as it goes: no 5xx, exactly one `acquired` in

@@ -1,4 +1,4 @@
-//! The real `onceflight` binary while its store fails (issue 7, docs/protocol.md §5
+//! The real `onceflight` binary while its store fails (docs/protocol.md §5
 //! and §7): the path to Postgres or Redis frozen or cut by a TCP proxy in
 //! between, PostgreSQL crashed with `pg_ctl stop -m immediate` and started
 //! again, Redis killed and restarted with and without an append-only file.

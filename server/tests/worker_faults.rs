@@ -1,6 +1,6 @@
 //! Workers as real OS processes, killed (`SIGKILL`) and paused (`SIGSTOP`)
 //! while they hold leases, and the `onceflight` server killed under load, on
-//! every store where it applies (issue 7; the seed incident at scale); and
+//! every store where it applies (a crashed worker, at scale); and
 //! the store itself crashed or cut off from the server while workers are
 //! busy.
 //!

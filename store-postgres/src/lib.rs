@@ -1,6 +1,7 @@
-//! The onceflight store on PostgreSQL — the store the incident's users run,
-//! built so the incident cannot happen: no read-then-write race, no unique
-//! violation surfacing to callers, no sweep needed for correctness.
+//! The onceflight store on PostgreSQL — the database most backends already
+//! run — built so that the failure of a hand-written request table cannot
+//! happen (docs/protocol.md §1): no read-then-write race, no unique violation
+//! surfacing to callers, no sweep needed for correctness.
 //!
 //! - Every operation is one round trip: a call of a SQL function from the
 //!   embedded migrations, deciding atomically with Postgres's clock

@@ -47,6 +47,11 @@ const CLIPPY_RUNS: &[ClippyRun] = &[
         package: Some("onceflight-server"),
         features: &["--no-default-features", "--features", "redis,client"],
     },
+    // The client crate as the wire model alone (no HTTP client, no schemas).
+    ClippyRun {
+        package: Some("onceflight-client"),
+        features: &["--no-default-features"],
+    },
 ];
 
 pub(crate) fn run() -> Result<()> {
@@ -64,5 +69,43 @@ pub(crate) fn run() -> Result<()> {
             .args(["--", "-D", "warnings"]);
         process::run(&mut cargo)?;
     }
+    client_stays_apart()
+}
+
+/// Crates the client must never pull in: a program that only wants
+/// `HttpStore` or the wire model should not compile a server.
+const SERVER_ONLY: &[&str] = &[
+    "axum ",
+    "clap ",
+    "prometheus-client ",
+    "tracing-subscriber ",
+];
+
+/// Checks that `onceflight-client`, with every feature, depends on no server
+/// crate and on no server half of hyper.
+fn client_stays_apart() -> Result<()> {
+    let tree = process::output(process::cargo().args([
+        "tree",
+        "--package",
+        "onceflight-client",
+        "--all-features",
+        "--edges",
+        "normal,features",
+        "--prefix",
+        "none",
+    ]))?;
+    let found: Vec<&str> = tree
+        .lines()
+        .filter(|line| {
+            SERVER_ONLY.iter().any(|name| line.starts_with(name))
+                || line.starts_with("hyper feature \"server\"")
+        })
+        .collect();
+    anyhow::ensure!(
+        found.is_empty(),
+        "onceflight-client must not depend on server crates, but its tree has: {}",
+        found.join(", ")
+    );
+    println!("xtask: onceflight-client depends on no server crate");
     Ok(())
 }

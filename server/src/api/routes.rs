@@ -22,8 +22,7 @@ use super::model::{
 use crate::AppState;
 use crate::auth::Caller;
 
-/// Longest `wait_ms` a GET may hold (docs/protocol.md §7).
-pub const MAX_WAIT_MS: u64 = 60_000;
+pub use onceflight_client::model::MAX_WAIT_MS;
 
 /// Longest `lease_ms` (24 h).
 const MAX_LEASE_MS: u64 = 86_400_000;

@@ -1,5 +1,5 @@
-//! End to end through the real `onceflight` binary: the incident of
-//! `seed/000_11623b1c91619f4c.txt` replayed over HTTP, graceful shutdown with
+//! End to end through the real `onceflight` binary: the failure of a
+//! hand-written request table (docs/protocol.md §1) replayed over HTTP, graceful shutdown with
 //! a held long-poll, the refusal to serve a non-loopback address without
 //! tokens, the refusal of a zero retention, and the small-body limit's
 //! flag.
@@ -17,16 +17,16 @@ use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-/// The seed's request hash: `image|<sha256 of the prompt>`, here the SHA-256
+/// A request hash as such a table keys it: `image|<sha256 of the prompt>`, here the SHA-256
 /// of "a portrait of a dwarf ranger, oil painting".
 const PROMPT_HASH: &str = "c1918bb1753c73c1bd2dba0d1eb6d2c9615753e5c99f54d106e28f5758ed2247";
 
-/// The incident, replayed: worker A claims the image and dies; a retry during
+/// The crashed-worker scenario, replayed: worker A claims the image and dies; a retry during
 /// A's lease is told the job is in flight instead of hitting a duplicate key;
 /// once the lease expires the retry takes over; A's late result is refused;
 /// and B's result is served to everyone after.
 #[tokio::test]
-async fn the_seed_incident_heals_itself() {
+async fn a_crashed_worker_heals_itself() {
     let server = Server::start().await;
     let http = client();
     let key = format!("image%7C{PROMPT_HASH}");

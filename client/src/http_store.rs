@@ -27,12 +27,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use crate::api::MAX_WAIT_MS;
-use crate::api::model::{
+use onceflight_core::backend::redact_url;
+
+use crate::model::{
     ClaimBody, CompleteBody, ErrorBody, ErrorInfo, FailBody, GetQuery, HeartbeatBody,
-    HeartbeatResponse, RecordBody, ReleaseBody, millis,
+    HeartbeatResponse, MAX_WAIT_MS, RecordBody, ReleaseBody, millis,
 };
-use crate::stores::redact_url;
 
 /// The backend name this store reports in errors and metrics.
 const BACKEND: &str = "http";

@@ -19,10 +19,10 @@ function lines(file) {
   }
 }
 
-forEachBackend("incident and herd", (ctx) => {
+forEachBackend("crashed worker and herd", (ctx) => {
   test("a worker killed mid-job: the retry waits, takes over after the lease and completes", T, async () => {
     const key = ctx.key("image");
-    const runsFile = path.join(scratch, `incident-${ctx.backend.name}.log`);
+    const runsFile = path.join(scratch, `crash-${ctx.backend.name}.log`);
     const leaseMs = 2500;
     const worker = ctx.fork("worker.mjs", { mode: "hang", baseUrl: ctx.baseUrl, token: TOKEN, key, runsFile, fingerprint: "fp", leaseMs });
     const started = await nextMessage(worker, (m) => m.type === "started");
