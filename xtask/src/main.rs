@@ -13,7 +13,6 @@
 
 mod backends;
 mod bench;
-mod chart;
 mod lint;
 mod pgbouncer;
 mod postgres;
@@ -69,9 +68,10 @@ commands:
                           benchmarks (docs/protocol.md §9) against PostgreSQL (directly
                           and through PgBouncer in transaction mode) and Redis
                           (DATABASE_URL / PGBOUNCER_URL / REDIS_URL when set,
-                          otherwise throw-away servers) and write report.md,
-                          results.json and chart.svg to
-                          <target dir>/onceflight-bench/. --quick takes short,
+                          otherwise throw-away servers) and write report.md
+                          and results.json to
+                          <target dir>/onceflight-bench/ (criterion's own
+                          plots are under <target dir>/criterion/). --quick takes short,
                           rough measurements; arguments after `--` go to the
                           bench binaries (e.g. a criterion filter). Fails when
                           a correctness check fails, never on a missed speed

@@ -1,6 +1,7 @@
 //! The benchmark report: reads the JSON lines the criterion benches write
 //! (`figures.jsonl`, one record a line), judges each figure against its §9
-//! target and writes `report.md`, `results.json` and `chart.svg` beside it.
+//! target and writes `report.md` and `results.json` beside it (criterion
+//! draws its own plots under `target/criterion/`).
 //!
 //! The benches only measure; every judgement (ratio, verdict, what fails the
 //! run) is made here, in one place, so that all benches are judged alike.
@@ -15,13 +16,11 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::chart;
 
 /// The file the benches append their records to.
 pub(crate) const FIGURES_FILE: &str = "figures.jsonl";
 const REPORT_FILE: &str = "report.md";
 const RESULTS_FILE: &str = "results.json";
-const CHART_FILE: &str = "chart.svg";
 
 /// Slack when comparing a ratio with its target, so that a figure exactly on
 /// target is not failed by floating-point rounding in the division.
@@ -166,7 +165,7 @@ impl Records {
 
     /// The figures grouped by `group`, groups in order of first appearance
     /// and figures in file order within each: the order of the report's
-    /// tables and of the chart's bars.
+    /// tables.
     pub(crate) fn groups(&self) -> Vec<(&str, Vec<&Figure>)> {
         let mut groups: Vec<(&str, Vec<&Figure>)> = Vec::new();
         for figure in &self.figures {
@@ -274,8 +273,8 @@ pub(crate) struct Written {
     pub(crate) report: PathBuf,
 }
 
-/// Reads `out_dir/figures.jsonl` and writes `report.md`, `results.json` and
-/// `chart.svg` into `out_dir`. Fails when the file is missing or holds no
+/// Reads `out_dir/figures.jsonl` and writes `report.md` and `results.json`
+/// into `out_dir`. Fails when the file is missing or holds no
 /// figure (the benches did not run, or did not report), but not on failed
 /// checks: the report is most needed exactly then, so the caller writes it
 /// first and asks [`Records::ensure_checks_passed`] afterwards.
@@ -306,7 +305,6 @@ pub(crate) fn write(out_dir: &Path, meta: &Meta) -> Result<Written> {
     let report = out_dir.join(REPORT_FILE);
     write_file(&report, &markdown(&records, meta))?;
     write_file(&out_dir.join(RESULTS_FILE), &results_json(&records, meta)?)?;
-    write_file(&out_dir.join(CHART_FILE), &chart::svg(&records))?;
     Ok(Written { records, report })
 }
 
@@ -336,7 +334,6 @@ pub(crate) fn markdown(records: &Records, meta: &Meta) -> String {
     let _ = writeln!(out, "- Machine: {cpus} CPUs, Linux {}", meta.kernel);
     let _ = writeln!(out, "- Revision: `{}`", meta.git_rev);
     let _ = writeln!(out, "- Summary: {}\n", summary.line());
-    let _ = writeln!(out, "![ratio of each figure to its baseline](chart.svg)\n");
 
     for (group, figures) in records.groups() {
         let _ = writeln!(out, "## {}\n", one_line(group));
@@ -917,8 +914,5 @@ pub(crate) mod tests {
         assert_eq!(results["figures"][1]["ratio"], Value::Null, "no baseline");
         assert_eq!(results["quick"], true, "quick flag");
         assert_eq!(results["checks"][1]["ok"], false, "failed check kept");
-
-        let chart = fs::read_to_string(dir.path().join(CHART_FILE)).expect("chart.svg");
-        assert!(chart.starts_with("<svg"), "chart is SVG");
     }
 }
