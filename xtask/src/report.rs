@@ -16,7 +16,6 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-
 /// The file the benches append their records to.
 pub(crate) const FIGURES_FILE: &str = "figures.jsonl";
 const REPORT_FILE: &str = "report.md";

@@ -402,7 +402,13 @@ mod tests {
             .filter(|word| !word.is_empty())
             .collect();
         let modules = [
-            ("cases", include_str!("cases.rs")),
+            ("cases::claim", include_str!("cases/claim.rs")),
+            ("cases::fenced", include_str!("cases/fenced.rs")),
+            ("cases::guarantees", include_str!("cases/guarantees.rs")),
+            ("cases::lifetime", include_str!("cases/lifetime.rs")),
+            ("cases::renew", include_str!("cases/renew.rs")),
+            ("cases::retry", include_str!("cases/retry.rs")),
+            ("cases::wait", include_str!("cases/wait.rs")),
             ("coordinator_cases", include_str!("coordinator_cases.rs")),
             ("coordinator_edges", include_str!("coordinator_edges.rs")),
         ];
