@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{acquired, key, options};
+
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -12,32 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use onceflight_core::testkit::backend_available;
-use onceflight_core::{
-    Bytes, Claim, ClaimOptions, Error, JobError, Kind, RecordState, RequestKey, RequestStore,
-};
+use onceflight_core::{Bytes, Claim, Error, JobError, RecordState, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-
-fn key(name: &str) -> RequestKey {
-    RequestKey::parse(format!("image|{name}")).unwrap()
-}
-
-fn options(lease: Duration) -> ClaimOptions {
-    ClaimOptions::new(Kind::parse("image").unwrap())
-        .with_lease_ttl(lease)
-        .unwrap()
-}
-
-fn acquired(claim: Claim) -> onceflight_core::Lease {
-    match claim {
-        Claim::Acquired(lease) => lease,
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
 
 /// A lease that expired with no attempt left is failed by the next claim;
 /// a `fail` from the worker that held it comes too late and is `LeaseLost`,

@@ -7,36 +7,19 @@
 
 mod common;
 
+use common::{acquired, key, options};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use onceflight_core::testkit::{backend_available, unique_name};
-use onceflight_core::{
-    Bytes, Claim, ClaimOptions, Error, JobError, Kind, RequestKey, RequestStore,
-};
+use onceflight_core::{Bytes, Error, JobError, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-fn key(name: &str) -> RequestKey {
-    RequestKey::parse(format!("image|{name}")).unwrap()
-}
-
-fn options() -> ClaimOptions {
-    ClaimOptions::new(Kind::parse("image").unwrap())
-        .with_lease_ttl(Duration::from_secs(60))
-        .unwrap()
-}
-
-fn acquired(claim: Claim) -> onceflight_core::Lease {
-    match claim {
-        Claim::Acquired(lease) => lease,
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
 
 /// A TCP proxy that counts the requests clients send through it: a simple
 /// query, or a batch of extended-protocol messages closed by a Sync. Each
@@ -159,7 +142,7 @@ fn socket_addr(url: &str) -> SocketAddr {
 /// Runs each operation of the store once and returns how many round trips
 /// each took.
 async fn round_trips_per_operation(store: &PgStore, proxy: &RoundTrips) -> Vec<(String, u64)> {
-    let o = options();
+    let o = options(Duration::from_secs(60));
     let mut counts = Vec::new();
     let mut before = proxy.get();
     let mut count = |what: &str| {
@@ -371,7 +354,12 @@ async fn hostile_values_stay_values_through_the_pooler() {
     .enumerate()
     {
         let k = key(&format!("{i}|{text}"));
-        let lease = acquired(store.claim_or_get(&k, &options()).await.unwrap());
+        let lease = acquired(
+            store
+                .claim_or_get(&k, &options(Duration::from_secs(60)))
+                .await
+                .unwrap(),
+        );
         let failed = store
             .fail(&k, lease.token, &JobError::retryable(text))
             .await
@@ -411,7 +399,10 @@ async fn server_connections_are_shared_between_clients() {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 store
-                    .claim_or_get(&key(&format!("shared-{i}")), &options())
+                    .claim_or_get(
+                        &key(&format!("shared-{i}")),
+                        &options(Duration::from_secs(60)),
+                    )
                     .await
             })
         })

@@ -4,33 +4,16 @@
 
 mod common;
 
+use common::{acquired, key, options};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use onceflight_core::testkit::backend_available;
-use onceflight_core::{
-    Bytes, Claim, ClaimOptions, Error, Fingerprint, JobError, Kind, RequestKey, RequestStore,
-};
+use onceflight_core::{Bytes, Claim, Error, Fingerprint, JobError, RequestKey, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgStore};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::time::Instant;
-
-fn key(name: &str) -> RequestKey {
-    RequestKey::parse(format!("image|{name}")).unwrap()
-}
-
-fn options(lease: Duration) -> ClaimOptions {
-    ClaimOptions::new(Kind::parse("image").unwrap())
-        .with_lease_ttl(lease)
-        .unwrap()
-}
-
-fn acquired(claim: Claim) -> onceflight_core::Lease {
-    match claim {
-        Claim::Acquired(lease) => lease,
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
 
 async fn store_on(url: &str, pool_size: u32) -> PgStore {
     let store = PgStore::connect(

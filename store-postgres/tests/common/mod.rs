@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 
-use onceflight_core::RequestKey;
 use onceflight_core::testkit::{Expiry, RawStorage, Setup, SuiteConfig, WithRawStorage};
+use onceflight_core::{Claim, ClaimOptions, Kind, Lease, RequestKey};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 
 /// The database the tests use (set by `cargo xtask test`).
@@ -159,5 +159,26 @@ pub(crate) fn suite<F: Setup<Store = PgStore>>(setup: F) -> impl RawStorage<Stor
         setup,
         raw: raw_record_exists,
         expiry: Expiry::Swept,
+    }
+}
+
+/// A test key of kind `image`.
+pub(crate) fn key(name: &str) -> RequestKey {
+    RequestKey::parse(format!("image|{name}")).expect("a valid test key")
+}
+
+/// Claim options of kind `image` with a lease of `lease`.
+pub(crate) fn options(lease: Duration) -> ClaimOptions {
+    ClaimOptions::new(Kind::parse("image").expect("a valid kind"))
+        .with_lease_ttl(lease)
+        .expect("a valid lease")
+}
+
+/// The lease of an `Acquired` claim; anything else fails the test.
+#[track_caller]
+pub(crate) fn acquired(claim: Claim) -> Lease {
+    match claim {
+        Claim::Acquired(lease) => lease,
+        other => panic!("expected Acquired, got {other:?}"),
     }
 }
