@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use onceflight_core::testkit::backend_available;
 use onceflight_core::{
@@ -549,30 +549,11 @@ async fn a_half_open_subscription_is_noticed_and_waiters_still_wake() {
             .await,
     );
     proxy.freeze_subscribers();
-    let waiter = {
-        let (store, k) = (store.clone(), k.clone());
-        tokio::spawn(async move { store.wait(&k, Duration::from_secs(30)).await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
-    store
-        .complete(&k, lease.token, Bytes::from_static(b"1"))
-        .await
-        .expect("complete");
-    let record = waiter
-        .await
-        .expect("waiter")
-        .expect("wait")
-        .expect("record");
-    assert_eq!(
-        record.state,
-        RecordState::Completed,
-        "woken with the result"
-    );
+    let took =
+        common::waiter_sees_completion(&store, &k, lease.token, Duration::from_millis(100)).await;
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        took < Duration::from_secs(10),
         "woken after the PING noticed the dead subscription, not by the 60 s fallback \
-         nor the 30 s timeout ({:?})",
-        started.elapsed()
+         nor the 30 s timeout ({took:?})"
     );
 }

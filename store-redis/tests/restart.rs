@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use onceflight_core::testkit::backend_available;
-use onceflight_core::{Bytes, Claim, ClaimOptions, Kind, RecordState, RequestKey, RequestStore};
+use onceflight_core::{Claim, ClaimOptions, Kind, RequestKey, RequestStore};
 use onceflight_store_redis::{RedisConfig, RedisStore};
 
 use common::ChildRedis;
@@ -71,28 +71,11 @@ async fn a_redis_restart_is_unavailable_then_recovers_by_itself() {
     };
 
     // The subscription works again: a completion wakes a new waiter.
-    let waiter = {
-        let (store, after) = (store.clone(), after.clone());
-        tokio::spawn(async move { store.wait(&after, Duration::from_secs(30)).await })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = Instant::now();
-    store
-        .complete(&after, lease.token, Bytes::from_static(b"1"))
-        .await
-        .expect("complete after the restart");
-    let record = waiter
-        .await
-        .expect("waiter")
-        .expect("wait")
-        .expect("record");
-    assert_eq!(
-        record.state,
-        RecordState::Completed,
-        "woken with the result"
-    );
+    let took =
+        common::waiter_sees_completion(&store, &after, lease.token, Duration::from_millis(200))
+            .await;
     assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "woken by pub/sub"
+        took < Duration::from_secs(20),
+        "woken by pub/sub ({took:?})"
     );
 }

@@ -9,8 +9,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use onceflight_core::RequestKey;
 use onceflight_core::testkit::{Expiry, RawStorage, Setup, SuiteConfig, WithRawStorage};
+use onceflight_core::{Bytes, RecordState, RequestKey, RequestStore, Token};
 use onceflight_store_redis::{RedisConfig, RedisStore};
 
 /// The single server the tests use.
@@ -136,4 +136,36 @@ pub(crate) fn suite<F: Setup<Store = RedisStore>>(setup: F) -> impl RawStorage<S
         raw: raw_record_exists,
         expiry: Expiry::ByStorage,
     }
+}
+
+/// Starts a waiter on `key`, gives it `settle` to subscribe, completes `key`
+/// with `token`, and returns how long after the completion the waiter saw
+/// it (asserting that it saw the completed record).
+pub(crate) async fn waiter_sees_completion(
+    store: &std::sync::Arc<RedisStore>,
+    key: &RequestKey,
+    token: Token,
+    settle: Duration,
+) -> Duration {
+    let waiter = {
+        let (store, key) = (std::sync::Arc::clone(store), key.clone());
+        tokio::spawn(async move { store.wait(&key, Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(settle).await;
+    let started = Instant::now();
+    store
+        .complete(key, token, Bytes::from_static(b"1"))
+        .await
+        .expect("complete");
+    let record = waiter
+        .await
+        .expect("waiter")
+        .expect("wait")
+        .expect("record");
+    assert_eq!(
+        record.state,
+        RecordState::Completed,
+        "woken with the result"
+    );
+    started.elapsed()
 }
