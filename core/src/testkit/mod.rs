@@ -123,7 +123,7 @@ pub trait RawStorage: Setup {
 /// `raw` answers [`RawStorage::raw_record_exists`], and `expiry` says what
 /// the storage does with records past retention.
 ///
-/// ```ignore
+/// ```text
 /// async fn raw(store: &MyStore, key: &RequestKey) -> bool { /* … */ }
 /// conformance_tests!(WithRawStorage { setup, raw, expiry: Expiry::Swept }, paused);
 /// ```
