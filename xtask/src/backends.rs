@@ -9,15 +9,16 @@ use std::ffi::OsString;
 
 use anyhow::{Context, Result};
 
-use crate::pgbouncer::PgBouncer;
-use crate::postgres::Postgres;
+use onceflight_test_support::pgbouncer::{self, PgBouncer};
+use onceflight_test_support::postgres::Postgres;
+use onceflight_test_support::redis::Redis;
+use onceflight_test_support::redis_cluster::RedisCluster;
+
 use crate::process;
-use crate::redis::Redis;
-use crate::redis_cluster::RedisCluster;
 
 /// Tells the tests and benchmarks that a missing backend is a failure, not
 /// a skip (conventions: "Tests"): under xtask, every backend is provided.
-pub(crate) const REQUIRE_BACKENDS: &str = "ONCEFLIGHT_REQUIRE_BACKENDS";
+pub(crate) use onceflight_test_support::env::REQUIRE_BACKENDS;
 
 /// Which servers a command needs. Starting one costs seconds (a PostgreSQL
 /// `initdb`, six Redis processes for a cluster), so commands ask only for
@@ -127,7 +128,7 @@ impl Backends {
                     eprintln!(
                         "xtask: started a throw-away PgBouncer (transaction mode, {} server \
                          connections) at {url} in front of {} (files in {})",
-                        crate::pgbouncer::SERVER_POOL_SIZE,
+                        pgbouncer::SERVER_POOL_SIZE,
                         process::redact_url(upstream),
                         pgbouncer.dir().display()
                     );

@@ -14,11 +14,7 @@
 mod backends;
 mod bench;
 mod lint;
-mod pgbouncer;
-mod postgres;
 mod process;
-mod redis;
-mod redis_cluster;
 mod report;
 mod schemathesis;
 mod test;

@@ -872,7 +872,7 @@ pub(crate) mod tests {
 
     #[test]
     fn write_reports_from_a_file_and_refuses_missing_or_empty_ones() {
-        let dir = crate::process::TempDir::new("report-test").expect("temp dir");
+        let dir = onceflight_test_support::process::TempDir::new("report-test").expect("temp dir");
         let error = write(dir.path(), &meta()).expect_err("no figures.jsonl");
         assert!(
             format!("{error:#}").contains("wrote no"),

@@ -13,17 +13,18 @@
 //! version. Generation is seeded and bounded, so a run is repeatable and
 //! takes about a minute; it only ever talks to 127.0.0.1.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
 use crate::bench::{build_debug_server, target_dir};
-use crate::process::{self, TempDir};
+use onceflight_test_support::process::TempDir;
+use onceflight_test_support::server::{Launch, Server};
+
+use crate::process;
 
 /// The schemathesis release the run is pinned to; raise it deliberately.
 pub(crate) const VERSION: &str = "4.32.5";
@@ -47,9 +48,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// How long the server may take to answer `/healthz` after it starts.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Server starts to try, each on a new free port, before giving up.
-const START_ATTEMPTS: u32 = 3;
 
 /// The namespace of the bearer token of the authenticated run.
 const NAMESPACE: &str = "schemathesis";
@@ -183,10 +181,10 @@ pub(crate) fn run() -> Result<()> {
         let config = work.path().join("schemathesis.toml");
         std::fs::write(&config, auth.config())
             .with_context(|| format!("could not write {}", config.display()))?;
-        let server = Server::start(&server, &auth, work.path())?;
+        let server = start_server(&server, &auth)?;
         let result = run_schemathesis(&schemathesis, &config, &server, &auth, work.path());
         if result.is_err() {
-            eprintln!("{}", process::log_tail(&server.log, 30));
+            eprintln!("{}", server.log_tail(30));
         }
         drop(server);
         result.with_context(|| format!("schemathesis found failures on the server {label}"))?;
@@ -361,115 +359,18 @@ fn run_schemathesis(
     }
 }
 
-/// A running `onceflight serve` on the memory store, killed on drop.
-#[derive(Debug)]
-struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts `binary` on a free loopback port and waits until `/healthz`
-    /// answers 200, retrying on a new port when it does not come up.
-    fn start(binary: &Path, auth: &Auth, dir: &Path) -> Result<Self> {
-        let log = dir.join(match auth {
-            Auth::None => "server.log",
-            Auth::Bearer(_) => "server-tokens.log",
-        });
-        let mut last_error = None;
-        for attempt in 1..=START_ATTEMPTS {
-            let port = process::free_port()?;
-            let mut cmd = Command::new(binary);
-            cmd.args(["serve", "--store", "memory://", "--bind"])
-                .arg(format!("127.0.0.1:{port}"));
-            // The caller's own settings (a tokens file, another store) must
-            // not change what is tested.
-            for (name, _) in std::env::vars_os() {
-                if name.to_string_lossy().starts_with("ONCEFLIGHT_") {
-                    cmd.env_remove(name);
-                }
-            }
-            if let Auth::Bearer(token) = auth {
-                cmd.env("ONCEFLIGHT_TOKENS", format!("{NAMESPACE}:{token}"));
-            }
-            let file = std::fs::File::create(&log)
-                .with_context(|| format!("could not create {}", log.display()))?;
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(file.try_clone()?)
-                .stderr(file)
-                .spawn()
-                .with_context(|| format!("could not run {}", binary.display()))?;
-            let mut server = Self {
-                child,
-                port,
-                log: log.clone(),
-            };
-            match server.wait_ready() {
-                Ok(()) => return Ok(server),
-                Err(error) => {
-                    eprintln!(
-                        "xtask: the server did not start on port {port} (attempt {attempt} of \
-                         {START_ATTEMPTS}): {error:#}"
-                    );
-                    last_error = Some(error);
-                }
-            }
-        }
-        Err(last_error
-            .unwrap_or_else(|| anyhow::anyhow!("no start attempted"))
-            .context(format!(
-                "could not start the server after {START_ATTEMPTS} attempts"
-            )))
+/// Starts `binary serve` on the memory store on a free loopback port and
+/// waits until it is ready; the caller's own `ONCEFLIGHT_*` settings (a
+/// tokens file, another store) are not passed on, so they cannot change what
+/// is tested.
+fn start_server(binary: &Path, auth: &Auth) -> Result<Server> {
+    let mut launch = Launch::new(binary)
+        .args(&["--store", "memory://"])
+        .ready_when("/healthz", READY_TIMEOUT);
+    if let Auth::Bearer(token) = auth {
+        launch = launch.env("ONCEFLIGHT_TOKENS", &format!("{NAMESPACE}:{token}"));
     }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the server exited early ({status})\n{}",
-                    process::log_tail(&self.log, 20)
-                );
-            }
-            if healthz(addr).unwrap_or(false) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the server did not answer /healthz on {addr} within {READY_TIMEOUT:?}\n{}",
-                    process::log_tail(&self.log, 20)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Err(error) = self.child.kill() {
-            eprintln!("xtask: warning: could not kill the server: {error}");
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether `GET /healthz` on `addr` answers 200. Raw HTTP/1.0 over a fresh
-/// connection keeps xtask free of an HTTP client dependency.
-fn healthz(addr: SocketAddr) -> std::io::Result<bool> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply)?;
-    Ok(reply.starts_with(b"HTTP/1.0 200") || reply.starts_with(b"HTTP/1.1 200"))
+    launch.start_blocking()
 }
 
 #[cfg(test)]

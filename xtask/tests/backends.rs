@@ -2,7 +2,7 @@
 //! the URL it is handed reaches a server that really answers (and, for the
 //! Redis Cluster, that the cluster is whole).
 
-use onceflight_core::testkit::backend_url;
+use onceflight_test_support::backend_url;
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 

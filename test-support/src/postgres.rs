@@ -1,6 +1,9 @@
-//! A throw-away PostgreSQL cluster for the tests: initialised in a temp
-//! directory from the installed server binaries, listening on a free loopback
-//! port, and stopped and deleted when the [`Postgres`] value is dropped.
+//! A throw-away PostgreSQL cluster: initialised in a temp directory from the
+//! installed server binaries (Debian's `/usr/lib/postgresql/*/bin`; as root,
+//! run as the `postgres` or `nobody` user, because initdb refuses root),
+//! listening on a free loopback port, and stopped and deleted when the
+//! [`Postgres`] value is dropped. A test can crash it ([`Postgres::crash`])
+//! and start it again on the same port ([`Postgres::start_again`]).
 //!
 //! Started with TLS ([`Postgres::start_tls`]), it accepts TLS as managed
 //! Postgres does: its certificate, for the host name `localhost` only, is
@@ -18,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::process::{self, TempDir};
+use crate::process::{self, TempDir, find_runuser, unprivileged_user};
+use crate::tls::Certificates;
 
 /// Where Debian's `postgresql` package puts each major version's binaries.
 const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";
@@ -28,31 +32,51 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running throw-away cluster. Dropping it stops the server (immediate
 /// mode: nothing in it is worth a clean shutdown) and deletes its files.
 #[derive(Debug)]
-pub(crate) struct Postgres {
+pub struct Postgres {
     bin: PathBuf,
-    /// The unprivileged user the server runs as when xtask runs as root.
+    /// The unprivileged user the server runs as when we run as root.
     user: Option<String>,
-    /// Whether the server accepts TLS.
-    tls: bool,
+    options: Options,
     data: PathBuf,
     port: u16,
     // Declared last so it is removed after `drop` has stopped the server.
     dir: TempDir,
 }
 
+/// How a [`Postgres`] runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Whether the server accepts TLS (see the module's docs).
+    pub tls: bool,
+    /// Whether a commit waits for its WAL to reach the kernel before it is
+    /// acknowledged. Off by default (faster); a test that crashes the
+    /// server and counts on what was acknowledged turns it on. `fsync` is
+    /// off either way: it only matters when the machine itself crashes.
+    pub synchronous_commit: bool,
+}
+
 impl Postgres {
+    /// Whether the server binaries are installed.
+    pub fn installed() -> bool {
+        find_bin_dir().is_ok()
+    }
+
     /// Initialises and starts a cluster without TLS, retrying on a new port
     /// when the start fails (another process may take the port we picked).
-    pub(crate) fn start() -> Result<Self> {
-        Self::start_with(false)
+    pub fn start() -> Result<Self> {
+        Self::start_with(Options::default())
     }
 
     /// The same, with TLS on (see the module's docs).
-    pub(crate) fn start_tls() -> Result<Self> {
-        Self::start_with(true)
+    pub fn start_tls() -> Result<Self> {
+        Self::start_with(Options {
+            tls: true,
+            ..Options::default()
+        })
     }
 
-    fn start_with(tls: bool) -> Result<Self> {
+    /// The same, with `options`.
+    pub fn start_with(options: Options) -> Result<Self> {
         let bin = find_bin_dir()?;
         let user = if process::running_as_root()? {
             Some(unprivileged_user()?)
@@ -68,13 +92,13 @@ impl Postgres {
             data: dir.path().join("data"),
             bin,
             user,
-            tls,
+            options,
             port: 0,
             dir,
         };
 
         pg.initdb()?;
-        if tls {
+        if options.tls {
             pg.make_certificates()?;
         }
         let mut last_error = None;
@@ -84,7 +108,7 @@ impl Postgres {
                 Ok(()) => return Ok(pg),
                 Err(error) => {
                     eprintln!(
-                        "xtask: PostgreSQL did not start on port {} (attempt {attempt} of \
+                        "PostgreSQL did not start on port {} (attempt {attempt} of \
                          {START_ATTEMPTS}): {error:#}",
                         pg.port
                     );
@@ -101,25 +125,25 @@ impl Postgres {
     }
 
     /// The URL tests connect with (trust authentication, so no password).
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
     /// The URL of the same server by the host name its TLS certificate
     /// names; the tests add `sslmode` and `sslrootcert`.
-    pub(crate) fn tls_url(&self) -> String {
+    pub fn tls_url(&self) -> String {
         format!("postgres://postgres@localhost:{}/postgres", self.port)
     }
 
     /// The PEM file of the certificate authority that signed the server's
     /// certificate.
-    pub(crate) fn ca_file(&self) -> PathBuf {
+    pub fn ca_file(&self) -> PathBuf {
         self.tls_dir().join("ca.crt")
     }
 
     /// The PEM file of another certificate authority, which signed nothing
     /// the server has.
-    pub(crate) fn other_ca_file(&self) -> PathBuf {
+    pub fn other_ca_file(&self) -> PathBuf {
         self.tls_dir().join("other-ca.crt")
     }
 
@@ -128,63 +152,11 @@ impl Postgres {
     }
 
     /// Makes the two certificate authorities and the server's certificate
-    /// (`localhost` only), its key readable by the server's user alone, as
-    /// PostgreSQL requires.
+    /// (`localhost` only), owned by the server's user.
     fn make_certificates(&self) -> Result<()> {
         let dir = self.tls_dir();
         std::fs::create_dir(&dir).context("could not create the TLS directory")?;
-        let openssl = |args: &[&str]| -> Result<()> {
-            if process::find_on_path("openssl").is_none() {
-                bail!(
-                    "`openssl` is not on PATH; the throw-away PostgreSQL needs it for its TLS \
-                     certificates. Install it with `apt-get install openssl`."
-                );
-            }
-            process::output(Command::new("openssl").args(args).current_dir(&dir))
-                .map(drop)
-                .context("openssl failed")
-        };
-        for (name, subject) in [
-            ("ca", "/CN=onceflight test CA"),
-            ("other-ca", "/CN=an unrelated CA"),
-        ] {
-            let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
-            openssl(&[
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt,
-                "-days", "3", "-subj", subject,
-            ])?;
-        }
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ])?;
-        std::fs::write(dir.join("san.cnf"), "subjectAltName=DNS:localhost\n")?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "3",
-            "-extfile",
-            "san.cnf",
-        ])?;
-        process::output(Command::new("chmod").arg("600").arg(dir.join("server.key")))?;
+        Certificates::make(&dir, "DNS:localhost")?;
         if let Some(user) = &self.user {
             process::output(Command::new("chown").arg("-R").arg(user).arg(&dir))?;
         }
@@ -192,12 +164,12 @@ impl Postgres {
     }
 
     /// Where the server's files (data, log, socket) live.
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// The installed version, e.g. `15`, read from the binaries' directory.
-    pub(crate) fn version(&self) -> String {
+    pub fn version(&self) -> String {
         self.bin
             .parent()
             .and_then(Path::file_name)
@@ -220,12 +192,38 @@ impl Postgres {
         Ok(())
     }
 
+    /// Stops the server at once (`pg_ctl stop -m immediate`): every backend
+    /// is killed without a checkpoint, as in a crash; committed work is in
+    /// the WAL.
+    pub fn crash(&self) -> Result<()> {
+        process::output(self.command("pg_ctl").arg("-D").arg(&self.data).args([
+            "-m",
+            "immediate",
+            "-w",
+            "-t",
+            "30",
+            "stop",
+        ]))
+        .map(drop)
+    }
+
+    /// Starts the (crashed) server again on the same port; it recovers from
+    /// its WAL first.
+    pub fn start_again(&self) -> Result<()> {
+        self.try_start()
+    }
+
     fn try_start(&self) -> Result<()> {
         let options = format!(
             "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300{tls}",
+             -c synchronous_commit={sync} -c full_page_writes=off -c max_connections=300{tls}",
             port = self.port,
-            tls = if self.tls {
+            sync = if self.options.synchronous_commit {
+                "on"
+            } else {
+                "off"
+            },
+            tls = if self.options.tls {
                 format!(
                     " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
                     dir = self.tls_dir().display()
@@ -308,7 +306,7 @@ impl Postgres {
             "stop",
         ]));
         if let Err(error) = stopped {
-            eprintln!("xtask: warning: pg_ctl stop failed, killing the postmaster: {error:#}");
+            eprintln!("warning: pg_ctl stop failed, killing the postmaster: {error:#}");
             // The first line of postmaster.pid is the postmaster's pid.
             let pid = std::fs::read_to_string(&pid_file)
                 .ok()
@@ -349,10 +347,6 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop_quietly();
-        eprintln!(
-            "xtask: stopped the throw-away PostgreSQL on port {}",
-            self.port
-        );
     }
 }
 
@@ -393,43 +387,6 @@ fn find_bin_dir() -> Result<PathBuf> {
 /// `15` → `[15]`, `9.6` → `[9, 6]`; anything else is not a version directory.
 fn parse_version(name: &str) -> Option<Vec<u32>> {
     name.split('.').map(|part| part.parse().ok()).collect()
-}
-
-/// `runuser` lives in `sbin`, which a non-login root shell may not have on
-/// `PATH`.
-fn find_runuser() -> Option<PathBuf> {
-    process::find_on_path("runuser").or_else(|| {
-        ["/usr/sbin/runuser", "/sbin/runuser"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|path| path.is_file())
-    })
-}
-
-/// The user to run the server as when we are root: `postgres` if the
-/// system has it, else `nobody`.
-pub(crate) fn unprivileged_user() -> Result<String> {
-    if find_runuser().is_none() {
-        bail!(
-            "running as root, so PostgreSQL must run as another user, but `runuser` is not on \
-             PATH (install util-linux), or run xtask as an unprivileged user"
-        );
-    }
-    for user in ["postgres", "nobody"] {
-        let exists = Command::new("id")
-            .arg(user)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if exists {
-            return Ok(user.to_owned());
-        }
-    }
-    bail!(
-        "running as root, but neither a `postgres` nor a `nobody` user exists to run PostgreSQL as"
-    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::postgres;
+use onceflight_core::backend::redact_url;
+
 use crate::process::{self, TempDir};
 
 const START_ATTEMPTS: u32 = 3;
@@ -27,11 +28,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Server connections per database and user: fewer than the clients of any
 /// pooled test (each store opens a pool of several), so they are shared.
-pub(crate) const SERVER_POOL_SIZE: u32 = 3;
+pub const SERVER_POOL_SIZE: u32 = 3;
 
 /// A running throw-away PgBouncer.
 #[derive(Debug)]
-pub(crate) struct PgBouncer {
+pub struct PgBouncer {
     child: Child,
     port: u16,
     /// The user and database of the pooled URL: the upstream's.
@@ -54,11 +55,11 @@ impl PgBouncer {
     /// Starts PgBouncer in front of the server of `upstream_url` (a
     /// `postgres://user[:password]@host[:port]/database` URL), retrying on a
     /// new port when it does not come up.
-    pub(crate) fn start(upstream_url: &str) -> Result<Self> {
+    pub fn start(upstream_url: &str) -> Result<Self> {
         let binary = find_binary()?;
         let upstream = parse_upstream(upstream_url)?;
         let user = if process::running_as_root()? {
-            Some(postgres::unprivileged_user()?)
+            Some(process::unprivileged_user()?)
         } else {
             None
         };
@@ -92,7 +93,7 @@ impl PgBouncer {
                     let _ = child.kill();
                     let _ = child.wait();
                     eprintln!(
-                        "xtask: PgBouncer did not start on port {port} (attempt {attempt} of \
+                        "PgBouncer did not start on port {port} (attempt {attempt} of \
                          {START_ATTEMPTS}): {error:#}"
                     );
                     last_error = Some(error);
@@ -107,7 +108,7 @@ impl PgBouncer {
     }
 
     /// The pooled URL: the upstream's user and database, through PgBouncer.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!(
             "postgres://{}@127.0.0.1:{}/{}",
             self.user, self.port, self.database
@@ -115,7 +116,7 @@ impl PgBouncer {
     }
 
     /// Where its configuration and log live.
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -123,13 +124,10 @@ impl PgBouncer {
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         if let Err(error) = self.child.kill() {
-            eprintln!("xtask: warning: could not kill pgbouncer: {error}");
+            eprintln!("warning: could not kill pgbouncer: {error}");
         }
         let _ = self.child.wait();
-        eprintln!(
-            "xtask: stopped the throw-away PgBouncer on port {}",
-            self.port
-        );
+        eprintln!("stopped the throw-away PgBouncer on port {}", self.port);
     }
 }
 
@@ -228,12 +226,7 @@ fn parse_upstream(url: &str) -> Result<Upstream> {
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
-        .with_context(|| {
-            format!(
-                "DATABASE_URL {} is not a postgres:// URL",
-                process::redact_url(url)
-            )
-        })?;
+        .with_context(|| format!("DATABASE_URL {} is not a postgres:// URL", redact_url(url)))?;
     let rest = rest.split('?').next().unwrap_or(rest);
     let (authority, database) = rest.split_once('/').unwrap_or((rest, "postgres"));
     let (userinfo, hostport) = authority
@@ -247,7 +240,7 @@ fn parse_upstream(url: &str) -> Result<Upstream> {
         Some((host, port)) => (
             host,
             port.parse()
-                .with_context(|| format!("bad port in {}", process::redact_url(url)))?,
+                .with_context(|| format!("bad port in {}", redact_url(url)))?,
         ),
         None => (hostport, 5432),
     };

@@ -33,7 +33,7 @@ const PORT_PICKS: usize = 100;
 
 /// A running throw-away cluster.
 #[derive(Debug)]
-pub(crate) struct RedisCluster {
+pub struct RedisCluster {
     nodes: Vec<Node>,
     // Declared last so it is removed after `drop` has killed the nodes.
     dir: TempDir,
@@ -43,7 +43,7 @@ impl RedisCluster {
     /// Starts three cluster-mode `redis-server`s, joins them into a cluster
     /// and waits until every node reports it healthy, retrying on new ports
     /// when any step fails.
-    pub(crate) fn start() -> Result<Self> {
+    pub fn start() -> Result<Self> {
         let server = redis::find_server("REDIS_CLUSTER_URLS")?;
         let Some(cli) = process::find_on_path("redis-cli") else {
             bail!(
@@ -61,7 +61,7 @@ impl RedisCluster {
                 // The nodes of the failed attempt were dropped, so killed.
                 Err(error) => {
                     eprintln!(
-                        "xtask: Redis Cluster did not start on ports {} (attempt {attempt} of \
+                        "Redis Cluster did not start on ports {} (attempt {attempt} of \
                          {START_ATTEMPTS}): {error:#}",
                         join_ports(&ports)
                     );
@@ -78,7 +78,7 @@ impl RedisCluster {
 
     /// The seed URLs of all nodes, comma-separated: the format of
     /// `REDIS_CLUSTER_URLS`.
-    pub(crate) fn urls(&self) -> String {
+    pub fn urls(&self) -> String {
         self.nodes
             .iter()
             .map(|node| format!("redis://127.0.0.1:{}/", node.port))
@@ -87,7 +87,7 @@ impl RedisCluster {
     }
 
     /// Where the nodes' directories, each with its log, live.
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
@@ -127,7 +127,7 @@ impl Drop for RedisCluster {
         // Dropping the nodes kills them.
         self.nodes.clear();
         eprintln!(
-            "xtask: stopped the throw-away Redis Cluster on ports {}",
+            "stopped the throw-away Redis Cluster on ports {}",
             join_ports(&ports)
         );
     }
@@ -191,7 +191,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         if let Err(error) = self.child.kill() {
             eprintln!(
-                "xtask: warning: could not kill the redis-server on port {}: {error}",
+                "warning: could not kill the redis-server on port {}: {error}",
                 self.port
             );
         }
