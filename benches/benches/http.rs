@@ -22,10 +22,8 @@
 //! `ONCEFLIGHT_REQUIRE_BACKENDS=1` (`cargo xtask bench` builds the binary
 //! and sets both).
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +32,8 @@ use criterion::Criterion;
 use onceflight_benches::load::{self, Series, Shared};
 use onceflight_benches::report::{self, Figure};
 use onceflight_benches::{criterion, quick, runtime, stores};
+use onceflight_test_support::env;
+use onceflight_test_support::server::{Launch, Server};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -78,13 +78,13 @@ fn main() {
     let runtime = runtime();
     let mut criterion = criterion();
 
-    let server = runtime.block_on(Server::start(&binary));
+    let server = runtime.block_on(start_server(&binary));
     claims(&mut criterion, &runtime, &server);
     drop(server);
 
     // A fresh server, so that memory the claims freed cannot hide what the
     // waiters cost.
-    let server = runtime.block_on(Server::start(&binary));
+    let server = runtime.block_on(start_server(&binary));
     runtime.block_on(long_polls(&server));
     drop(server);
 
@@ -269,7 +269,7 @@ impl Endpoint {
             method,
             expected,
             url: Arc::new(url),
-            server_pid: server.child.id(),
+            server_pid: server.pid(),
             sent: Arc::default(),
             wrong: Arc::default(),
             server_ticks: AtomicU64::new(0),
@@ -362,11 +362,11 @@ async fn long_polls(server: &Server) {
     );
     let token = acquired.1["token"].clone();
 
-    let pid = server.child.id();
+    let pid = server.pid();
     let (rss_before, files_before) = (settled_rss(pid).await, open_files(pid));
     let request: Arc<[u8]> = format!(
         "GET /v1/requests/{key}?wait_ms=60000 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        server.address
+        server.addr()
     )
     .into_bytes()
     .into();
@@ -378,7 +378,7 @@ async fn long_polls(server: &Server) {
         .map(|_| {
             let (request, gate, sent) =
                 (Arc::clone(&request), Arc::clone(&gate), Arc::clone(&sent));
-            tokio::spawn(long_poll(server.address, request, gate, sent))
+            tokio::spawn(long_poll(server.addr(), request, gate, sent))
         })
         .collect();
 
@@ -578,106 +578,22 @@ async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (Status
 fn server_binary() -> Option<PathBuf> {
     match std::env::var_os("ONCEFLIGHT_BIN") {
         Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ => {
-            assert!(
-                std::env::var("ONCEFLIGHT_REQUIRE_BACKENDS").as_deref() != Ok("1"),
-                "ONCEFLIGHT_BIN is not set but ONCEFLIGHT_REQUIRE_BACKENDS=1: run `cargo xtask \
-                 bench`, which builds the onceflight binary and sets it"
-            );
-            eprintln!(
-                "SKIPPED: ONCEFLIGHT_BIN is not set; the HTTP benchmarks need the onceflight \
-                 binary (run `cargo xtask bench`)"
-            );
-            None
-        }
+        _ => env::skip(
+            "the HTTP benchmarks",
+            "ONCEFLIGHT_BIN (set by `cargo xtask bench`, which builds the binary) is not set",
+        ),
     }
 }
 
-/// A running `onceflight serve` with the memory store, killed when dropped.
-struct Server {
-    child: Child,
-    address: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Spawns the server on a free loopback port and waits until `/readyz`
-    /// answers 200.
-    async fn start(binary: &Path) -> Self {
-        let address = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port");
-        let log = std::env::temp_dir().join(format!("{}.log", stores::unique("onceflight-bench")));
-        let log_file = File::create(&log).expect("create the server's log file");
-        let mut command = Command::new(binary);
-        command
-            .args(["serve", "--bind", &address.to_string()])
-            .args(["--store", "memory://", "--max-waiters", "100000"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone the log file"))
-            .stderr(log_file);
-        // The server's own settings are the flags above, not this shell's.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ONCEFLIGHT_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
-        let mut server = Self {
-            child,
-            address,
-            log,
-        };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("an HTTP client");
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll the server") {
-                panic!(
-                    "the server exited with {status} before it was ready:\n{}",
-                    self.logs()
-                );
-            }
-            if let Ok(response) = client.get(self.url("/readyz")).send().await
-                && response.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not answer /readyz with 200 within {STARTUP:?}:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Errors mean the process is gone already.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
+/// `onceflight serve` with the memory store on a free loopback port, once
+/// `/readyz` answers 200.
+async fn start_server(binary: &Path) -> Server {
+    Launch::new(binary)
+        .args(&["--store", "memory://", "--max-waiters", "100000"])
+        .env("RUST_LOG", "warn")
+        .ready_when("/readyz", STARTUP)
+        .start()
+        .await
 }
 
 /// The soft limit on open files of this process (the server inherits it).

@@ -2,8 +2,6 @@
 //! a Postgres store in a schema of its own, a Redis store under a prefix of
 //! its own.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use onceflight_store_memory::{MemoryConfig, MemoryStore};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 use onceflight_store_redis::{RedisConfig, RedisStore};
@@ -12,33 +10,7 @@ use onceflight_store_redis::{RedisConfig, RedisStore};
 /// as a service's pool would; ours and the baseline share the pool.
 pub const PG_POOL: u32 = 16;
 
-/// A name no other run uses.
-pub fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
-/// The URL in `var`, or `None` after saying loudly that the store is
-/// skipped — unless `ONCEFLIGHT_REQUIRE_BACKENDS=1`, where it is missing
-/// is a failure.
-pub fn backend_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("ONCEFLIGHT_REQUIRE_BACKENDS").as_deref() != Ok("1"),
-                "{var} is not set but ONCEFLIGHT_REQUIRE_BACKENDS=1 (run `cargo xtask bench`)"
-            );
-            eprintln!(
-                "SKIPPED: {var} is not set; its store is not measured (run `cargo xtask bench`)"
-            );
-            None
-        }
-    }
-}
+pub use onceflight_test_support::{backend_url, unique_name as unique};
 
 /// A fresh memory store.
 pub fn memory() -> MemoryStore {

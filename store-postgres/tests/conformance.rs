@@ -2,4 +2,7 @@
 
 mod common;
 
-onceflight_core::conformance_tests!(common::suite(common::setup), requires "DATABASE_URL");
+onceflight_core::conformance_tests!(
+    common::suite(common::setup),
+    requires || onceflight_test_support::backend_available("DATABASE_URL")
+);

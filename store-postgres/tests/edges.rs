@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use onceflight_core::testkit::backend_available;
 use onceflight_core::{Bytes, Claim, Error, JobError, RecordState, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
+use onceflight_test_support::backend_available;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,7 +78,7 @@ async fn fail_after_an_exhausted_claim_is_lost(store: &PgStore) {
 
 #[tokio::test]
 async fn a_fail_after_an_exhausted_claim_is_lease_lost() {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return;
     }
     let store = common::store_with(&common::fresh_schema(), Duration::from_secs(3600)).await;
@@ -87,7 +87,7 @@ async fn a_fail_after_an_exhausted_claim_is_lease_lost() {
 
 #[tokio::test]
 async fn a_fail_after_an_exhausted_claim_is_lease_lost_through_the_pooler() {
-    if !backend_available(Some("DATABASE_URL")) || !backend_available(Some("PGBOUNCER_URL")) {
+    if !backend_available("DATABASE_URL") || !backend_available("PGBOUNCER_URL") {
         return;
     }
     let store = common::pooled_store_with(&common::fresh_schema(), Duration::from_secs(3600)).await;
@@ -98,7 +98,7 @@ async fn a_fail_after_an_exhausted_claim_is_lease_lost_through_the_pooler() {
 /// is refused when connecting, before anything reaches the database.
 #[tokio::test]
 async fn a_zero_retention_is_refused() {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return;
     }
     let config = PgConfig::new(common::database_url())
@@ -200,7 +200,7 @@ async fn a_timed_out_operation_ends_on_the_server(store: &PgStore, timeout: Dura
 
 #[tokio::test]
 async fn a_timed_out_operation_ends_on_the_server_too() {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return;
     }
     let timeout = Duration::from_secs(1);
@@ -213,7 +213,7 @@ async fn a_timed_out_operation_ends_on_the_server_too() {
 
 #[tokio::test]
 async fn a_timed_out_operation_ends_on_the_server_too_through_the_pooler() {
-    if !backend_available(Some("DATABASE_URL")) || !backend_available(Some("PGBOUNCER_URL")) {
+    if !backend_available("DATABASE_URL") || !backend_available("PGBOUNCER_URL") {
         return;
     }
     let timeout = Duration::from_secs(1);
@@ -254,7 +254,7 @@ async fn a_timed_out_operation_ends_on_the_server_too_through_the_pooler() {
 /// listens again — not after the (here very long) fallback re-read.
 #[tokio::test]
 async fn a_waiter_is_woken_once_the_listener_is_back_after_failing() {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return;
     }
     let (url, name) = common::dedicated_database().await;
@@ -420,7 +420,7 @@ fn socket_addr(url: &str) -> SocketAddr {
 /// not after the (here very long) fallback re-read.
 #[tokio::test]
 async fn a_silent_listening_connection_is_replaced() {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return;
     }
     let direct = common::database_url();

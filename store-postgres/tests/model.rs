@@ -4,12 +4,13 @@
 
 mod common;
 
-use onceflight_core::testkit::{ModelCheckConfig, backend_available, check_against_model};
+use onceflight_core::testkit::{ModelCheckConfig, check_against_model};
+use onceflight_test_support::backend_available;
 
 /// Every answer of the Postgres store matches the reference model.
 #[test]
 fn postgres_store_matches_the_model() {
-    if backend_available(Some("DATABASE_URL")) {
+    if backend_available("DATABASE_URL") {
         check_against_model(common::setup, ModelCheckConfig::real());
     }
 }

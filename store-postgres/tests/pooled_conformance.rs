@@ -5,4 +5,7 @@
 
 mod common;
 
-onceflight_core::conformance_tests!(common::suite(common::pooled_setup), requires "PGBOUNCER_URL");
+onceflight_core::conformance_tests!(
+    common::suite(common::pooled_setup),
+    requires || onceflight_test_support::backend_available("PGBOUNCER_URL")
+);

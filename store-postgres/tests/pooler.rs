@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use onceflight_core::testkit::{backend_available, unique_name};
 use onceflight_core::{Bytes, Error, JobError, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
+use onceflight_test_support::{backend_available, unique_name};
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -217,7 +217,7 @@ async fn assert_one_each(proxy: &RoundTrips, store: &PgStore, mode: &str) {
 /// before it). And nothing of it needs a role-wide `search_path`.
 #[tokio::test]
 async fn every_operation_is_one_round_trip_in_both_modes() {
-    if !backend_available(Some("PGBOUNCER_URL")) {
+    if !backend_available("PGBOUNCER_URL") {
         return;
     }
     let schema = common::fresh_schema();
@@ -265,7 +265,7 @@ async fn every_operation_is_one_round_trip_in_both_modes() {
 /// refused with what to set, before anything is created.
 #[tokio::test]
 async fn an_undeclared_pooler_is_refused_with_what_to_set() {
-    if !backend_available(Some("PGBOUNCER_URL")) {
+    if !backend_available("PGBOUNCER_URL") {
         return;
     }
     // A database of its own, so the pooler's server pool for it serves only
@@ -289,7 +289,7 @@ async fn an_undeclared_pooler_is_refused_with_what_to_set() {
 /// A transaction-mode pooler with no session URL: refused, naming the flag.
 #[tokio::test]
 async fn transaction_mode_needs_a_session_url() {
-    if !backend_available(Some("PGBOUNCER_URL")) {
+    if !backend_available("PGBOUNCER_URL") {
         return;
     }
     let error =
@@ -307,7 +307,7 @@ async fn transaction_mode_needs_a_session_url() {
 /// that is the pooler is refused, and nothing is applied.
 #[tokio::test]
 async fn migrations_refuse_the_pooler() {
-    if !backend_available(Some("PGBOUNCER_URL")) {
+    if !backend_available("PGBOUNCER_URL") {
         return;
     }
     let (direct, name) = common::dedicated_database().await;
@@ -340,7 +340,7 @@ async fn migrations_refuse_the_pooler() {
 /// else.
 #[tokio::test]
 async fn hostile_values_stay_values_through_the_pooler() {
-    if !backend_available(Some("PGBOUNCER_URL")) {
+    if !backend_available("PGBOUNCER_URL") {
         return;
     }
     let store = common::pooled_store_with(&common::fresh_schema(), Duration::from_secs(3600)).await;
@@ -379,7 +379,7 @@ async fn hostile_values_stay_values_through_the_pooler() {
 /// under concurrent claims, by no more backends than the pooler keeps.
 #[tokio::test]
 async fn server_connections_are_shared_between_clients() {
-    if !backend_available(Some("PGBOUNCER_URL")) {
+    if !backend_available("PGBOUNCER_URL") {
         return;
     }
     let (direct, name) = common::dedicated_database().await;

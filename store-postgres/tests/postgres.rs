@@ -9,9 +9,9 @@ use common::{acquired, key, options};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceflight_core::testkit::backend_available;
 use onceflight_core::{Bytes, Claim, Error, Fingerprint, JobError, RequestKey, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgStore};
+use onceflight_test_support::backend_available;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::time::Instant;
 
@@ -59,7 +59,7 @@ async fn claim_in_own_transaction(
 /// must write does get one (so the check can fail).
 #[tokio::test]
 async fn the_hit_path_writes_nothing() {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return;
     }
     let schema = common::fresh_schema();
@@ -152,7 +152,7 @@ async fn committed_transactions(admin: &mut PgConnection, store: &PgStore, name:
 /// is prepared on the connection).
 #[tokio::test]
 async fn every_operation_is_one_round_trip() {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return;
     }
     let (url, name) = common::dedicated_database().await;
@@ -231,7 +231,7 @@ async fn every_operation_is_one_round_trip() {
 /// connection comes back so a waiter is still woken by NOTIFY.
 #[tokio::test]
 async fn terminated_connections_are_unavailable_then_recover() {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return;
     }
     let (url, name) = common::dedicated_database().await;
@@ -312,7 +312,7 @@ async fn terminated_connections_are_unavailable_then_recover() {
 /// one is woken by a completion on the other.
 #[tokio::test]
 async fn two_instances_share_one_database() {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return;
     }
     let schema = common::fresh_schema();

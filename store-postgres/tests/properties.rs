@@ -2,13 +2,14 @@
 
 mod common;
 
-use onceflight_core::testkit::{ConcurrencyConfig, backend_available, check_concurrent_history};
+use onceflight_core::testkit::{ConcurrencyConfig, check_concurrent_history};
+use onceflight_test_support::backend_available;
 
 /// Concurrent claims, completions, failures, releases, crashes and readers
 /// on Postgres leave a history that upholds §5.1–§5.5.
 #[test]
 fn postgres_store_concurrent_history_upholds_guarantees() {
-    if backend_available(Some("DATABASE_URL")) {
+    if backend_available("DATABASE_URL") {
         check_concurrent_history(common::setup, ConcurrencyConfig::default());
     }
 }
@@ -17,7 +18,7 @@ fn postgres_store_concurrent_history_upholds_guarantees() {
 /// serve every client in turn: §5 holds there too.
 #[test]
 fn pooled_store_concurrent_history_upholds_guarantees() {
-    if backend_available(Some("PGBOUNCER_URL")) {
+    if backend_available("PGBOUNCER_URL") {
         check_concurrent_history(common::pooled_setup, ConcurrencyConfig::default());
     }
 }

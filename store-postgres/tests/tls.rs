@@ -6,9 +6,9 @@
 
 mod common;
 
-use onceflight_core::testkit::backend_available;
 use onceflight_core::{ClaimOptions, Error, Kind, RequestKey, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgStore};
+use onceflight_test_support::backend_available;
 
 const PASSWORD: &str = "tls-test-s3cret";
 
@@ -42,7 +42,7 @@ async fn refused(url: String) -> String {
 /// with a private CA and no root given.
 #[tokio::test]
 async fn sslmode_require_works_without_a_root() {
-    if !backend_available(Some("PG_TLS_URL")) {
+    if !backend_available("PG_TLS_URL") {
         return;
     }
     let store = PgStore::connect(
@@ -65,7 +65,7 @@ async fn sslmode_require_works_without_a_root() {
 /// A root that did not sign the server's certificate is refused.
 #[tokio::test]
 async fn a_wrong_certificate_authority_is_refused() {
-    if !backend_available(Some("PG_TLS_URL")) {
+    if !backend_available("PG_TLS_URL") {
         return;
     }
     let message = refused(with_password(&common::tls_url(
@@ -83,7 +83,7 @@ async fn a_wrong_certificate_authority_is_refused() {
 /// The right root, but a host name the certificate does not name.
 #[tokio::test]
 async fn a_wrong_host_name_is_refused() {
-    if !backend_available(Some("PG_TLS_URL")) {
+    if !backend_available("PG_TLS_URL") {
         return;
     }
     // The certificate names `localhost` only; 127.0.0.1 is the same server.

@@ -4,4 +4,7 @@
 
 mod common;
 
-onceflight_core::conformance_tests!(common::suite(common::tls_setup), requires "PG_TLS_URL");
+onceflight_core::conformance_tests!(
+    common::suite(common::tls_setup),
+    requires || onceflight_test_support::backend_available("PG_TLS_URL")
+);

@@ -3,4 +3,7 @@
 
 mod common;
 
-onceflight_core::conformance_tests!(common::suite(common::setup), requires "REDIS_URL");
+onceflight_core::conformance_tests!(
+    common::suite(common::setup),
+    requires || onceflight_test_support::backend_available("REDIS_URL")
+);

@@ -10,16 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use onceflight_core::testkit::backend_available;
 use onceflight_core::{
     Bytes, Claim, ClaimOptions, Error, JobError, Kind, Lease, RecordState, RequestKey, RequestStore,
 };
 use onceflight_store_redis::{RedisConfig, RedisStore};
+use onceflight_test_support::backend_available;
 use redis::AsyncCommands;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::ChildRedis;
+use onceflight_test_support::redis::{Options, Redis};
 
 fn key(name: &str) -> RequestKey {
     RequestKey::parse(name).expect("valid key")
@@ -53,16 +53,17 @@ async fn store_at(url: &str, config: impl FnOnce(RedisConfig) -> RedisConfig) ->
 /// already granted can still complete, fail, release and be deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_refuses_new_claims_and_lets_granted_work_finish() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
-    let port = common::free_port();
-    let url = format!("redis://127.0.0.1:{port}/");
-    let _server = ChildRedis::start(
-        port,
-        &["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"],
-    )
-    .wait_for(port);
+    let server = Redis::start_with(Options::default().args(&[
+        "--maxmemory",
+        "3mb",
+        "--maxmemory-policy",
+        "noeviction",
+    ]))
+    .expect("a Redis of the test's own");
+    let url = server.url();
     let store = store_at(&url, |c| c).await;
     let mut raw = common::raw(&url).await;
 
@@ -200,7 +201,7 @@ async fn out_of_memory_refuses_new_claims_and_lets_granted_work_finish() {
 /// `complete` is. A `fail` that succeeded still succeeds when repeated.
 #[tokio::test]
 async fn fail_after_a_claim_turned_the_lease_failed_is_lease_lost() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     let store = store_at(&common::redis_url(), |c| c).await;
@@ -253,7 +254,7 @@ async fn fail_after_a_claim_turned_the_lease_failed_is_lease_lost() {
 /// it settles: the store refuses it at connect.
 #[tokio::test]
 async fn a_retention_under_a_millisecond_is_refused() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     for retention in [Duration::ZERO, Duration::from_micros(500)] {
@@ -282,7 +283,7 @@ async fn a_retention_under_a_millisecond_is_refused() {
 /// straight through EVAL, since the store refuses such a retention.
 #[tokio::test]
 async fn a_script_whose_retention_ends_at_once_still_answers_the_record() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     const LIB: &str = include_str!("../lua/lib.lua");
@@ -348,7 +349,7 @@ async fn a_script_whose_retention_ends_at_once_still_answers_the_record() {
 /// a restart), every token it has granted since is above it.
 #[tokio::test]
 async fn tokens_stay_above_the_highest_token_the_store_has_seen() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     let store = store_at(&common::redis_url(), |c| c).await;
@@ -388,12 +389,13 @@ async fn tokens_stay_above_the_highest_token_the_store_has_seen() {
 /// warning the store logs; `noeviction` draws none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicting_policy_is_reported_at_connect() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
-    let port = common::free_port();
-    let url = format!("redis://127.0.0.1:{port}/");
-    let _server = ChildRedis::start(port, &["--maxmemory-policy", "volatile-lru"]).wait_for(port);
+    let server =
+        Redis::start_with(Options::default().args(&["--maxmemory-policy", "volatile-lru"]))
+            .expect("a Redis of the test's own");
+    let url = server.url();
     let store = store_at(&url, |c| c).await;
     assert_eq!(
         store.maxmemory_policy(),
@@ -420,7 +422,11 @@ async fn an_evicting_policy_is_reported_at_connect() {
         .query_async(&mut raw)
         .await
         .expect("ACL SETUSER");
-    let restricted = store_at(&format!("redis://app:pw@127.0.0.1:{port}/"), |c| c).await;
+    let restricted = store_at(
+        &format!("redis://app:pw@127.0.0.1:{}/", server.port()),
+        |c| c,
+    )
+    .await;
     assert_eq!(
         restricted.maxmemory_policy(),
         Some("volatile-lru"),
@@ -528,12 +534,11 @@ async fn pump(
 /// who see a completion long before the fallback re-read would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_subscription_is_noticed_and_waiters_still_wake() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
-    let port = common::free_port();
-    let _server = ChildRedis::start(port, &[]).wait_for(port);
-    let proxy = Proxy::start(port).await;
+    let server = Redis::start().expect("a Redis of the test's own");
+    let proxy = Proxy::start(server.port()).await;
     let store = Arc::new(
         store_at(&format!("redis://127.0.0.1:{}/", proxy.port), |c| {
             c.with_wait_fallback(Duration::from_secs(60))

@@ -4,12 +4,13 @@
 
 mod common;
 
-use onceflight_core::testkit::{Expiry, ModelCheckConfig, backend_available, check_against_model};
+use onceflight_core::testkit::{Expiry, ModelCheckConfig, check_against_model};
+use onceflight_test_support::backend_available;
 
 /// Every answer of the Redis store matches the reference model.
 #[test]
 fn redis_store_matches_the_model() {
-    if backend_available(Some("REDIS_URL")) {
+    if backend_available("REDIS_URL") {
         check_against_model(
             common::setup,
             ModelCheckConfig::real().with_expiry(Expiry::ByStorage),

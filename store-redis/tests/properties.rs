@@ -3,13 +3,14 @@
 
 mod common;
 
-use onceflight_core::testkit::{ConcurrencyConfig, backend_available, check_concurrent_history};
+use onceflight_core::testkit::{ConcurrencyConfig, check_concurrent_history};
+use onceflight_test_support::backend_available;
 
 /// Concurrent claims, completions, failures, releases, crashes and readers
 /// on Redis leave a history that upholds §5.1–§5.5.
 #[test]
 fn redis_store_concurrent_history_upholds_guarantees() {
-    if backend_available(Some("REDIS_URL")) {
+    if backend_available("REDIS_URL") {
         check_concurrent_history(common::setup, ConcurrencyConfig::default());
     }
 }
@@ -18,7 +19,7 @@ fn redis_store_concurrent_history_upholds_guarantees() {
 /// its request's hash tag.
 #[test]
 fn redis_cluster_concurrent_history_upholds_guarantees() {
-    if backend_available(Some("REDIS_CLUSTER_URLS")) {
+    if backend_available("REDIS_CLUSTER_URLS") {
         check_concurrent_history(common::cluster_setup, ConcurrencyConfig::default());
     }
 }

@@ -6,11 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use onceflight_core::testkit::backend_available;
 use onceflight_core::{
     Bytes, Claim, ClaimOptions, Error, Kind, Lease, RecordState, RequestKey, RequestStore,
 };
 use onceflight_store_redis::RedisStore;
+use onceflight_test_support::backend_available;
 use redis::AsyncCommands;
 
 fn key(name: &str) -> RequestKey {
@@ -43,7 +43,7 @@ async fn fresh_store() -> RedisStore {
 /// sweeps, and the next claim takes over.
 #[tokio::test]
 async fn an_abandoned_lease_is_retired_by_redis_itself() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     let store = fresh_store().await;
@@ -94,7 +94,7 @@ async fn an_abandoned_lease_is_retired_by_redis_itself() {
 /// operations reload their scripts transparently and succeed.
 #[tokio::test]
 async fn script_flush_mid_run_is_transparent() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     let store = fresh_store().await;
@@ -144,7 +144,7 @@ async fn script_flush_mid_run_is_transparent() {
 /// woken by a completion on the other — by pub/sub, not by its fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_decision_and_wake_each_other() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     let prefix = common::fresh_prefix();
@@ -219,7 +219,7 @@ async fn two_instances_share_one_decision_and_wake_each_other() {
 /// waiter — whose fallback is a minute away — re-reads and returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_re_read_after_the_subscription_reconnects() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     let store = std::sync::Arc::new(
@@ -297,7 +297,7 @@ async fn waiters_re_read_after_the_subscription_reconnects() {
 /// slot whatever its key says.
 #[tokio::test]
 async fn any_key_runs_on_the_cluster() {
-    if !backend_available(Some("REDIS_CLUSTER_URLS")) {
+    if !backend_available("REDIS_CLUSTER_URLS") {
         return;
     }
     let store = common::store_on(

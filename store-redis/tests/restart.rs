@@ -6,11 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use onceflight_core::testkit::backend_available;
 use onceflight_core::{Claim, ClaimOptions, Kind, RequestKey, RequestStore};
 use onceflight_store_redis::{RedisConfig, RedisStore};
+use onceflight_test_support::backend_available;
 
-use common::ChildRedis;
+use onceflight_test_support::redis::Redis;
 
 fn options() -> ClaimOptions {
     ClaimOptions::new(Kind::parse("image").expect("kind"))
@@ -20,12 +20,11 @@ fn options() -> ClaimOptions {
 /// meanwhile, then everything works again with no help.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_is_unavailable_then_recovers_by_itself() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
-    let port = common::free_port();
-    let url = format!("redis://127.0.0.1:{port}/");
-    let server = ChildRedis::start(port, &[]).wait_for(port);
+    let mut server = Redis::start().expect("a Redis of the test's own");
+    let url = server.url();
     let store = RedisStore::connect(
         RedisConfig::new(&url)
             .with_prefix(common::fresh_prefix())
@@ -42,7 +41,7 @@ async fn a_redis_restart_is_unavailable_then_recovers_by_itself() {
         store.claim_or_get(&before, &options()).await,
         Ok(Claim::Acquired(_))
     ));
-    drop(server);
+    server.crash();
     let started = Instant::now();
     let down = store.get(&before).await;
     assert!(
@@ -55,7 +54,9 @@ async fn a_redis_restart_is_unavailable_then_recovers_by_itself() {
         started.elapsed()
     );
 
-    let _server = ChildRedis::start(port, &[]).wait_for(port);
+    server
+        .start_again()
+        .expect("Redis starts again on its port");
     let after = RequestKey::parse("after-restart").expect("key");
     let deadline = Instant::now() + Duration::from_secs(20);
     let lease = loop {

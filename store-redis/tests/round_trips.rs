@@ -9,11 +9,11 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use onceflight_core::testkit::backend_available;
 use onceflight_core::{
     Bytes, Claim, ClaimOptions, Error, JobError, Kind, RequestKey, RequestStore, Token,
 };
 use onceflight_store_redis::RedisStore;
+use onceflight_test_support::backend_available;
 use redis::aio::MultiplexedConnection;
 
 /// Taken by each test here for its whole run: the counters are server-wide.
@@ -60,7 +60,7 @@ const NEVER_FROM_THE_CLIENT: [&str; 6] =
 /// get, delete — is exactly one EVALSHA once the scripts are loaded.
 #[tokio::test]
 async fn each_operation_is_one_evalsha() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -175,7 +175,7 @@ async fn dirty(conn: &mut MultiplexedConnection) -> u64 {
 /// still, while a claim that acquires does move it (so the check can fail).
 #[tokio::test]
 async fn the_hit_path_writes_nothing() {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return;
     }
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -52,6 +52,14 @@ pub fn backend_url(var: &str) -> Option<String> {
     }
 }
 
+/// Whether the backend of `var` is there, by [`backend_url`] (which skips
+/// loudly, or panics when backends are required). Also the check the
+/// conformance macro's `requires` takes:
+/// `conformance_tests!(setup, requires || backend_available("DATABASE_URL"))`.
+pub fn backend_available(var: &str) -> bool {
+    backend_url(var).is_some()
+}
+
 /// A name no other call in any process on this machine returns, e.g. for a
 /// fresh Postgres schema or a Redis key prefix: `prefix`, the process id, the
 /// time and a counter, in `[a-z0-9_]` when `prefix` is.

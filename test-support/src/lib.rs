@@ -31,4 +31,4 @@ pub mod redis_cluster;
 pub mod server;
 pub mod tls;
 
-pub use env::{backend_url, unique_name};
+pub use env::{backend_available, backend_url, unique_name};

@@ -314,6 +314,11 @@ impl Server {
         self.child.id()
     }
 
+    /// The loopback address it answers on.
+    pub fn addr(&self) -> SocketAddr {
+        self.probe
+    }
+
     /// The base URL, `http://host:port`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.probe)

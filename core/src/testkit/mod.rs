@@ -18,7 +18,6 @@
 //! fresh, isolated store (its own Postgres schema, its own Redis prefix).
 
 use std::future::Future;
-use std::io::Write as _;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -202,77 +201,27 @@ impl Timing {
     }
 }
 
-/// The URL of a backend a test needs, from the environment variable `var`
-/// (`DATABASE_URL`, `REDIS_URL`).
-///
-/// When it is unset, the test should skip: this says so loudly on stderr and
-/// returns `None` — unless `ONCEFLIGHT_REQUIRE_BACKENDS=1` (set by
-/// `cargo xtask test`), where a missing backend is a failure and this panics.
-pub fn backend_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            let required = std::env::var("ONCEFLIGHT_REQUIRE_BACKENDS").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "{var} is not set but ONCEFLIGHT_REQUIRE_BACKENDS=1: this test needs a real backend (run `cargo xtask test`)"
-            );
-            // Written to the stderr handle itself: the test harness captures
-            // `eprintln!` and hides it for passing tests, and a skip must be
-            // seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: {var} is not set, so this test ran nothing against a real backend. Run `cargo xtask test` to run it."
-            );
-            None
-        }
-    }
-}
-
-/// A name no other call in any process on this machine returns, e.g. for a
-/// fresh Postgres schema or a Redis key prefix: `prefix`, the process id, the
-/// time and a counter, in `[a-z0-9_]`.
-pub fn unique_name(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    format!(
-        "{prefix}_{}_{nanos}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Whether the backend a test needs is there: `None` needs nothing; `Some(var)`
-/// needs the URL in `var` (see [`backend_url`]: skips loudly, or panics under
-/// `ONCEFLIGHT_REQUIRE_BACKENDS=1`).
-pub fn backend_available(requires: Option<&str>) -> bool {
-    requires.is_none_or(|var| backend_url(var).is_some())
-}
-
 /// Expands to one `#[tokio::test]` per conformance case (and coordinator
 /// case), each calling the case with `setup`.
 ///
 /// `conformance_tests!(setup)` runs on real time ([`Timing::REAL`]);
 /// `conformance_tests!(setup, paused)` runs on tokio's paused clock
 /// ([`Timing::PAUSED`]), for stores that use tokio time;
-/// `conformance_tests!(setup, requires "DATABASE_URL")` runs on real time and
-/// skips loudly when the variable is unset (see [`backend_url`]). The calling crate
-/// needs `tokio` (with `macros`, `rt`, and `test-util` for `paused`) as a
-/// dev-dependency.
+/// `conformance_tests!(setup, requires available)` runs on real time, each
+/// test first calling `available: fn() -> bool` and returning at once when
+/// it says the backend is not there (it is the caller's to say so loudly,
+/// or to fail when backends are required). The calling crate needs `tokio`
+/// (with `macros`, `rt`, and `test-util` for `paused`) as a dev-dependency.
 #[macro_export]
 macro_rules! conformance_tests {
     ($setup:expr) => {
-        $crate::__conformance_cases!(@each $setup, real, None);
+        $crate::__conformance_cases!(@each $setup, real, (|| true));
     };
     ($setup:expr, paused) => {
-        $crate::__conformance_cases!(@each $setup, paused, None);
+        $crate::__conformance_cases!(@each $setup, paused, (|| true));
     };
-    ($setup:expr, requires $var:literal) => {
-        $crate::__conformance_cases!(@each $setup, real, Some($var));
+    ($setup:expr, requires $available:expr) => {
+        $crate::__conformance_cases!(@each $setup, real, ($available));
     };
 }
 
@@ -357,7 +306,7 @@ macro_rules! __conformance_cases {
     (@one $setup:expr, real, $requires:expr, $module:ident, $case:ident) => {
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $case() {
-            if !$crate::testkit::backend_available($requires) {
+            if !($requires)() {
                 return;
             }
             $crate::testkit::$module::$case(&$setup, $crate::testkit::Timing::REAL).await;
@@ -366,7 +315,7 @@ macro_rules! __conformance_cases {
     (@one $setup:expr, paused, $requires:expr, $module:ident, $case:ident) => {
         #[::tokio::test(start_paused = true)]
         async fn $case() {
-            if !$crate::testkit::backend_available($requires) {
+            if !($requires)() {
                 return;
             }
             $crate::testkit::$module::$case(&$setup, $crate::testkit::Timing::PAUSED).await;

@@ -18,7 +18,7 @@ pub(crate) fn database_url() -> String {
 
 /// A schema name no other test uses.
 pub(crate) fn fresh_schema() -> String {
-    onceflight_core::testkit::unique_name("t")
+    onceflight_test_support::unique_name("t")
 }
 
 /// The store `config` opens, migrated.

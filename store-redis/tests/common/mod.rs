@@ -5,8 +5,6 @@
 // Each test binary uses a part of these helpers.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use onceflight_core::testkit::{Expiry, RawStorage, Setup, SuiteConfig, WithRawStorage};
@@ -26,7 +24,7 @@ pub(crate) fn cluster_urls() -> String {
 
 /// A key prefix no other test uses.
 pub(crate) fn fresh_prefix() -> String {
-    format!("{}:", onceflight_core::testkit::unique_name("t"))
+    format!("{}:", onceflight_test_support::unique_name("t"))
 }
 
 /// A store on `url` under `prefix`, with `retention`.
@@ -62,57 +60,6 @@ pub(crate) async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("a plain Redis connection")
-}
-
-/// A port that was free a moment ago.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A `redis-server` of the test's own (the binary `cargo xtask test` needs
-/// anyway), for tests that must kill or configure their Redis; killed on
-/// drop. Listens on loopback `port` (plain, or TLS when `extra` says
-/// `--port 0 --tls-port …`), keeps nothing on disk.
-pub(crate) struct ChildRedis {
-    child: Child,
-}
-
-impl ChildRedis {
-    pub(crate) fn start(port: u16, extra: &[&str]) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run redis-server (apt-get install redis-server)");
-        Self { child }
-    }
-
-    /// Waits until something accepts connections on `port`.
-    pub(crate) fn wait_for(self, port: u16) -> Self {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self
-    }
-}
-
-impl Drop for ChildRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Whether Redis still holds `key`'s record, asked with `EXISTS` on the
