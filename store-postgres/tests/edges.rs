@@ -7,19 +7,16 @@ mod common;
 
 use common::{acquired, key, options};
 
-use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use onceflight_core::{Bytes, Claim, Error, JobError, RecordState, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 use onceflight_test_support::backend_available;
+use onceflight_test_support::proxy::Proxy;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 /// A lease that expired with no attempt left is failed by the next claim;
@@ -324,96 +321,6 @@ async fn a_waiter_is_woken_once_the_listener_is_back_after_failing() {
     common::drop_database(&name).await;
 }
 
-/// A TCP proxy that can freeze the connections open through it: they stay
-/// open but nothing passes any more, as on a half-open connection after a
-/// network failover. Connections opened later pass.
-struct FreezingProxy {
-    addr: SocketAddr,
-    next_id: Arc<AtomicUsize>,
-    frozen_below: Arc<AtomicUsize>,
-}
-
-impl FreezingProxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let next_id = Arc::new(AtomicUsize::new(0));
-        let frozen_below = Arc::new(AtomicUsize::new(0));
-        let (ids, frozen) = (Arc::clone(&next_id), Arc::clone(&frozen_below));
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let id = ids.fetch_add(1, Ordering::SeqCst);
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                tokio::spawn(pipe(client_read, server_write, id, Arc::clone(&frozen)));
-                tokio::spawn(pipe(server_read, client_write, id, Arc::clone(&frozen)));
-            }
-        });
-        Self {
-            addr,
-            next_id,
-            frozen_below,
-        }
-    }
-
-    /// Freezes every connection open now.
-    fn freeze(&self) {
-        self.frozen_below
-            .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
-    }
-
-    /// `url` pointed at this proxy instead of its host, without TLS.
-    fn url(&self, url: &str) -> String {
-        let (scheme, rest) = url.split_once("://").expect("a URL");
-        let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let userinfo = authority
-            .rsplit_once('@')
-            .map(|(u, _)| format!("{u}@"))
-            .unwrap_or_default();
-        let separator = if tail.contains('?') { '&' } else { '?' };
-        format!(
-            "{scheme}://{userinfo}{}{tail}{separator}sslmode=disable",
-            self.addr
-        )
-    }
-}
-
-/// Copies `from` to `to` until either ends; once connection `id` is
-/// frozen, holds what it read and passes nothing on.
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    id: usize,
-    frozen_below: Arc<AtomicUsize>,
-) {
-    let mut chunk = vec![0; 64 * 1024];
-    loop {
-        let n = match from.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        while id < frozen_below.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if to.write_all(&chunk[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
-/// The host and port of a `postgres://` URL.
-fn socket_addr(url: &str) -> SocketAddr {
-    let rest = url.split_once("://").expect("a URL").1;
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport.parse().expect("host:port of a numeric address")
-}
-
 /// The listening connection goes silent without closing (half-open): a
 /// completion notified meanwhile is lost on it. The listener's ping finds
 /// the connection dead, a new one listens, and the waiter is woken then —
@@ -424,10 +331,15 @@ async fn a_silent_listening_connection_is_replaced() {
         return;
     }
     let direct = common::database_url();
-    let proxy = FreezingProxy::start(socket_addr(&direct)).await;
+    let (proxy, through_proxy) = Proxy::in_front_of(&direct, 5432).await;
+    let separator = if through_proxy.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     let mut config = PgConfig::new(&direct)
         .with_schema(common::fresh_schema())
-        .with_listen_url(proxy.url(&direct))
+        .with_listen_url(format!("{through_proxy}{separator}sslmode=disable"))
         .with_pool_size(2);
     config.wait_fallback = Duration::from_secs(60);
     config.listen_ping = Duration::from_millis(200);
@@ -439,7 +351,8 @@ async fn a_silent_listening_connection_is_replaced() {
             .await
             .expect("claim"),
     );
-    proxy.freeze();
+    // Every connection open now (the listener's) goes silent.
+    proxy.freeze_open();
     let waiter = {
         let (store, k) = (Arc::clone(&store), k.clone());
         tokio::spawn(async move { store.wait(&k, Duration::from_secs(20)).await })

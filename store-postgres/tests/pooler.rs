@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use onceflight_core::{Bytes, Error, JobError, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
+use onceflight_test_support::proxy::server_of;
 use onceflight_test_support::{backend_available, unique_name};
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,15 +131,6 @@ impl RoundTrips {
     }
 }
 
-/// The host and port of a `postgres://` URL.
-fn socket_addr(url: &str) -> SocketAddr {
-    let rest = url.split_once("://").expect("a URL").1;
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport.parse().expect("host:port of a numeric address")
-}
-
 /// Runs each operation of the store once and returns how many round trips
 /// each took.
 async fn round_trips_per_operation(store: &PgStore, proxy: &RoundTrips) -> Vec<(String, u64)> {
@@ -221,7 +213,7 @@ async fn every_operation_is_one_round_trip_in_both_modes() {
         return;
     }
     let schema = common::fresh_schema();
-    let pooled = RoundTrips::start(socket_addr(&common::pooled_url())).await;
+    let pooled = RoundTrips::start(server_of(&common::pooled_url(), 5432)).await;
     let store = PgStore::connect(
         PgConfig::new(pooled.url(&common::pooled_url()))
             .with_pooler(PgPooler::Transaction)
@@ -234,7 +226,7 @@ async fn every_operation_is_one_round_trip_in_both_modes() {
     store.migrate().await.expect("migrate");
     assert_one_each(&pooled, &store, "through the pooler").await;
 
-    let direct = RoundTrips::start(socket_addr(&common::database_url())).await;
+    let direct = RoundTrips::start(server_of(&common::database_url(), 5432)).await;
     let store = PgStore::connect(
         PgConfig::new(direct.url(&common::database_url()))
             .with_schema(schema.as_str())

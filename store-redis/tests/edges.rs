@@ -7,7 +7,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use onceflight_core::{
@@ -16,9 +15,8 @@ use onceflight_core::{
 use onceflight_store_redis::{RedisConfig, RedisStore};
 use onceflight_test_support::backend_available;
 use redis::AsyncCommands;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
+use onceflight_test_support::proxy::Proxy;
 use onceflight_test_support::redis::{Options, Redis};
 
 fn key(name: &str) -> RequestKey {
@@ -450,85 +448,6 @@ async fn an_evicting_policy_is_reported_at_connect() {
     }
 }
 
-/// A TCP proxy on loopback that can make the pub/sub connections it
-/// carries half-open: bytes stop flowing both ways, nothing is closed.
-struct Proxy {
-    port: u16,
-    next_id: Arc<AtomicU64>,
-    frozen_below: Arc<AtomicU64>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("proxy address").port();
-        let next_id = Arc::new(AtomicU64::new(0));
-        let frozen_below = Arc::new(AtomicU64::new(0));
-        let (ids, frozen) = (next_id.clone(), frozen_below.clone());
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let id = ids.fetch_add(1, Ordering::SeqCst);
-                let server = TcpStream::connect(("127.0.0.1", upstream))
-                    .await
-                    .expect("proxy to Redis");
-                let subscriber = Arc::new(AtomicBool::new(false));
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                let stalled = {
-                    let (frozen, subscriber) = (frozen.clone(), subscriber.clone());
-                    move || subscriber.load(Ordering::SeqCst) && id < frozen.load(Ordering::SeqCst)
-                };
-                tokio::spawn(pump(
-                    client_read,
-                    server_write,
-                    Some(subscriber),
-                    stalled.clone(),
-                ));
-                tokio::spawn(pump(server_read, client_write, None, stalled));
-            }
-        });
-        Self {
-            port,
-            next_id,
-            frozen_below,
-        }
-    }
-
-    /// Every pub/sub connection open now goes silent.
-    fn freeze_subscribers(&self) {
-        self.frozen_below
-            .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    subscriber: Option<Arc<AtomicBool>>,
-    stalled: impl Fn() -> bool,
-) {
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let subscribing = buffer[..n]
-            .windows(9)
-            .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"));
-        if let (Some(subscriber), true) = (&subscriber, subscribing) {
-            subscriber.store(true, Ordering::SeqCst);
-        }
-        if stalled() {
-            // Half-open: keep both ends open, pass nothing on, ever.
-            std::future::pending::<()>().await;
-        }
-        if to.write_all(&buffer[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// A pub/sub connection that silently stops delivering (half-open) is
 /// noticed by the store's PING; it subscribes again and wakes its waiters,
 /// who see a completion long before the fallback re-read would.
@@ -538,9 +457,9 @@ async fn a_half_open_subscription_is_noticed_and_waiters_still_wake() {
         return;
     }
     let server = Redis::start().expect("a Redis of the test's own");
-    let proxy = Proxy::start(server.port()).await;
+    let (proxy, url) = Proxy::in_front_of(&server.url(), 6379).await;
     let store = Arc::new(
-        store_at(&format!("redis://127.0.0.1:{}/", proxy.port), |c| {
+        store_at(&url, |c| {
             c.with_wait_fallback(Duration::from_secs(60))
                 .with_pubsub_ping(Duration::from_millis(200))
                 .with_response_timeout(Duration::from_millis(500))
@@ -553,7 +472,8 @@ async fn a_half_open_subscription_is_noticed_and_waiters_still_wake() {
             .claim_or_get(&k, &options(Duration::from_secs(60)))
             .await,
     );
-    proxy.freeze_subscribers();
+    // Every pub/sub connection open now goes silent.
+    proxy.freeze_open_that_sent(b"SUBSCRIBE");
     let took =
         common::waiter_sees_completion(&store, &k, lease.token, Duration::from_millis(100)).await;
     assert!(

@@ -9,6 +9,8 @@
 //!   from [`tls::Certificates`];
 //! - the `onceflight` binary as a process: [`server::Launch`] and
 //!   [`server::Server`];
+//! - with the `tokio` feature, a TCP [`proxy::Proxy`] that freezes or cuts
+//!   the path to a server;
 //! - with the `http` feature, JSON requests against a served API with one
 //!   [`http::Reply`] type;
 //! - a backend's URL from the environment, skipping loudly when it is
@@ -26,6 +28,8 @@ pub mod http;
 pub mod pgbouncer;
 pub mod postgres;
 pub mod process;
+#[cfg(feature = "tokio")]
+pub mod proxy;
 pub mod redis;
 pub mod redis_cluster;
 pub mod server;
