@@ -4,6 +4,7 @@
 pub mod error;
 pub mod model;
 mod openapi;
+mod responses;
 pub(crate) mod routes;
 
 pub use openapi::document as openapi_document;

@@ -19,6 +19,7 @@ use super::model::{
     ClaimBody, ClaimResponse, CompleteBody, ErrorBody, FailBody, GetQuery, HeartbeatBody,
     HeartbeatResponse, RecordBody, ReleaseBody,
 };
+use super::responses::{BodyErrors, LeaseLost, SmallBodyTooLarge};
 use crate::AppState;
 use crate::auth::Caller;
 
@@ -146,12 +147,9 @@ fn retry_after_secs(d: Duration) -> u64 {
         (status = 202, description = "In flight elsewhere", body = ClaimResponse,
             headers(("Retry-After" = u64, description = "Whole seconds left on the holder's lease"))),
         (status = 200, description = "Completed or failed", body = ClaimResponse),
-        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
-        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
-        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
-        (status = 413, description = "too_large: the body is over the limit of bodies without a result (64 KiB by default)", body = ErrorBody),
+        BodyErrors,
+        SmallBodyTooLarge,
         (status = 422, description = "fingerprint_mismatch: the kind or fingerprint differs from the record's", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
 )]
@@ -190,12 +188,9 @@ pub(crate) async fn claim(
     request_body = HeartbeatBody,
     responses(
         (status = 200, description = "The lease's new end", body = HeartbeatResponse),
-        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
-        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
-        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
-        (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
-        (status = 413, description = "too_large: the body is over the limit of bodies without a result (64 KiB by default)", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
+        BodyErrors,
+        LeaseLost,
+        SmallBodyTooLarge,
     ),
     security((), ("bearer" = []))
 )]
@@ -226,12 +221,9 @@ pub(crate) async fn heartbeat(
     request_body = CompleteBody,
     responses(
         (status = 200, description = "The completed record", body = RecordBody),
-        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
-        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
-        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
-        (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
+        BodyErrors,
+        LeaseLost,
         (status = 413, description = "too_large: the body or the result is over the size limit", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
     ),
     security((), ("bearer" = []))
 )]
@@ -270,12 +262,9 @@ pub(crate) async fn complete(
     request_body = FailBody,
     responses(
         (status = 200, description = "The failed record", body = RecordBody),
-        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
-        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
-        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
-        (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
-        (status = 413, description = "too_large: the body is over the limit of bodies without a result (64 KiB by default)", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
+        BodyErrors,
+        LeaseLost,
+        SmallBodyTooLarge,
     ),
     security((), ("bearer" = []))
 )]
@@ -304,12 +293,9 @@ pub(crate) async fn fail(
     request_body = ReleaseBody,
     responses(
         (status = 200, description = "The released record", body = RecordBody),
-        (status = 400, description = "invalid_key or invalid_request (bad JSON, unknown or out-of-range field)", body = ErrorBody),
-        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
-        (status = 408, description = "request_timeout: the body did not arrive in time", body = ErrorBody),
-        (status = 409, description = "lease_lost: the token is not the record's current one, the record is not processing, or there is no record", body = ErrorBody),
-        (status = 413, description = "too_large: the body is over the limit of bodies without a result (64 KiB by default)", body = ErrorBody),
-        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
+        BodyErrors,
+        LeaseLost,
+        SmallBodyTooLarge,
     ),
     security((), ("bearer" = []))
 )]
