@@ -80,11 +80,12 @@ fn main() -> ExitCode {
         return worker::main(&config);
     }
     let mut args = Arguments::from_args();
-    // [`PARALLEL`] scenarios at once, as ever: not one per core
-    // (libtest-mimic's default), nor `RUST_TEST_THREADS` (which it does not
-    // read; `cargo xtask test` sets 8). Each scenario is mostly sleeping
-    // processes, and its takeover and hang bounds were set for four at once
-    // on a 2-core machine. `--test-threads` on the command line wins.
+    // [`PARALLEL`] scenarios at once: not one per core (libtest-mimic's
+    // default), nor `RUST_TEST_THREADS` (which it does not read; `cargo
+    // xtask test` sets 8). Each scenario is mostly sleeping processes, and
+    // its bounds ([`TAKEOVER_SLACK`], [`SCENARIO_BOUND`]) are set for four
+    // at once on a 2-core machine. `--test-threads` on the command line
+    // wins.
     args.test_threads.get_or_insert(PARALLEL);
     // One runtime for every scenario, as small as the machine: the
     // scenarios' own tasks (proxies, held requests) share its two threads.
