@@ -116,8 +116,8 @@ def map_body(context, body):
     # JSON Schema 2020-12 (OpenAPI 3.1) calls 5.0 an integer, so the fuzzer
     # sends whole floats for integer fields. The API reads integers as JSON
     # integers: a token or duration written `5.0` or `5e0` is 400
-    # invalid_request (docs/protocol.md §7; server/tests/routes.rs holds it to that),
-    # which the document cannot express. Integer fields are top-level, so
+    # invalid_request (docs/protocol.md §7; server/tests/api/routes/ holds
+    # it to that), which the document cannot express. Integer fields are top-level, so
     # whole floats there are written as the integers they stand for (a
     # complete's `result` may be any JSON, so rewriting it changes nothing
     # the server checks). Nested values are left alone.

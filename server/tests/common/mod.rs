@@ -266,7 +266,8 @@ pub(crate) fn client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-/// A reply: status, headers and the body parsed as JSON (`Null` if none).
+/// A reply: status, headers, the body parsed as JSON (`Null` if it is none
+/// or not JSON) and the body as text.
 #[derive(Debug)]
 pub(crate) struct Reply {
     /// The request, as `METHOD url`, for messages.
@@ -274,6 +275,8 @@ pub(crate) struct Reply {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) json: Value,
+    /// The body as it came, for messages and for bodies that are not JSON.
+    pub(crate) text: String,
 }
 
 impl Reply {
@@ -283,7 +286,7 @@ impl Reply {
         assert_eq!(
             self.status, status,
             "{}: expected {status}, got {} {}",
-            self.what, self.status, self.json
+            self.what, self.status, self.text
         );
         &self.json
     }
@@ -297,7 +300,7 @@ impl Reply {
             "{}: expected {status} `{code}`, got {} {}",
             self.what,
             self.status,
-            self.json
+            self.text
         );
     }
 
@@ -306,7 +309,7 @@ impl Reply {
     pub(crate) fn token(&self) -> u64 {
         self.json["token"]
             .as_u64()
-            .unwrap_or_else(|| panic!("{}: no token in {}", self.what, self.json))
+            .unwrap_or_else(|| panic!("{}: no token in {}", self.what, self.text))
     }
 }
 
@@ -344,6 +347,7 @@ pub(crate) async fn call(
         status,
         headers,
         json,
+        text,
     }
 }
 

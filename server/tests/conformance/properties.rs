@@ -3,9 +3,6 @@
 //! histories checked for docs/protocol.md §5's guarantees, each case on its own
 //! service (memory store) reached through `HttpStore`.
 
-mod common;
-
-use common::serve_in_process;
 use onceflight_core::testkit::{
     ConcurrencyConfig, Expiry, ModelCheckConfig, SuiteConfig, check_against_model,
     check_concurrent_history,
@@ -13,6 +10,8 @@ use onceflight_core::testkit::{
 use onceflight_server::auth::Tokens;
 use onceflight_server::client::HttpStore;
 use onceflight_store_memory::{MemoryConfig, MemoryStore};
+
+use crate::common::serve_in_process;
 
 /// A fresh service with the retention the harness asks for, and a client.
 async fn setup(config: SuiteConfig) -> HttpStore {

@@ -7,13 +7,12 @@
 //! Needs `REDIS_URL`; without it every case skips and says so, unless
 //! `ONCEFLIGHT_REQUIRE_BACKENDS=1`.
 
-mod common;
-
-use common::over_http::OverHttp;
 use futures::future::BoxFuture;
 use onceflight_core::RequestKey;
 use onceflight_core::testkit::{Expiry, SuiteConfig, unique_name};
 use onceflight_store_redis::{RedisConfig, RedisStore};
+
+use crate::common::over_http::OverHttp;
 
 /// A Redis store under a fresh prefix, with the suite's retention.
 fn open(config: SuiteConfig) -> BoxFuture<'static, RedisStore> {
@@ -36,7 +35,7 @@ fn raw<'a>(store: &'a RedisStore, key: &'a RequestKey) -> BoxFuture<'a, bool> {
     Box::pin(async move {
         let [record, ..] = store.redis_keys(key);
         let mut connection = store.connection();
-        let found: i64 = redis::cmd("EXISTS")
+        let found: i64 = ::redis::cmd("EXISTS")
             .arg(&record)
             .query_async(&mut connection)
             .await

@@ -7,15 +7,14 @@
 //! `ONCEFLIGHT_REQUIRE_BACKENDS=1`. Each test works in a fresh schema and
 //! kills its servers when dropped.
 
-mod common;
-
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Launch, call, client, fleet, onceflight};
 use onceflight_core::testkit::{backend_available, unique_name};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+
+use crate::common::{Launch, call, client, fleet, onceflight};
 
 /// How long a server may take to answer `/readyz` after it is spawned
 /// (connecting and migrating included).

@@ -7,15 +7,14 @@
 //! Each test starts its own server on a free loopback port and kills it when
 //! dropped.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Launch, Server, call, client, free_port};
 use onceflight_server::stores::{self, OpenStoreError, StoreOptions};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+
+use crate::common::{Launch, Server, call, client, free_port};
 
 /// A request hash as such a table keys it: `image|<sha256 of the prompt>`, here the SHA-256
 /// of "a portrait of a dwarf ranger, oil painting".

@@ -4,18 +4,17 @@
 //! exactly as a store does. A second run goes through bearer-token
 //! namespaces, which must not change any semantics.
 
-mod common;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use common::serve_in_process;
 use onceflight_core::RequestKey;
 use onceflight_core::testkit::{Expiry, RawStorage, Setup, SuiteConfig};
 use onceflight_server::auth::Tokens;
 use onceflight_server::client::HttpStore;
 use onceflight_store_memory::{MemoryConfig, MemoryStore};
+
+use crate::common::serve_in_process;
 
 /// Serves a fresh memory store configured as `config` demands, with `tokens`,
 /// on an ephemeral loopback port, for as long as the test's runtime lives.

@@ -6,12 +6,11 @@
 //! `ONCEFLIGHT_REQUIRE_BACKENDS=1`. Each test works under a fresh prefix and
 //! kills its servers when dropped.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Launch, Server, fleet, onceflight};
 use onceflight_core::testkit::{backend_available, unique_name};
+
+use crate::common::{Launch, Server, fleet, onceflight};
 
 /// How long a server may take to answer `/readyz` after it is spawned.
 const STARTUP: Duration = Duration::from_secs(30);

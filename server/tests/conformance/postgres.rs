@@ -10,13 +10,12 @@
 //! Needs `DATABASE_URL` (and `PGBOUNCER_URL`); without it every case skips
 //! and says so, unless `ONCEFLIGHT_REQUIRE_BACKENDS=1`.
 
-mod common;
-
-use common::over_http::OverHttp;
 use futures::future::BoxFuture;
 use onceflight_core::RequestKey;
 use onceflight_core::testkit::{Expiry, SuiteConfig, unique_name};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
+
+use crate::common::over_http::OverHttp;
 
 /// The store `config` opens, migrated, in a fresh schema with the suite's
 /// retention.

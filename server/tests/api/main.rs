@@ -1,0 +1,23 @@
+//! The HTTP API, in-process and through the real `onceflight` binary: the
+//! routes one by one ([`routes`]) and fuzzed ([`fuzz`]), hostile keys and
+//! values on every store ([`hostile`]), slow and oversized clients at the
+//! edge ([`slow_clients`]), secrets that must never show ([`secrets`]) and
+//! the binary end to end ([`end_to_end`]).
+//!
+//! The modules that start the binary or open stores by URL need the
+//! `memory` feature (the binary's default store); Postgres and Redis cases
+//! need their features, and `DATABASE_URL` / `REDIS_URL` (they skip loudly
+//! without them, unless `ONCEFLIGHT_REQUIRE_BACKENDS=1`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+#[cfg(feature = "memory")]
+mod end_to_end;
+mod fuzz;
+#[cfg(feature = "memory")]
+mod hostile;
+mod routes;
+#[cfg(feature = "memory")]
+mod secrets;
+mod slow_clients;
