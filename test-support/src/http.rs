@@ -23,7 +23,8 @@ pub fn client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
-/// A reply: status, headers and the body parsed as JSON (`Null` if none).
+/// A reply: status, headers, the body parsed as JSON (`Null` if it is none
+/// or not JSON) and the body as text.
 #[derive(Debug)]
 pub struct Reply {
     /// The request, as `METHOD url`, for messages.
@@ -34,6 +35,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// The body as JSON, `Null` when it is empty or not JSON.
     pub json: Value,
+    /// The body as it came, for messages and for bodies that are not JSON.
+    pub text: String,
 }
 
 impl Reply {
@@ -47,7 +50,7 @@ impl Reply {
         assert_eq!(
             self.status, status,
             "{}: expected {status}, got {} {}",
-            self.what, self.status, self.json
+            self.what, self.status, self.text
         );
         &self.json
     }
@@ -65,7 +68,7 @@ impl Reply {
             "{}: expected {status} `{code}`, got {} {}",
             self.what,
             self.status,
-            self.json
+            self.text
         );
     }
 
@@ -78,7 +81,7 @@ impl Reply {
     pub fn token(&self) -> u64 {
         self.json["token"]
             .as_u64()
-            .unwrap_or_else(|| panic!("{}: no token in {}", self.what, self.json))
+            .unwrap_or_else(|| panic!("{}: no token in {}", self.what, self.text))
     }
 }
 
@@ -119,6 +122,7 @@ pub async fn call(
         status,
         headers,
         json,
+        text,
     }
 }
 

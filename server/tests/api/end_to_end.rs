@@ -14,7 +14,7 @@ use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::common::{Launch, Server, call, client, free_port};
+use crate::common::{call, client, free_port};
 
 /// A request hash as such a table keys it: `image|<sha256 of the prompt>`, here the SHA-256
 /// of "a portrait of a dwarf ranger, oil painting".
@@ -26,7 +26,7 @@ const PROMPT_HASH: &str = "c1918bb1753c73c1bd2dba0d1eb6d2c9615753e5c99f54d106e28
 /// and B's result is served to everyone after.
 #[tokio::test]
 async fn a_crashed_worker_heals_itself() {
-    let server = Server::start().await;
+    let server = crate::common::start_server().await;
     let http = client();
     let key = format!("image%7C{PROMPT_HASH}");
     let decoded = format!("image|{PROMPT_HASH}");
@@ -164,7 +164,7 @@ async fn a_crashed_worker_heals_itself() {
 /// the process exits successfully.
 #[tokio::test]
 async fn sigterm_answers_held_long_polls_and_exits_cleanly() {
-    let mut server = Server::start().await;
+    let mut server = crate::common::start_server().await;
     let http = client();
     call(
         &http,
@@ -216,7 +216,7 @@ async fn a_public_bind_requires_tokens() {
     let port = free_port();
     let bind = format!("0.0.0.0:{port}");
 
-    let mut refused = Launch::new().bind(&bind).spawn();
+    let mut refused = crate::common::launch().bind(&bind).spawn();
     let status = refused.wait_exit(Duration::from_secs(20)).await;
     let logs = refused.logs();
     assert!(
@@ -230,7 +230,7 @@ async fn a_public_bind_requires_tokens() {
     drop(refused);
 
     let token = "ops-token-0123456789";
-    let mut server = Launch::new()
+    let mut server = crate::common::launch()
         .bind(&bind)
         .env("ONCEFLIGHT_TOKENS", &format!("ops:{token}"))
         .spawn();
@@ -259,7 +259,7 @@ async fn a_public_bind_requires_tokens() {
 
     // The explicit opt-out also starts.
     let bind = format!("0.0.0.0:{}", free_port());
-    let mut open = Launch::new()
+    let mut open = crate::common::launch()
         .bind(&bind)
         .args(&["--allow-unauthenticated"])
         .spawn();
@@ -272,8 +272,8 @@ async fn a_public_bind_requires_tokens() {
 #[tokio::test]
 async fn zero_retention_is_refused_at_start_up() {
     for launch in [
-        Launch::new().args(&["--retention-secs", "0"]),
-        Launch::new().env("ONCEFLIGHT_RETENTION_SECS", "0"),
+        crate::common::launch().args(&["--retention-secs", "0"]),
+        crate::common::launch().env("ONCEFLIGHT_RETENTION_SECS", "0"),
     ] {
         let mut server = launch.spawn();
         let status = server.wait_exit(Duration::from_secs(20)).await;
@@ -308,7 +308,7 @@ async fn zero_retention_is_refused_at_start_up() {
         opened.map(|store| store.backend())
     );
     // One second is the least that is accepted.
-    Launch::new()
+    crate::common::launch()
         .args(&["--retention-secs", "1"])
         .start()
         .await
@@ -320,7 +320,7 @@ async fn zero_retention_is_refused_at_start_up() {
 /// claim body past it is 413 `too_large`, a claim within it is served.
 #[tokio::test]
 async fn the_small_body_limit_flag_is_honoured() {
-    let mut server = Launch::new()
+    let mut server = crate::common::launch()
         .args(&["--max-small-body-bytes", "1024"])
         .start()
         .await;

@@ -12,8 +12,9 @@
 
 use futures::future::BoxFuture;
 use onceflight_core::RequestKey;
-use onceflight_core::testkit::{Expiry, SuiteConfig, unique_name};
+use onceflight_core::testkit::{Expiry, SuiteConfig};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
+use onceflight_test_support::unique_name;
 
 use crate::common::over_http::OverHttp;
 
@@ -54,7 +55,10 @@ fn raw<'a>(store: &'a PgStore, key: &'a RequestKey) -> BoxFuture<'a, bool> {
     })
 }
 
-onceflight_core::conformance_tests!(OverHttp::new(direct, raw, Expiry::SweptElsewhere), requires "DATABASE_URL");
+onceflight_core::conformance_tests!(
+    OverHttp::new(direct, raw, Expiry::SweptElsewhere),
+    requires || onceflight_test_support::backend_available("DATABASE_URL")
+);
 
 /// The suite through PgBouncer in transaction mode, whose server pool is
 /// smaller than the store's: every operation an unprepared query on
@@ -72,5 +76,8 @@ mod pooled {
         Box::pin(open(pooled, config))
     }
 
-    onceflight_core::conformance_tests!(OverHttp::new(pooled, raw, Expiry::SweptElsewhere), requires "PGBOUNCER_URL");
+    onceflight_core::conformance_tests!(
+        OverHttp::new(pooled, raw, Expiry::SweptElsewhere),
+        requires || onceflight_test_support::backend_available("PGBOUNCER_URL")
+    );
 }

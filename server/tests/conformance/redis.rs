@@ -9,8 +9,9 @@
 
 use futures::future::BoxFuture;
 use onceflight_core::RequestKey;
-use onceflight_core::testkit::{Expiry, SuiteConfig, unique_name};
+use onceflight_core::testkit::{Expiry, SuiteConfig};
 use onceflight_store_redis::{RedisConfig, RedisStore};
+use onceflight_test_support::unique_name;
 
 use crate::common::over_http::OverHttp;
 
@@ -44,4 +45,7 @@ fn raw<'a>(store: &'a RedisStore, key: &'a RequestKey) -> BoxFuture<'a, bool> {
     })
 }
 
-onceflight_core::conformance_tests!(OverHttp::new(open, raw, Expiry::ByStorage), requires "REDIS_URL");
+onceflight_core::conformance_tests!(
+    OverHttp::new(open, raw, Expiry::ByStorage),
+    requires || onceflight_test_support::backend_available("REDIS_URL")
+);

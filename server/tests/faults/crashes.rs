@@ -2,12 +2,10 @@
 //! `pg_ctl stop -m immediate`, Redis killed with and without an append-only
 //! file, and a Redis out of memory.
 
-use onceflight_core::testkit::unique_name;
+use onceflight_test_support::unique_name;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::pg_cluster::PgCluster;
-use crate::common::redis_child::RedisChild;
 use crate::common::{call, client};
 use crate::{
     Store, claim_body, expect_outage, expect_result_kept, expect_resumed, prepare, recovered, serve,
@@ -17,15 +15,15 @@ use crate::{
 /// meanwhile, every acknowledged result kept, service resumed by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crash_and_restart_keeps_results_and_the_service_resumes() {
-    let Some(cluster) = PgCluster::start("postgres_crash_and_restart") else {
+    let Some(cluster) = crate::common::own_postgres("postgres_crash_and_restart") else {
         return;
     };
     let url = cluster.url();
     let server = serve(Store::Postgres(&url)).await;
     let before = prepare(&server).await;
-    cluster.crash();
+    cluster.crash().expect("crash PostgreSQL");
     expect_outage(&server, &before).await;
-    cluster.begin();
+    cluster.start_again().expect("start PostgreSQL again");
     expect_result_kept(&server, &before).await;
     // The held lease survived too: its holder can still heartbeat.
     let client = client();
@@ -45,7 +43,7 @@ async fn postgres_crash_and_restart_keeps_results_and_the_service_resumes() {
 /// restarted: 503s meanwhile, every acknowledged result kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_with_append_only_file_keeps_results() {
-    let Some(mut redis) = RedisChild::start("redis_restart_with_aof", true) else {
+    let Some(mut redis) = crate::common::own_redis("redis_restart_with_aof", true) else {
         return;
     };
     let url = redis.url();
@@ -53,7 +51,7 @@ async fn redis_restart_with_append_only_file_keeps_results() {
     let before = prepare(&server).await;
     redis.crash();
     expect_outage(&server, &before).await;
-    redis.begin();
+    redis.start_again().expect("start Redis again");
     expect_result_kept(&server, &before).await;
     expect_resumed(&server).await;
 }
@@ -64,7 +62,7 @@ async fn redis_restart_with_append_only_file_keeps_results() {
 /// never a 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_redis_refuses_new_claims_and_finishes_granted_work() {
-    let Some(redis) = RedisChild::start("redis_out_of_memory", false) else {
+    let Some(redis) = crate::common::own_redis("redis_out_of_memory", false) else {
         return;
     };
     let url = redis.url();
@@ -87,11 +85,20 @@ async fn full_redis_refuses_new_claims_and_finishes_granted_work() {
         granted.push((key, token));
     }
     assert_eq!(
-        redis.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
+        redis
+            .command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+            .expect("a Redis command")
+            .trim_end(),
         "+OK"
     );
     // Far below what Redis already uses: every write Redis checks is refused.
-    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "1"]), "+OK");
+    assert_eq!(
+        redis
+            .command(&["CONFIG", "SET", "maxmemory", "1"])
+            .expect("a Redis command")
+            .trim_end(),
+        "+OK"
+    );
 
     let fresh = unique_name("fresh");
     let refused = client
@@ -142,7 +149,13 @@ async fn full_redis_refuses_new_claims_and_finishes_granted_work() {
         "a delete frees memory, so it is allowed"
     );
 
-    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "0"]), "+OK");
+    assert_eq!(
+        redis
+            .command(&["CONFIG", "SET", "maxmemory", "0"])
+            .expect("a Redis command")
+            .trim_end(),
+        "+OK"
+    );
     let after = call(
         &client,
         Method::GET,
@@ -159,7 +172,7 @@ async fn full_redis_refuses_new_claims_and_finishes_granted_work() {
 /// still greater than every token granted before the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_without_persistence_forgets_records_but_tokens_still_increase() {
-    let Some(mut redis) = RedisChild::start("redis_restart_without_aof", false) else {
+    let Some(mut redis) = crate::common::own_redis("redis_restart_without_aof", false) else {
         return;
     };
     let url = redis.url();
@@ -167,7 +180,7 @@ async fn redis_restart_without_persistence_forgets_records_but_tokens_still_incr
     let before = prepare(&server).await;
     redis.crash();
     expect_outage(&server, &before).await;
-    redis.begin();
+    redis.start_again().expect("start Redis again");
     let answer = recovered(&server, &format!("/v1/requests/{}", before.done)).await;
     assert_eq!(
         answer.status,

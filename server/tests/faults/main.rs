@@ -32,9 +32,9 @@ mod paths;
 
 use std::time::{Duration, Instant};
 
-use common::{Launch, Server, call, client};
+use common::{Server, call, client};
 use futures::future::join_all;
-use onceflight_core::testkit::unique_name;
+use onceflight_test_support::unique_name;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -65,7 +65,7 @@ enum Store<'a> {
 async fn serve(store: Store<'_>) -> Server {
     let timeout = STORE_TIMEOUT.as_millis().to_string();
     let namespace = unique_name("t_faults");
-    let launch = Launch::new()
+    let launch = crate::common::launch()
         .args(&["--store-timeout-ms", &timeout])
         .env("RUST_LOG", "info")
         .ready_when("/readyz", Duration::from_secs(30));

@@ -1,8 +1,8 @@
 //! The path between server and store frozen or cut by a TCP proxy.
 
-use onceflight_core::testkit::backend_url;
+use onceflight_test_support::backend_url;
 
-use crate::common::proxy::Proxy;
+use crate::common::Proxy;
 use crate::{Store, expect_outage, expect_result_kept, expect_resumed, prepare, serve};
 
 /// How the proxy breaks the path.

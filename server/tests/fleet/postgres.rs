@@ -10,7 +10,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use onceflight_core::testkit::{backend_available, unique_name};
+use onceflight_test_support::{backend_available, unique_name};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -29,7 +29,7 @@ const SCHEMA: &str = "t_srv";
 
 /// The database, or `None` (after saying so loudly) when the test must skip.
 fn database_url() -> Option<String> {
-    if !backend_available(Some("DATABASE_URL")) {
+    if !backend_available("DATABASE_URL") {
         return None;
     }
     std::env::var("DATABASE_URL").ok()
@@ -39,7 +39,7 @@ fn database_url() -> Option<String> {
 /// with `extra` arguments and info logs; ready once `/readyz` answers 200
 /// (the store answers) within [`STARTUP`].
 fn pg_server(database: &str, schema: &str, extra: &[&str]) -> Launch {
-    Launch::new()
+    crate::common::launch()
         .args(&[
             "--store",
             database,
@@ -183,7 +183,7 @@ async fn a_long_poll_wakes_when_another_server_completes() {
 /// The pooled URL and the direct one, or `None` (after saying so loudly)
 /// when the test must skip.
 fn pooled_urls() -> Option<(String, String)> {
-    if !backend_available(Some("PGBOUNCER_URL")) {
+    if !backend_available("PGBOUNCER_URL") {
         return None;
     }
     let direct = std::env::var("DATABASE_URL").expect("DATABASE_URL is set with PGBOUNCER_URL");
@@ -283,7 +283,7 @@ async fn an_undeclared_pooler_is_refused_and_the_flags_work() {
 /// message that does not show the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_is_checked_at_start_up() {
-    if !backend_available(Some("PG_TLS_URL")) {
+    if !backend_available("PG_TLS_URL") {
         return;
     }
     let env = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set"));

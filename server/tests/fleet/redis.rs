@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use onceflight_core::testkit::{backend_available, unique_name};
+use onceflight_test_support::{backend_available, unique_name};
 
 use crate::common::{Launch, Server, fleet, onceflight};
 
@@ -18,7 +18,7 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// The Redis server, or `None` (after saying so loudly) when the test must
 /// skip.
 fn redis_url() -> Option<String> {
-    if !backend_available(Some("REDIS_URL")) {
+    if !backend_available("REDIS_URL") {
         return None;
     }
     std::env::var("REDIS_URL").ok()
@@ -27,7 +27,7 @@ fn redis_url() -> Option<String> {
 /// `onceflight serve` on a free loopback port, on `redis` under `prefix`;
 /// ready once `/readyz` answers 200 within [`STARTUP`].
 fn redis_server(redis: &str, prefix: &str) -> Launch {
-    Launch::new()
+    crate::common::launch()
         .args(&["--store", redis, "--redis-prefix", prefix])
         .env("RUST_LOG", "info")
         .ready_when("/readyz", STARTUP)

@@ -49,7 +49,7 @@ mod run;
 
 use std::time::{Duration, Instant};
 
-use common::{Launch, call, client};
+use common::{call, client};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -138,7 +138,7 @@ const SETTLE: Duration = Duration::from_secs(POLL_WAIT_MS / 1000 + 20);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_on_memory() {
     raise_fd_limit();
-    let server = Launch::new()
+    let server = crate::common::launch()
         .args(&["--store", "memory://"])
         .ready_when("/readyz", Duration::from_secs(30))
         .start()
@@ -150,13 +150,13 @@ async fn soak_on_memory() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_on_postgres() {
-    let Some(database) = onceflight_core::testkit::backend_url("DATABASE_URL") else {
+    let Some(database) = onceflight_test_support::backend_url("DATABASE_URL") else {
         return;
     };
     raise_fd_limit();
-    let schema = onceflight_core::testkit::unique_name("t_soak");
+    let schema = onceflight_test_support::unique_name("t_soak");
     let pool = PG_POOL.to_string();
-    let server = Launch::new()
+    let server = crate::common::launch()
         .args(&[
             "--store",
             &database,
@@ -175,12 +175,12 @@ async fn soak_on_postgres() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_on_redis() {
-    let Some(redis) = onceflight_core::testkit::backend_url("REDIS_URL") else {
+    let Some(redis) = onceflight_test_support::backend_url("REDIS_URL") else {
         return;
     };
     raise_fd_limit();
-    let prefix = format!("{}:", onceflight_core::testkit::unique_name("t_soak"));
-    let server = Launch::new()
+    let prefix = format!("{}:", onceflight_test_support::unique_name("t_soak"));
+    let server = crate::common::launch()
         .args(&["--store", &redis, "--redis-prefix", &prefix])
         .ready_when("/readyz", Duration::from_secs(30))
         .start()
@@ -195,7 +195,10 @@ async fn soak_on_redis() {
 /// full `wait_ms`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_wakes_when_a_shortened_lease_expires() {
-    let server = Launch::new().args(&["--store", "memory://"]).start().await;
+    let server = crate::common::launch()
+        .args(&["--store", "memory://"])
+        .start()
+        .await;
     let http = client();
     let claim = call(
         &http,

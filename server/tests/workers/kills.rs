@@ -18,7 +18,7 @@ use crate::{
 pub(crate) async fn sigkilled_workers_are_taken_over_after_one_lease(backend: Backend) {
     let name = "sigkill";
     let server = backend
-        .launch(&onceflight_core::testkit::unique_name("t_flt"))
+        .launch(&onceflight_test_support::unique_name("t_flt"))
         .start()
         .await;
     let all = keys("kill", 36);
@@ -134,7 +134,7 @@ pub(crate) async fn sigkilled_workers_are_taken_over_after_one_lease(backend: Ba
 pub(crate) async fn sigstopped_worker_is_fenced_after_takeover(backend: Backend) {
     let name = "sigstop";
     let server = backend
-        .launch(&onceflight_core::testkit::unique_name("t_flt"))
+        .launch(&onceflight_test_support::unique_name("t_flt"))
         .start()
         .await;
     let all = keys("stop", 2);

@@ -153,8 +153,8 @@ impl Backend {
     fn named(name: &str) -> Option<Self> {
         match name {
             "memory" => Some(Self::Memory),
-            "postgres" => onceflight_core::testkit::backend_url("DATABASE_URL").map(Self::Postgres),
-            "redis" => onceflight_core::testkit::backend_url("REDIS_URL").map(Self::Redis),
+            "postgres" => onceflight_test_support::backend_url("DATABASE_URL").map(Self::Postgres),
+            "redis" => onceflight_test_support::backend_url("REDIS_URL").map(Self::Redis),
             other => panic!("no backend {other}"),
         }
     }
@@ -164,8 +164,8 @@ impl Backend {
     /// answers.
     fn launch(&self, namespace: &str) -> Launch {
         let launch = match self {
-            Self::Memory => Launch::new().args(&["--store", "memory://"]),
-            Self::Postgres(url) => Launch::new().args(&[
+            Self::Memory => crate::common::launch().args(&["--store", "memory://"]),
+            Self::Postgres(url) => crate::common::launch().args(&[
                 "--store",
                 url,
                 "--pg-schema",
@@ -173,9 +173,12 @@ impl Backend {
                 "--pg-pool-size",
                 "4",
             ]),
-            Self::Redis(url) => {
-                Launch::new().args(&["--store", url, "--redis-prefix", &format!("{namespace}:")])
-            }
+            Self::Redis(url) => crate::common::launch().args(&[
+                "--store",
+                url,
+                "--redis-prefix",
+                &format!("{namespace}:"),
+            ]),
         };
         launch
             .env("RUST_LOG", "info")

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
+use crate::common::Proxy;
 use crate::common::history::{History, Line};
-use crate::common::pg_cluster::PgCluster;
-use crate::common::proxy::Proxy;
-use crate::common::redis_child::RedisChild;
 use crate::process::WorkerProcess;
 use crate::{Backend, checked_history, config, final_records, keys, poll};
+use onceflight_test_support::postgres::Postgres;
+use onceflight_test_support::redis::Redis;
 
 /// How the store fails under a busy server.
 #[derive(Debug, Clone, Copy)]
@@ -22,15 +22,15 @@ pub(crate) enum Outage {
 
 /// What takes the store away and gives it back.
 enum Breaker {
-    Postgres(PgCluster),
-    Redis(RedisChild),
+    Postgres(Postgres),
+    Redis(Redis),
     Proxy(Proxy),
 }
 
 impl Breaker {
     fn fail(&mut self) {
         match self {
-            Self::Postgres(cluster) => cluster.crash(),
+            Self::Postgres(cluster) => cluster.crash().expect("crash PostgreSQL"),
             Self::Redis(redis) => redis.crash(),
             Self::Proxy(proxy) => proxy.freeze(),
         }
@@ -38,8 +38,8 @@ impl Breaker {
 
     fn recover(&mut self) {
         match self {
-            Self::Postgres(cluster) => cluster.begin(),
-            Self::Redis(redis) => redis.begin(),
+            Self::Postgres(cluster) => cluster.start_again().expect("start PostgreSQL again"),
+            Self::Redis(redis) => redis.start_again().expect("start Redis again"),
             Self::Proxy(proxy) => proxy.heal(),
         }
     }
@@ -58,13 +58,13 @@ pub(crate) async fn store_outage_mid_run(store: &'static str, outage: Outage) {
     let name = format!("{store}-{outage:?}-mid-run");
     let (backend, mut breaker) = match (store, outage) {
         ("postgres", Outage::Crash) => {
-            let Some(cluster) = PgCluster::start(&name) else {
+            let Some(cluster) = crate::common::own_postgres(&name) else {
                 return;
             };
             (Backend::Postgres(cluster.url()), Breaker::Postgres(cluster))
         }
         ("redis", Outage::Crash) => {
-            let Some(redis) = RedisChild::start(&name, true) else {
+            let Some(redis) = crate::common::own_redis(&name, true) else {
                 return;
             };
             (Backend::Redis(redis.url()), Breaker::Redis(redis))
@@ -83,7 +83,7 @@ pub(crate) async fn store_outage_mid_run(store: &'static str, outage: Outage) {
         },
         (store, outage) => panic!("no {outage:?} scenario on {store}"),
     };
-    let schema = onceflight_core::testkit::unique_name("t_flt");
+    let schema = onceflight_test_support::unique_name("t_flt");
     let server = backend
         .launch(&schema)
         .args(&["--store-timeout-ms", "1000"])

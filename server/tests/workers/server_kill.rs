@@ -16,7 +16,7 @@ use crate::{Backend, WorkerConfig, checked_history, config, final_records, keys,
 /// §5.
 pub(crate) async fn sigkilled_server_loses_no_result(backend: Backend) {
     let name = "server-kill";
-    let schema = onceflight_core::testkit::unique_name("t_flt");
+    let schema = onceflight_test_support::unique_name("t_flt");
     let server = backend.launch(&schema).start().await;
     let bind = server.url("").trim_start_matches("http://").to_owned();
     let all = keys("crash", 36);

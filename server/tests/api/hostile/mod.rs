@@ -52,9 +52,9 @@ mod values;
 use std::sync::Arc;
 
 use onceflight_core::RequestStore;
-use onceflight_core::testkit::unique_name;
 use onceflight_server::auth::Tokens;
 use onceflight_server::stores::{self, StoreOptions};
+use onceflight_test_support::unique_name;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -93,7 +93,7 @@ macro_rules! on_every_store {
             $(
                 #[tokio::test]
                 async fn $scenario() {
-                    let Some(url) = onceflight_core::testkit::backend_url("DATABASE_URL") else { return };
+                    let Some(url) = onceflight_test_support::backend_url("DATABASE_URL") else { return };
                     let fixture = super::Fixture::open("postgres", url).await;
                     super::$scenario(&fixture).await;
                 }
@@ -105,7 +105,7 @@ macro_rules! on_every_store {
             $(
                 #[tokio::test]
                 async fn $scenario() {
-                    let Some(url) = onceflight_core::testkit::backend_url("REDIS_URL") else { return };
+                    let Some(url) = onceflight_test_support::backend_url("REDIS_URL") else { return };
                     let fixture = super::Fixture::open("redis", url).await;
                     super::$scenario(&fixture).await;
                 }

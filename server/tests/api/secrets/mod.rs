@@ -32,7 +32,7 @@ mod starts;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use onceflight_core::testkit::unique_name;
+use onceflight_test_support::unique_name;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -272,7 +272,7 @@ async fn bearer_tokens_never_show() {
         let env_token = secret("envtok");
         let file_token = secret("filetok");
         let file = temp_file("tokens", &format!("# tenants\nb {file_token}\n"));
-        let launch = Launch::new()
+        let launch = crate::common::launch()
             .env("ONCEFLIGHT_TOKENS", &format!("a:{env_token}"))
             .args(&[
                 "--tokens-file",

@@ -1,12 +1,11 @@
 //! Postgres passwords, in the store URL and the LISTEN URL, never show.
 
-use onceflight_core::testkit::unique_name;
 use onceflight_server::auth::Tokens;
 use onceflight_server::stores::{self, StoreOptions};
 use onceflight_server::{AppState, Limits};
+use onceflight_test_support::unique_name;
 
 use super::{assert_no_secret, run_and_grep, secret};
-use crate::common::Launch;
 
 /// A `DATABASE_URL` with a password of this test's own (or the one it has),
 /// plus the secret given to the LISTEN URL, and the secret as a URL query
@@ -38,7 +37,7 @@ fn postgres_url_with_password(url: &str, password: &str) -> (String, String) {
 /// The Postgres store's password (and the LISTEN URL's) never show.
 #[tokio::test]
 async fn postgres_password_never_shows() {
-    let Some(database_url) = onceflight_core::testkit::backend_url("DATABASE_URL") else {
+    let Some(database_url) = onceflight_test_support::backend_url("DATABASE_URL") else {
         return;
     };
     let (store_url, store_secret) = postgres_url_with_password(&database_url, &secret("pgpw"));
@@ -50,7 +49,7 @@ async fn postgres_password_never_shows() {
     );
     let token = secret("pgtok");
     for format in ["human", "json"] {
-        let launch = Launch::new()
+        let launch = crate::common::launch()
             .env("ONCEFLIGHT_TOKENS", &format!("a:{token}"))
             .env("ONCEFLIGHT_PG_LISTEN_URL", &listen_url)
             .args(&[
@@ -77,7 +76,7 @@ async fn postgres_password_never_shows() {
 /// state serving it leave the passwords out.
 #[tokio::test]
 async fn postgres_debug_output_never_shows_a_password() {
-    let Some(database_url) = onceflight_core::testkit::backend_url("DATABASE_URL") else {
+    let Some(database_url) = onceflight_test_support::backend_url("DATABASE_URL") else {
         return;
     };
     let (url, pw) = postgres_url_with_password(&database_url, &secret("pgdebug"));

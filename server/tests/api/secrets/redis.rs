@@ -4,14 +4,14 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use onceflight_core::testkit::unique_name;
 use onceflight_server::auth::Tokens;
 use onceflight_server::stores::{self, StoreOptions};
 use onceflight_server::{AppState, Limits};
+use onceflight_test_support::unique_name;
 
 use super::starts::failed_start;
 use super::{assert_no_secret, run_and_grep, secret};
-use crate::common::{Launch, free_port};
+use crate::common::free_port;
 
 /// A throw-away `redis-server` requiring a password, killed when dropped.
 struct PasswordRedis {
@@ -87,7 +87,7 @@ async fn redis_password_never_shows() {
             format!("redis://default:{password}@127.0.0.1:{}/0", redis.port),
         ),
     ] {
-        let launch = Launch::new()
+        let launch = crate::common::launch()
             .env("ONCEFLIGHT_TOKENS", &format!("a:{token}"))
             .env("ONCEFLIGHT_STORE", &url)
             .args(&[

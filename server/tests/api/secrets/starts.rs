@@ -8,12 +8,12 @@ use onceflight_server::stores::{self, StoreOptions};
 use onceflight_server::{AppState, Limits};
 
 use super::{assert_no_secret, secret, temp_file};
-use crate::common::{Launch, free_port, onceflight};
+use crate::common::{free_port, onceflight};
 
 /// Runs `onceflight <args>` (with `envs`) that must fail: waits (bounded)
 /// for its exit and returns its output.
 async fn failed_start_with(args: &[&str], envs: &[(&str, &str)]) -> String {
-    let mut launch = Launch::new().env("RUST_LOG", "trace");
+    let mut launch = crate::common::launch().env("RUST_LOG", "trace");
     for (name, value) in envs {
         launch = launch.env(name, value);
     }
