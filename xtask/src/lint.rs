@@ -52,6 +52,12 @@ const CLIPPY_RUNS: &[ClippyRun] = &[
         package: Some("onceflight-client"),
         features: &["--no-default-features"],
     },
+    // The test support as xtask builds it: blocking, no tokio, no HTTP
+    // client.
+    ClippyRun {
+        package: Some("onceflight-test-support"),
+        features: &["--no-default-features"],
+    },
 ];
 
 pub(crate) fn run() -> Result<()> {
