@@ -18,8 +18,6 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 
-use futures::FutureExt;
-
 use super::history::{self, Answer, Call, History, Op};
 use super::{Setup, SuiteConfig};
 use crate::{ClaimOptions, JobError, Kind, Owner, RecordState, RequestKey, RequestStore, Token};
@@ -251,12 +249,8 @@ impl<S: RequestStore> Worker<S> {
                     wait_if_in_flight,
                 } => self.claim(key, job, wait_if_in_flight).await,
                 Step::Get { key } => {
-                    let store = Arc::clone(&self.store);
-                    let k = self.keys[key].clone();
-                    self.record(key, Op::Get, async move {
-                        Answer::from_record(store.get(&k).await)
-                    })
-                    .await;
+                    let get = |s: Arc<S>, k| async move { Answer::from_record(s.get(&k).await) };
+                    self.record(key, Op::Get, get).await;
                 }
                 Step::Wait { key } => self.wait(key).await,
             }
@@ -275,18 +269,13 @@ impl<S: RequestStore> Worker<S> {
             .and_then(|o| o.with_retry_backoff(Duration::from_millis(5)))
             .expect("claim options within the limits");
         for attempt in 0..2 {
-            let store = Arc::clone(&self.store);
-            let k = self.keys[key].clone();
             let options = options.clone();
-            let answer = self
-                .record(key, Op::Claim, async move {
-                    match store.claim_or_get(&k, &options).await {
-                        Ok(claim) => Answer::from_claim(claim),
-                        Err(e) => Answer::from_error(e),
-                    }
-                })
-                .await;
-            match answer {
+            let claim = |s: Arc<S>, k| async move {
+                s.claim_or_get(&k, &options)
+                    .await
+                    .map_or_else(Answer::from_error, Answer::from_claim)
+            };
+            match self.record(key, Op::Claim, claim).await {
                 Answer::Acquired(lease) => {
                     let token = Token::new(lease.token).expect("a granted token is valid");
                     return self.work(key, token, job).await;
@@ -315,61 +304,56 @@ impl<S: RequestStore> Worker<S> {
             Work::Short(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Work::Overrun => tokio::time::sleep(self.lease_ttl * 3 / 2).await,
         }
-        let k = self.keys[key].clone();
         let t = token.get();
         if job.renew {
-            let store = Arc::clone(&self.store);
-            let k = k.clone();
-            self.record(key, Op::Renew(t), async move {
-                match store.renew(&k, token, None).await {
-                    Ok(renewal) => Answer::Renewed(renewal.expires_at),
-                    Err(e) => Answer::from_error(e),
-                }
-            })
-            .await;
+            let renew = |s: Arc<S>, k| async move {
+                s.renew(&k, token, None)
+                    .await
+                    .map_or_else(Answer::from_error, |r| Answer::Renewed(r.expires_at))
+            };
+            self.record(key, Op::Renew(t), renew).await;
         }
-        let store = Arc::clone(&self.store);
-        let (op, done) = match job.end {
-            End::Crash => return,
+        let done = |done: Result<_, _>| Answer::from_record(done.map(Some));
+        match job.end {
+            End::Crash => {}
             End::Complete => {
                 // JSON text, so that the harness runs over the HTTP API too.
                 let result = Bytes::from(format!("\"task {} token {token}\"", self.task));
                 let op = Op::Complete(t, result.clone());
-                (op, store.complete(&k, token, result).boxed())
+                let complete =
+                    |s: Arc<S>, k| async move { done(s.complete(&k, token, result).await) };
+                self.record(key, op, complete).await;
             }
             End::FailRetryable | End::FailPermanent => {
                 let retryable = matches!(job.end, End::FailRetryable);
                 let error = JobError::new(format!("task {} gave up", self.task), retryable);
-                let done = async move { store.fail(&k, token, &error).await };
-                (Op::Fail(t), done.boxed())
+                let fail = |s: Arc<S>, k| async move { done(s.fail(&k, token, &error).await) };
+                self.record(key, Op::Fail(t), fail).await;
             }
-            End::Release => (
-                Op::Release(t),
-                async move { store.release(&k, token).await }.boxed(),
-            ),
-        };
-        self.record(
-            key,
-            op,
-            async move { Answer::from_record(done.await.map(Some)) },
-        )
-        .await;
+            End::Release => {
+                let release = |s: Arc<S>, k| async move { done(s.release(&k, token).await) };
+                self.record(key, Op::Release(t), release).await;
+            }
+        }
     }
 
     async fn wait(&mut self, key: usize) {
-        let store = Arc::clone(&self.store);
-        let k = self.keys[key].clone();
         let timeout = self.lease_ttl;
-        self.record(key, Op::Wait, async move {
-            Answer::from_record(store.wait(&k, timeout).await)
-        })
-        .await;
+        let wait = |s: Arc<S>, k| async move { Answer::from_record(s.wait(&k, timeout).await) };
+        self.record(key, Op::Wait, wait).await;
     }
 
-    /// Runs `call`, stamping it just before and just after, and keeps it.
-    async fn record(&mut self, key: usize, op: Op, answer: impl Future<Output = Answer>) -> Answer {
+    /// Makes the call `op` on `key` (`call` gets the store and the key),
+    /// stamping it just before and just after, and keeps it.
+    async fn record<F: Future<Output = Answer>>(
+        &mut self,
+        key: usize,
+        op: Op,
+        call: impl FnOnce(Arc<S>, RequestKey) -> F,
+    ) -> Answer {
+        let call = call(Arc::clone(&self.store), self.keys[key].clone());
         let invoked = self.clock.fetch_add(1, Ordering::SeqCst);
-        let answer = answer.await;
+        let answer = call.await;
         let at = self.clock.fetch_add(1, Ordering::SeqCst);
         self.history.calls.push(Call {
             key: self.keys[key].as_str().to_owned(),

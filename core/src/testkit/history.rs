@@ -1,48 +1,38 @@
 //! A recorded history of store calls and its check against docs/protocol.md
-//! §5: the one checker behind [`check_concurrent_history`](super::check_concurrent_history) (tasks calling a
-//! store) and the server's fault tests (worker processes calling the HTTP
-//! API, killed mid-request).
+//! §5: the one checker behind [`super::check_concurrent_history`] (tasks
+//! calling a store) and the server's fault tests (worker processes calling
+//! the HTTP API, killed mid-request).
 //!
-//! A [`History`] lists [`Call`]s, each about one key: the operation and the
-//! arguments that matter ([`Op`]), a stamp taken just before it was invoked
-//! and one taken once its answer arrived, both on one order shared by every
-//! client (a global counter, or the wall clock of one machine), and the
-//! [`Answer`], or none at all (the client was
-//! killed, the transport failed, the store timed out): such a call may or
-//! may not have taken effect, at any moment after its invocation, and every
-//! check allows both. An answer stamped before another call's invocation
-//! certainly took effect before that call did; nothing else about the order
-//! is assumed. Lease instants are the store's own (a grant's, a lease's end)
-//! and are compared only with each other, within [`CLOCK_RESOLUTION`].
-//! [`Work`] says when a client began the job under a lease.
+//! A [`History`] lists [`Call`]s, each about one key: the [`Op`] and its
+//! arguments, a stamp taken just before it was made and, with its
+//! [`Answer`], one taken once that arrived, on one order shared by every
+//! client (a global counter, or one machine's wall clock). An answer stamped
+//! before another call's invocation took effect before that call did;
+//! nothing else about the order is assumed. A call without an answer (its
+//! client was killed, the transport failed, the store timed out) may have
+//! taken effect at any moment after it was made, or never: every check
+//! allows both. Lease instants are the store's own, compared only with each
+//! other. [`Work`] is a job begun under a lease. [`check`] checks, per key:
 //!
-//! [`check`] checks, key by key:
+//! - every call is valid, so no answer is an error but `LeaseLost`;
+//! - §5.2: no token is granted twice; every token shown was granted (or may
+//!   have been, by an unanswered claim); a grant exceeds every token shown
+//!   before its claim;
+//! - §5.3 and §4: a fenced call with token `t` never succeeds once a token
+//!   greater than `t` was shown, answers the record it made, and is refused
+//!   only once `t` stopped being current (a later grant, an unanswered claim,
+//!   or a complete, fail or release of `t`, which a repeated complete or
+//!   fail does not count as);
+//! - §5.1 and §5.5: unless its holder (may have) ended it, a lease is
+//!   followed by the next grant only once it expired, renewals included,
+//!   within [`CLOCK_RESOLUTION`]; each job ran once per lease, by the client
+//!   it was granted to; §3: the next grant has the next attempt (the same
+//!   after a release), and attempts skipped were granted to unanswered claims;
+//! - §5.4: complete succeeds under one token only; once an answer showed the
+//!   key completed every later answer shows that result, which a complete of
+//!   that token sent, and no lease is granted after it.
 //!
-//! - no call is answered with an error: every input is valid;
-//! - §5.2: no token is granted twice; every token an answer shows was
-//!   granted, or could have been by an unanswered claim; a granted token is
-//!   greater than every token any answer showed before the claim;
-//! - §5.3: a renew, complete, fail or release with token `t` never succeeds
-//!   once an answer has shown a token greater than `t`, and a success shows
-//!   the record it made (completed, failed or still processing under `t`);
-//! - §5.1 (and §5.5): unless its holder completed, failed or released it
-//!   (or may have, unanswered), a lease is followed by the next grant only
-//!   once it expired on the store's clock, renewals included, and every
-//!   piece of [`Work`] ran under a lease granted to its client before it
-//!   began, once per lease;
-//! - §3: attempts count leases: the next grant keeps the attempt only after
-//!   a release, and the attempts skipped are no more than the claims left
-//!   unanswered;
-//! - §4: a fenced call is refused only once its token stopped being current:
-//!   a later lease was granted (or an unanswered claim may have been), or a
-//!   release, complete or fail with that token ended the lease (a repeated
-//!   complete or fail succeeds again), or a claim found it failed;
-//! - §5.4: every complete that succeeded has one token; once an answer has
-//!   shown the key completed, every answer shows the same token and result,
-//!   which a complete with that token sent, and no lease is granted after.
-//!
-//! The checks assume the history deletes no key and keeps none past its
-//! retention.
+//! The checks assume no key is deleted or outlives its retention.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -50,7 +40,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{Claim, Error, Record, RecordState, Timestamp};
+use crate::{Claim, Error, Record, RecordState, Timestamp, Token};
 
 /// A point on the order shared by every client of a history.
 pub type Stamp = u64;
@@ -186,20 +176,14 @@ impl fmt::Display for Violation {
 impl Answer {
     /// A store's answer to `claim_or_get`.
     pub fn from_claim(claim: Claim) -> Self {
-        let seen = |state, token: crate::Token, result| {
-            Answer::Record(Some(Seen {
-                state,
-                token: token.get(),
-                result,
-            }))
-        };
+        let seen = Self::seen;
         match claim {
             Claim::Acquired(lease) => Answer::Acquired(Lease {
                 token: lease.token.get(),
                 attempt: lease.attempt,
                 takeover: lease.takeover,
                 granted_at: lease.expires_at
-                    - chrono::Duration::from_std(lease.ttl).unwrap_or(chrono::Duration::MAX),
+                    - chrono::Duration::from_std(lease.ttl).unwrap_or_default(),
                 expires_at: lease.expires_at,
             }),
             Claim::InFlight(f) => seen(RecordState::Processing, f.token, None),
@@ -211,11 +195,8 @@ impl Answer {
     /// A store's answer to `get`, `wait`, `complete`, `fail` or `release`.
     pub fn from_record(answer: Result<Option<Record>, Error>) -> Self {
         match answer {
-            Ok(record) => Answer::Record(record.map(|r| Seen {
-                state: r.state,
-                token: r.token.get(),
-                result: r.result,
-            })),
+            Ok(Some(r)) => Self::seen(r.state, r.token, r.result),
+            Ok(None) => Answer::Record(None),
             Err(e) => Self::from_error(e),
         }
     }
@@ -226,6 +207,15 @@ impl Answer {
             Error::LeaseLost { .. } => Answer::LeaseLost,
             e => Answer::Error(e.to_string()),
         }
+    }
+
+    fn seen(state: RecordState, token: Token, result: Option<Bytes>) -> Self {
+        let token = token.get();
+        Answer::Record(Some(Seen {
+            state,
+            token,
+            result,
+        }))
     }
 
     /// The token the answer shows, if any.
@@ -240,16 +230,11 @@ impl Answer {
     /// The token and result of the completed record the answer shows.
     fn completed(&self) -> Option<(u64, Option<&Bytes>)> {
         match self {
-            Answer::Record(Some(seen)) if seen.state == RecordState::Completed => {
-                Some((seen.token, seen.result.as_ref()))
+            Answer::Record(Some(s)) if s.state == RecordState::Completed => {
+                Some((s.token, s.result.as_ref()))
             }
             _ => None,
         }
-    }
-
-    /// Whether the answer says what state the key is in.
-    fn shows_state(&self) -> bool {
-        !matches!(self, Answer::LeaseLost | Answer::Error(_))
     }
 }
 
@@ -274,285 +259,135 @@ impl Op {
 }
 
 impl Call {
-    fn answer(&self) -> Option<&Answer> {
+    fn answered(&self) -> Option<&Answer> {
         self.answer.as_ref().map(|(_, answer)| answer)
     }
 
-    fn answered_at(&self) -> Option<Stamp> {
-        self.answer.as_ref().map(|(at, _)| *at)
+    /// When the answer arrived; never, for a call without one.
+    fn at(&self) -> Stamp {
+        self.answer.as_ref().map_or(Stamp::MAX, |(at, _)| *at)
     }
 
     /// Whether this call's answer arrived before `later` was invoked.
     fn before(&self, later: &Call) -> bool {
-        self.answered_at().is_some_and(|at| at < later.invoked)
+        self.at() < later.invoked
     }
 
     /// The token this call's answer shows.
     fn shown(&self) -> Option<u64> {
-        self.answer().and_then(Answer::token)
-    }
-
-    /// Whether this is a fenced call that succeeded.
-    fn succeeded(&self) -> bool {
-        self.op.token().is_some()
-            && matches!(
-                self.answer(),
-                Some(Answer::Renewed(_) | Answer::Record(Some(_)))
-            )
-    }
-
-    /// Whether this is a fenced call that succeeded or may have.
-    fn may_have_succeeded(&self) -> bool {
-        self.succeeded() || (self.op.token().is_some() && self.answer().is_none())
+        self.answered().and_then(Answer::token)
     }
 
     fn lease(&self) -> Option<&Lease> {
-        match self.answer() {
+        match self.answered() {
             Some(Answer::Acquired(lease)) => Some(lease),
             _ => None,
         }
     }
 
+    /// Whether this is a fenced call that succeeded (or, unless
+    /// `certainly`, may have).
+    fn succeeded(&self, certainly: bool) -> bool {
+        self.op.token().is_some()
+            && match self.answered() {
+                Some(answer) => matches!(answer, Answer::Renewed(_) | Answer::Record(Some(_))),
+                None => !certainly,
+            }
+    }
+
     /// The operation and who made it.
     fn name(&self) -> String {
-        format!("{} by {}", self.op, self.client)
+        format!("{:?} by {}", self.op, self.client)
     }
 
     /// The answer as reports show it.
     fn said(&self) -> String {
-        match (&self.raw, self.answer()) {
+        match (&self.raw, self.answered()) {
             (Some(raw), _) => raw.clone(),
-            (None, Some(answer)) => answer.to_string(),
+            (None, Some(answer)) => format!("{answer:?}"),
             (None, None) => "no answer (possibly applied)".to_owned(),
         }
     }
 }
 
+const VALID: &str = "every call is valid";
+const S3: &str = "§3 (attempts count the leases granted, releases excepted)";
+const S4: &str = "§4 (a fenced call succeeds while its token is current)";
+const S51: &str =
+    "§5.1 (one unexpired lease at a time, on the store's clock; one job run under it)";
+const S55: &str = "§5.1 and §5.5 (N concurrent claims on a fresh key: exactly one Acquired)";
+const S52: &str = "§5.2 (tokens come only from grants, once each, strictly increasing)";
+const S53: &str =
+    "§5.3 (only the holder of the current token can renew, complete, fail or release)";
+const S54: &str = "§5.4 (once completed, every reader sees the same result)";
+
 /// Checks docs/protocol.md §5 on `history`, key by key; returns every
 /// violation found, none when the history upholds it.
 pub fn check(history: &History) -> Vec<Violation> {
-    let mut by_key: BTreeMap<&str, Vec<&Call>> = BTreeMap::new();
+    let mut keys: BTreeMap<&str, (Vec<&Call>, Vec<&Work>)> = BTreeMap::new();
     for call in &history.calls {
-        by_key.entry(&call.key).or_default().push(call);
+        keys.entry(&call.key).or_default().0.push(call);
+    }
+    for work in &history.work {
+        keys.entry(&work.key).or_default().1.push(work);
     }
     let mut found = Vec::new();
-    for (key, mut calls) in by_key {
+    for (key, (mut calls, work)) in keys {
         calls.sort_by_key(|c| c.invoked);
-        let mut key = KeyCheck {
-            key,
-            calls: &calls,
-            found: &mut found,
-        };
-        let mut grants: Vec<(&Call, &Lease)> = calls
-            .iter()
-            .filter_map(|c| Some((*c, c.lease()?)))
-            .collect();
+        let mut grants: Vec<(&Call, &Lease)> = Vec::new();
+        grants.extend(calls.iter().filter_map(|c| Some((*c, c.lease()?))));
         grants.sort_by_key(|(_, lease)| lease.token);
-        key.errors();
-        key.tokens(&grants);
-        key.fencing(&grants);
-        key.leases(&grants);
-        key.results(&grants);
-    }
-    let mut runs: HashMap<(&str, u64), &Work> = HashMap::new();
-    for work in &history.work {
-        let mut report = |what| {
-            found.push(Violation {
-                what: format!(
-                    "{}: §5.1 (one run of the job per lease, by its holder): {what}",
-                    work.key
-                ),
-                context: String::new(),
-            })
+        let (calls, grants, found) = (&calls, &grants, &mut found);
+        let mut check = KeyCheck {
+            key,
+            calls,
+            grants,
+            found,
         };
-        if let Some(other) = runs.insert((work.key.as_str(), work.token), work) {
-            let (a, b) = (&other.client, &work.client);
-            report(format!(
-                "token {} ran the job twice ({a} and {b})",
-                work.token
-            ));
+        for c in calls {
+            if let Some(Answer::Error(_)) = c.answered() {
+                check.report(VALID, format!("{} is a bug: {}", c.name(), c.said()), &[c]);
+            }
         }
-        let granted = history.calls.iter().any(|c| {
-            (&c.key, &c.client) == (&work.key, &work.client)
-                && c.lease().is_some_and(|l| l.token == work.token)
-                && c.answered_at().is_some_and(|at| at <= work.started)
-        });
-        if !granted {
-            let (client, token) = (&work.client, work.token);
-            report(format!(
-                "{client} started a job under token {token}, which it had not been granted"
-            ));
-        }
+        check.tokens();
+        check.fencing();
+        check.leases();
+        check.work(&work);
+        check.results();
     }
     found
 }
 
-/// The checks of one key's calls, sorted by invocation.
+/// The checks of one key's calls, sorted by invocation, and its grants, by
+/// token.
 struct KeyCheck<'a, 'f> {
     key: &'a str,
     calls: &'a [&'a Call],
+    grants: &'a [(&'a Call, &'a Lease)],
     found: &'f mut Vec<Violation>,
 }
 
 impl<'a> KeyCheck<'a, '_> {
-    fn report(&mut self, guarantee: &'static str, what: String, involved: &[&Call]) {
-        self.found.push(Violation {
-            what: format!("{}: {guarantee}: {what}", self.key),
-            context: context(self.calls, involved),
-        });
+    fn report(&mut self, guarantee: &str, what: String, involved: &[&Call]) {
+        let what = format!("{}: {guarantee}: {what}", self.key);
+        let context = context(self.calls, involved);
+        self.found.push(Violation { what, context });
     }
 
-    /// The calls that unanswered claims could have made before `at`.
+    /// How many claims left unanswered were invoked before `at`.
     fn unanswered_claims(&self, at: Stamp) -> usize {
-        let unanswered = |c: &&&Call| c.op == Op::Claim && c.answer().is_none();
-        self.calls
-            .iter()
-            .filter(unanswered)
-            .filter(|c| c.invoked < at)
-            .count()
-    }
-
-    /// Every input is valid: no call may fail but with `LeaseLost`.
-    fn errors(&mut self) {
-        for c in self.calls {
-            if let Some(Answer::Error(_)) = c.answer() {
-                let what = format!("{} answered {}, which is a bug", c.name(), c.said());
-                self.report("no call fails", what, &[c]);
-            }
-        }
-    }
-
-    /// §5.2: tokens come from grants, once each, and increase.
-    fn tokens(&mut self, grants: &[(&Call, &Lease)]) {
-        for pair in grants.windows(2) {
-            let ((a, lease), (b, next)) = (pair[0], pair[1]);
-            if lease.token == next.token {
-                let what = format!(
-                    "token {} was granted twice (to {} and {})",
-                    lease.token, a.client, b.client
-                );
-                self.report("§5.2 (no token is granted twice)", what, &[a, b]);
-            }
-        }
-        // Each token no answer granted needs its own unanswered claim,
-        // invoked before an answer first showed the token.
-        let granted: BTreeSet<u64> = grants.iter().map(|(_, lease)| lease.token).collect();
-        let mut answered = self.calls.to_vec();
-        answered.sort_by_key(|c| c.answered_at());
-        let mut strangers = BTreeSet::new();
-        for c in answered {
-            let Some(token) = c.shown().filter(|t| !granted.contains(t)) else {
-                continue;
-            };
-            let at = c.answered_at().unwrap_or(Stamp::MAX);
-            if strangers.insert(token) && self.unanswered_claims(at) < strangers.len() {
-                let what = format!(
-                    "{} shows token {token}, which no claim was granted",
-                    c.name()
-                );
-                self.report("§5.2 (tokens come only from grants)", what, &[c]);
-            }
-        }
-        for &(claim, lease) in grants {
-            if let Some((earlier, seen)) = self.shown_before(claim, lease.token) {
-                let what = format!(
-                    "token {} was granted to {} after {} had shown token {seen}",
-                    lease.token,
-                    claim.client,
-                    earlier.name()
-                );
-                self.report("§5.2 (tokens strictly increase)", what, &[earlier, claim]);
-            }
-        }
+        let unanswered = |c: &&&Call| c.op == Op::Claim && c.answer.is_none() && c.invoked < at;
+        self.calls.iter().filter(unanswered).count()
     }
 
     /// An answer that arrived before `call` was invoked and showed a token
     /// of at least `least`, and that token.
     fn shown_before(&self, call: &Call, least: u64) -> Option<(&'a Call, u64)> {
-        self.calls.iter().find_map(|e| {
-            let seen = e.shown().filter(|&seen| seen >= least && e.before(call))?;
-            Some((*e, seen))
-        })
+        let shown = |e: &&'a Call| Some((*e, e.shown().filter(|&t| t >= least && e.before(call))?));
+        self.calls.iter().find_map(shown)
     }
 
-    /// §5.3 and §4: fenced calls succeed exactly while their token is current.
-    fn fencing(&mut self, grants: &[(&Call, &Lease)]) {
-        for &op in self.calls {
-            let Some(token) = op.op.token() else {
-                continue;
-            };
-            if op.succeeded() {
-                if let Some((newer, seen)) = self.shown_before(op, token + 1) {
-                    let what = format!(
-                        "{} was invoked after {} had shown token {seen}, yet got {}",
-                        op.name(),
-                        newer.name(),
-                        op.said()
-                    );
-                    self.report(
-                        "§5.3 (only the holder of the current token can renew, complete, fail or release)",
-                        what,
-                        &[newer, op],
-                    );
-                }
-                if let (Some(Answer::Record(Some(seen))), Some(state)) =
-                    (op.answer(), op.op.ends_in())
-                    && (seen.token, seen.state) != (token, state)
-                {
-                    let what = format!(
-                        "{} succeeded, but its answer shows another record: {}",
-                        op.name(),
-                        op.said()
-                    );
-                    self.report("§4 (a fenced call answers the record it made)", what, &[op]);
-                }
-                continue;
-            }
-            let Some(refused) = op
-                .answered_at()
-                .filter(|_| matches!(op.answer(), Some(Answer::LeaseLost)))
-            else {
-                continue;
-            };
-            // A later lease, a claim that may have granted one or that found
-            // the lease failed, or another call that ended it (a repeated
-            // complete or fail succeeds again).
-            let superseded = grants
-                .iter()
-                .any(|(claim, lease)| lease.token > token && claim.invoked < refused)
-                || self.unanswered_claims(refused) > 0;
-            let ended = self.calls.iter().any(|&c| {
-                let repeat = std::mem::discriminant(&c.op) == std::mem::discriminant(&op.op)
-                    && !matches!(op.op, Op::Release(_));
-                c.invoked < refused
-                    && match (&c.op, c.answer()) {
-                        (Op::Claim, Some(Answer::Record(Some(seen)))) => {
-                            (seen.state, seen.token) == (RecordState::Failed, token)
-                        }
-                        (ended_by, _) => {
-                            !std::ptr::eq(c, op)
-                                && ended_by.token() == Some(token)
-                                && ended_by.ends_in().is_some()
-                                && c.may_have_succeeded()
-                                && !(repeat && c.succeeded())
-                        }
-                    }
-            });
-            if !superseded && !ended {
-                let what = format!(
-                    "{} was refused, though no later lease was granted and nothing ended its lease",
-                    op.name()
-                );
-                self.report(
-                    "§4 (fenced calls succeed while their token is current)",
-                    what,
-                    &[op],
-                );
-            }
-        }
-    }
-
-    /// Whether a call with `token` that ends a lease (or only a release),
+    /// Whether a complete, fail or release (or only a release) with `token`,
     /// invoked before `by`, succeeded (or, unless `certainly`, may have).
     fn ended(&self, token: u64, release_only: bool, certainly: bool, by: Stamp) -> bool {
         self.calls.iter().any(|c| {
@@ -560,158 +395,230 @@ impl<'a> KeyCheck<'a, '_> {
                 && c.op.ends_in().is_some()
                 && (!release_only || matches!(c.op, Op::Release(_)))
                 && c.invoked < by
-                && if certainly {
-                    c.succeeded()
-                } else {
-                    c.may_have_succeeded()
-                }
+                && c.succeeded(certainly)
         })
     }
 
-    /// §5.1 (and §5.5) on the store's clock, and §3's attempts.
-    fn leases(&mut self, grants: &[(&Call, &Lease)]) {
-        let slack = chrono::Duration::from_std(CLOCK_RESOLUTION).expect("a small duration");
-        let mut hidden = grants
-            .first()
-            .map_or(0, |(_, lease)| lease.attempt.saturating_sub(1));
-        for pair in grants.windows(2) {
+    /// §5.2: tokens come from grants, once each, and increase.
+    fn tokens(&mut self) {
+        for pair in self.grants.windows(2) {
             let ((a, lease), (b, next)) = (pair[0], pair[1]);
-            let by = b.answered_at().unwrap_or(Stamp::MAX);
             if lease.token == next.token {
+                let (t, x, y) = (lease.token, &a.client, &b.client);
+                self.report(
+                    S52,
+                    format!("token {t} was granted twice ({x} and {y})"),
+                    &[a, b],
+                );
+            }
+        }
+        // Each token no answer granted needs an unanswered claim of its own,
+        // invoked before an answer first showed the token.
+        let granted: BTreeSet<u64> = self.grants.iter().map(|(_, lease)| lease.token).collect();
+        let mut answered = self.calls.to_vec();
+        answered.sort_by_key(|c| c.at());
+        let mut strangers = BTreeSet::new();
+        for c in answered {
+            if let Some(t) = c.shown().filter(|t| !granted.contains(t))
+                && strangers.insert(t)
+                && self.unanswered_claims(c.at()) < strangers.len()
+            {
+                let what = format!("{} shows token {t}, which no claim was granted", c.name());
+                self.report(S52, what, &[c]);
+            }
+        }
+        for &(claim, lease) in self.grants {
+            if let Some((e, seen)) = self.shown_before(claim, lease.token) {
+                let what = format!(
+                    "token {} was granted after {} had shown token {seen}",
+                    lease.token,
+                    e.name()
+                );
+                self.report(S52, what, &[e, claim]);
+            }
+        }
+    }
+
+    /// §5.3 and §4: fenced calls succeed exactly while their token is
+    /// current, and a success answers the record it made.
+    fn fencing(&mut self) {
+        for &op in self.calls {
+            let (Some(t), o, said) = (op.op.token(), op.name(), op.said()) else {
+                continue;
+            };
+            if op.succeeded(true) {
+                if let Some((newer, seen)) = self.shown_before(op, t + 1) {
+                    let what = format!(
+                        "{o} was invoked after {} had shown token {seen}, yet got {said}",
+                        newer.name()
+                    );
+                    self.report(S53, what, &[newer, op]);
+                }
+                if let (Some(Answer::Record(Some(seen))), Some(state)) =
+                    (op.answered(), op.op.ends_in())
+                    && (seen.token, seen.state) != (t, state)
+                {
+                    self.report(
+                        S4,
+                        format!("{o} succeeded with another record: {said}"),
+                        &[op],
+                    );
+                }
+                continue;
+            }
+            if !matches!(op.answered(), Some(Answer::LeaseLost)) {
+                continue;
+            }
+            // Refused: a later lease was granted, or an unanswered claim may
+            // have granted one, or a claim found the lease failed, or
+            // another call with the token ended it (a repeated complete or
+            // fail that succeeded succeeds again).
+            let refused = op.at();
+            let later = |(c, lease): &(&Call, &Lease)| lease.token > t && c.invoked < refused;
+            let superseded = self.unanswered_claims(refused) > 0 || self.grants.iter().any(later);
+            let kind = std::mem::discriminant(&op.op);
+            let ended = self.calls.iter().any(|&c| {
+                let repeat = kind == std::mem::discriminant(&c.op) && c.succeeded(true);
+                let repeat = repeat && !matches!(op.op, Op::Release(_));
+                let failed = |s: &Seen| (s.state, s.token) == (RecordState::Failed, t);
+                c.invoked < refused
+                    && !std::ptr::eq(c, op)
+                    && match c.answered() {
+                        Some(Answer::Record(Some(s))) if c.op == Op::Claim => failed(s),
+                        _ => c.op.token() == Some(t) && c.op.ends_in().is_some() && !repeat,
+                    }
+                    && (c.op == Op::Claim || c.succeeded(false))
+            });
+            if !superseded && !ended {
+                let what = format!("{o} was refused, though no later lease was granted");
+                self.report(S4, format!("{what} and no call ended its lease"), &[op]);
+            }
+        }
+    }
+
+    /// §5.1 (and §5.5) on the store's clock, and §3's attempts.
+    fn leases(&mut self) {
+        let slack = chrono::Duration::from_std(CLOCK_RESOLUTION).unwrap_or_default();
+        let first = self.grants.first().map(|(_, lease)| lease.attempt);
+        let mut hidden = first.unwrap_or(1) - 1;
+        for pair in self.grants.windows(2) {
+            let ((a, lease), (b, next)) = (pair[0], pair[1]);
+            let (t, n, by) = (lease.token, next.token, b.at());
+            if t == n {
                 continue;
             }
             // A lease its holder ended early is ordered before the next grant
             // by fencing, which the other checks cover. Its end's instant is
             // not compared: a store may read its clock for a claim before it
             // waits for the release that lets it grant.
-            if !self.ended(lease.token, false, false, by) {
-                let renewed = self
-                    .calls
-                    .iter()
-                    .filter(|c| c.op == Op::Renew(lease.token))
-                    .filter_map(|c| match c.answer() {
-                        Some(Answer::Renewed(until)) if *until > lease.expires_at => {
-                            Some((*until, *c))
-                        }
-                        _ => None,
-                    })
-                    .max_by_key(|(until, _)| *until);
-                let end = renewed.map_or(lease.expires_at, |(until, _)| until);
-                if next.granted_at + slack < end {
-                    let mut involved = vec![a, b];
-                    involved.extend(renewed.map(|(_, c)| c));
-                    let what = format!(
-                        "token {} was granted at {} on the store's clock while token {} was live until {}",
-                        next.token,
-                        time(&next.granted_at),
-                        lease.token,
-                        time(&end),
-                    );
-                    let fresh = (lease.attempt, next.attempt) == (1, 1)
-                        && !lease.takeover
-                        && !next.takeover;
-                    let guarantee = if fresh {
-                        "§5.1 and §5.5 (at most one unexpired lease; N concurrent claims on a fresh key: exactly one Acquired)"
-                    } else {
-                        "§5.1 (at most one unexpired lease at any instant)"
-                    };
-                    self.report(guarantee, what, &involved);
-                }
+            let renewal = |c: &&'a Call| match c.answered() {
+                Some(Answer::Renewed(until)) if c.op == Op::Renew(t) => Some((*until, *c)),
+                _ => None,
+            };
+            let renewed = self.calls.iter().filter_map(renewal).max_by_key(|r| r.0);
+            let renewed = renewed.filter(|(until, _)| *until > lease.expires_at);
+            let end = renewed.map_or(lease.expires_at, |(until, _)| until);
+            if !self.ended(t, false, false, by) && next.granted_at + slack < end {
+                let fresh = (lease.attempt, next.attempt) == (1, 1) && !next.takeover;
+                let at = next.granted_at;
+                let what = format!("token {n} was granted at {at} while token {t} was live");
+                let mut involved = vec![a, b];
+                involved.extend(renewed.map(|(_, c)| c));
+                let guarantee = if fresh { S55 } else { S51 };
+                self.report(guarantee, format!("{what} until {end}"), &involved);
             }
-            // §3: the next lease has the next attempt, or the same after a
+            // The next lease has the next attempt, or the same after a
             // release; attempts skipped are leases granted unheard of.
-            let least = u32::from(!self.ended(lease.token, true, false, by));
-            let surely = u32::from(!self.ended(lease.token, true, true, by));
+            let least = u32::from(!self.ended(t, true, false, by));
+            let surely = u32::from(!self.ended(t, true, true, by));
             if next.attempt < lease.attempt + least {
-                let what = format!(
-                    "attempt went from {} (token {}) to {} (token {})",
-                    lease.attempt, lease.token, next.attempt, next.token
-                );
-                self.report(
-                    "§3 (attempts count the leases granted, releases excepted)",
-                    what,
-                    &[a, b],
-                );
+                let (x, y) = (lease.attempt, next.attempt);
+                let what = format!("attempt went from {x} (token {t}) to {y} (token {n})");
+                self.report(S3, what, &[a, b]);
             }
             hidden += next.attempt.saturating_sub(lease.attempt + surely);
         }
         let unanswered = self.unanswered_claims(Stamp::MAX);
         if hidden as usize > unanswered {
-            let what = format!(
-                "{hidden} leases were granted that no client heard of, but only {unanswered} claims went unanswered"
-            );
-            let involved: Vec<&Call> = grants.iter().map(|(c, _)| *c).collect();
-            self.report("§3 (attempts count the leases granted)", what, &involved);
+            let involved: Vec<&Call> = self.grants.iter().map(|(c, _)| *c).collect();
+            let what = format!("{hidden} leases were granted that no client heard of");
+            let what = format!("{what}, for {unanswered} unanswered claims");
+            self.report(S3, what, &involved);
+        }
+    }
+
+    /// §5.1: every job ran under a lease granted to its client before it
+    /// began, once per lease.
+    fn work(&mut self, work: &[&Work]) {
+        let mut runs: HashMap<u64, &str> = HashMap::new();
+        for w in work {
+            let (t, who) = (w.token, &w.client);
+            let granted = |(c, lease): &&(&'a Call, &Lease)| {
+                (lease.token, &c.client) == (t, who) && c.at() <= w.started
+            };
+            let grant: Vec<&Call> = self.grants.iter().filter(granted).map(|g| g.0).collect();
+            if let Some(other) = runs.insert(t, who) {
+                let what = format!("token {t} ran the job twice ({other} and {who})");
+                self.report(S51, what, &grant);
+            }
+            if grant.is_empty() {
+                let what = format!("{who} started a job under token {t}");
+                self.report(S51, format!("{what}, which it had not been granted"), &[]);
+            }
         }
     }
 
     /// §5.4: one result, seen by every reader, and no lease after it.
-    fn results(&mut self, grants: &[(&Call, &Lease)]) {
-        const GUARANTEE: &str = "§5.4 (once completed, every reader sees the same result)";
+    fn results(&mut self) {
         let calls = self.calls;
-        let completed = |c: &&Call| matches!(c.op, Op::Complete(..)) && c.succeeded();
-        let completes: Vec<&Call> = calls.iter().copied().filter(completed).collect();
-        if let Some(other) = completes
-            .iter()
-            .find(|c| c.op.token() != completes[0].op.token())
-        {
+        let completed = |c: &&&Call| matches!(c.op, Op::Complete(..)) && c.succeeded(true);
+        let completes: Vec<&Call> = calls.iter().filter(completed).copied().collect();
+        let token = |c: &&&Call| c.op.token();
+        if let Some(&other) = completes.iter().find(|c| token(c) != token(&&completes[0])) {
             let what = format!(
                 "{} and {} both succeeded",
                 completes[0].name(),
                 other.name()
             );
-            self.report(GUARANTEE, what, &[completes[0], other]);
+            self.report(S54, what, &[completes[0], other]);
         }
-        let mut views: Vec<(&Call, u64, Option<&Bytes>)> = calls
-            .iter()
-            .filter_map(|c| {
-                let (token, result) = c.answer()?.completed()?;
-                Some((*c, token, result))
-            })
-            .collect();
-        views.sort_by_key(|(c, ..)| c.answered_at());
-        for &(reader, token, result) in &views {
-            let sent = calls.iter().any(|c| {
-                matches!(&c.op, Op::Complete(t, sent) if (*t, Some(sent)) == (token, result))
-                    && c.may_have_succeeded()
-            });
-            if !sent {
-                let what = format!(
-                    "{} shows result {result:?} under token {token}, which no complete with that token sent",
-                    reader.name()
-                );
-                self.report(GUARANTEE, what, &[reader]);
+        let view = |c: &&'a Call| Some((*c, c.answered()?.completed()?));
+        let mut views: Vec<(&Call, (u64, Option<&Bytes>))> = Vec::new();
+        views.extend(calls.iter().filter_map(view));
+        views.sort_by_key(|(c, _)| c.at());
+        for &(reader, (t, result)) in &views {
+            let sent = |c: &&&Call| match &c.op {
+                Op::Complete(s, r) => (*s, Some(r)) == (t, result) && c.succeeded(false),
+                _ => false,
+            };
+            if !calls.iter().any(|c| sent(&c)) {
+                let what = format!("{} shows token {t}'s result {result:?}", reader.name());
+                self.report(S54, format!("{what}, which no complete sent"), &[reader]);
             }
         }
-        let Some(&(first, token, result)) = views.first() else {
+        let Some(&(first, done)) = views.first() else {
             return;
         };
-        let lost = |other: &Call| {
-            let (first, other, said) = (first.name(), other.name(), other.said());
-            format!(
-                "token {token}'s result {result:?}, shown to {first}, was lost: {other} shows {said}"
-            )
-        };
-        for &(reader, t, r) in &views[1..] {
-            if (t, r) != (token, result) {
-                self.report(GUARANTEE, lost(reader), &[first, reader]);
-            }
-        }
+        // Every answer shows the one result; every answer after it, too.
         for &c in calls {
-            if first.before(c)
-                && c.answer()
-                    .is_some_and(|a| a.shows_state() && a.completed().is_none())
-            {
-                self.report(GUARANTEE, lost(c), &[first, c]);
+            let lost = match c.answered() {
+                Some(Answer::LeaseLost | Answer::Error(_)) | None => false,
+                Some(answer) => match answer.completed() {
+                    Some(view) => view != done,
+                    None => first.before(c),
+                },
+            };
+            if lost {
+                let (f, o, said) = (first.name(), c.name(), c.said());
+                let what = format!("the result {f} saw was lost: {o} shows {said}");
+                self.report(S54, what, &[first, c]);
             }
         }
-        let done = completes.first().copied().unwrap_or(first);
-        for &(claim, lease) in grants.iter().filter(|(_, lease)| lease.token > token) {
-            let what = format!(
-                "token {} was granted after token {token} completed the key",
-                lease.token
-            );
-            self.report(GUARANTEE, what, &[done, claim]);
+        let by = completes.first().copied().unwrap_or(first);
+        for &(claim, lease) in self.grants.iter().filter(|(_, lease)| lease.token > done.0) {
+            let (n, t) = (lease.token, done.0);
+            let what = format!("token {n} was granted after token {t} completed the key");
+            self.report(S54, what, &[by, claim]);
         }
     }
 }
@@ -720,15 +627,11 @@ impl<'a> KeyCheck<'a, '_> {
 /// after the last, at most about forty lines; involved calls are marked.
 fn context(calls: &[&Call], involved: &[&Call]) -> String {
     let lo = involved.iter().map(|c| c.invoked).min().unwrap_or(0);
-    let hi = involved
-        .iter()
-        .map(|c| c.answered_at().unwrap_or(Stamp::MAX))
-        .max()
-        .unwrap_or(Stamp::MAX);
+    let hi = involved.iter().map(|c| c.at()).max().unwrap_or(Stamp::MAX);
     let marked = |c: &Call| involved.iter().any(|i| std::ptr::eq(*i, c));
     let window: Vec<&&Call> = calls
         .iter()
-        .filter(|c| c.answered_at().unwrap_or(Stamp::MAX) >= lo && c.invoked <= hi)
+        .filter(|c| c.at() >= lo && c.invoked <= hi)
         .collect();
     let mut skip = window.len().saturating_sub(40);
     let mut lines = Vec::new();
@@ -748,8 +651,9 @@ fn context(calls: &[&Call], involved: &[&Call]) -> String {
 impl fmt::Display for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let at = self
-            .answered_at()
-            .map_or("?".to_owned(), |at| at.to_string());
+            .answer
+            .as_ref()
+            .map_or("?".to_owned(), |(at, _)| at.to_string());
         write!(
             f,
             "[{}..{at}] {} → {}",
@@ -758,52 +662,6 @@ impl fmt::Display for Call {
             self.said()
         )
     }
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Op::Claim => f.write_str("claim"),
-            Op::Renew(t) => write!(f, "renew token {t}"),
-            Op::Complete(t, result) => write!(f, "complete token {t} result {result:?}"),
-            Op::Fail(t) => write!(f, "fail token {t}"),
-            Op::Release(t) => write!(f, "release token {t}"),
-            Op::Get => f.write_str("get"),
-            Op::Wait => f.write_str("wait"),
-        }
-    }
-}
-
-impl fmt::Display for Answer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Answer::Acquired(l) => {
-                let (start, end) = (time(&l.granted_at), time(&l.expires_at));
-                let takeover = if l.takeover { " takeover" } else { "" };
-                let (token, attempt) = (l.token, l.attempt);
-                write!(
-                    f,
-                    "acquired token {token} attempt {attempt}{takeover} ({start} .. {end})"
-                )
-            }
-            Answer::Renewed(until) => write!(f, "renewed until {}", time(until)),
-            Answer::Record(None) => f.write_str("no record"),
-            Answer::Record(Some(Seen {
-                state,
-                token,
-                result,
-            })) => {
-                write!(f, "{} token {token} result {result:?}", state.as_str())
-            }
-            Answer::LeaseLost => f.write_str("lease lost"),
-            Answer::Error(e) => write!(f, "error: {e}"),
-        }
-    }
-}
-
-/// An instant of the store's clock, as reports show it.
-fn time(t: &Timestamp) -> String {
-    t.format("%H:%M:%S%.6f").to_string()
 }
 
 #[cfg(test)]
@@ -881,6 +739,10 @@ mod tests {
         Op::Complete(token, Bytes::from(result))
     }
 
+    fn renewed(ms: i64) -> Option<Answer> {
+        Some(Answer::Renewed(at(ms)))
+    }
+
     /// `a` is granted token 5 and stalls; `b` finds it in flight; `c`'s
     /// claim goes unanswered (it got token 6); once both leases expired `b`
     /// takes over with token 7, renews and completes; `a`'s late complete is
@@ -894,7 +756,7 @@ mod tests {
             .call("b", Op::Wait, seen(Processing, 6, None))
             .call("b", Op::Claim, lease(7, 3, 250))
             .work("b", 7)
-            .call("b", Op::Renew(7), Some(Answer::Renewed(at(400))))
+            .call("b", Op::Renew(7), renewed(400))
             .call("b", complete(7, "r7"), seen(Completed, 7, Some("r7")))
             .call("a", complete(5, "r5"), Some(Answer::LeaseLost))
             .call("a", Op::Release(5), None)
@@ -910,52 +772,39 @@ mod tests {
 
     #[test]
     fn each_violation_is_caught() {
-        let refused = Built::default().call("a", Op::Claim, lease(5, 1, 0));
-        let renewed = Some(Answer::Renewed(at(300)));
-        let cases = [
-            (
-                "is a bug",
-                ok().call("e", Op::Get, Some(Answer::Error("down".into()))),
-            ),
-            ("granted twice", ok().but(2, lease(5, 1, 0))),
-            (
-                "no claim was granted",
-                ok().call("e", Op::Get, seen(Processing, 9, None)),
-            ),
-            (
-                "strictly increase",
-                ok().call("e", Op::Claim, lease(6, 2, 900)),
-            ),
-            ("yet got", ok().but(7, seen(Completed, 5, Some("r5")))),
-            ("another record", ok().but(6, seen(Processing, 7, None))),
-            ("while token 5 was live", ok().but(4, lease(7, 3, 50))),
-            ("was live until", ok().call("a", Op::Renew(5), renewed)),
-            ("attempt went from", ok().but(4, lease(7, 1, 250))),
-            ("no client heard of", ok().but(4, lease(7, 4, 250))),
-            (
-                "was refused",
-                refused.call("a", Op::Renew(5), Some(Answer::LeaseLost)),
-            ),
-            (
-                "both succeeded",
-                ok().but(7, seen(Completed, 7, Some("r7"))),
-            ),
-            (
-                "no complete with",
-                ok().but(10, seen(Completed, 7, Some("r9"))),
-            ),
-            ("was lost", ok().but(10, seen(Processing, 7, None))),
-            (
-                "completed the key",
-                ok().call("e", Op::Claim, lease(8, 4, 900)),
-            ),
-            ("ran the job twice", ok().work("b", 7)),
-            ("had not been granted", ok().work("d", 7)),
-        ];
-        for (expected, built) in cases {
+        let caught = |expected: &str, built: Built| {
             let found = check(&built.0);
             let caught = found.iter().any(|v| v.what.contains(expected));
             assert!(caught, "`{expected}` is reported: {found:#?}");
-        }
+        };
+        let (error, lost) = (Some(Answer::Error("down".into())), Some(Answer::LeaseLost));
+        let (p9, r9) = (seen(Processing, 9, None), seen(Completed, 7, Some("r9")));
+        caught("is a bug", ok().call("e", Op::Get, error));
+        caught("granted twice", ok().but(2, lease(5, 1, 0)));
+        caught("no claim was granted", ok().call("e", Op::Get, p9));
+        caught(
+            "had shown token",
+            ok().call("e", Op::Claim, lease(6, 2, 900)),
+        );
+        caught("yet got", ok().but(7, seen(Completed, 5, Some("r5"))));
+        caught("another record", ok().but(6, seen(Processing, 7, None)));
+        caught("while token 5 was live", ok().but(4, lease(7, 3, 50)));
+        caught("was live until", ok().call("a", Op::Renew(5), renewed(300)));
+        caught("attempt went from", ok().but(4, lease(7, 1, 250)));
+        caught("no client heard of", ok().but(4, lease(7, 4, 250)));
+        let refused = Built::default().call("a", Op::Claim, lease(5, 1, 0));
+        caught("was refused", refused.call("a", Op::Renew(5), lost));
+        caught(
+            "both succeeded",
+            ok().but(7, seen(Completed, 7, Some("r7"))),
+        );
+        caught("which no complete sent", ok().but(10, r9));
+        caught("was lost", ok().but(10, seen(Processing, 7, None)));
+        caught(
+            "completed the key",
+            ok().call("e", Op::Claim, lease(8, 4, 900)),
+        );
+        caught("ran the job twice", ok().work("b", 7));
+        caught("had not been granted", ok().work("d", 7));
     }
 }
