@@ -223,7 +223,7 @@ fn run_case<T: Setup>(
     match history::check(&history).as_slice() {
         [] => Ok(()),
         [first, rest @ ..] => Err(TestCaseError::fail(format!(
-            "{first:#}\n({} more violations)",
+            "{first}\n({} more violations)",
             rest.len()
         ))),
     }

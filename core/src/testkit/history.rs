@@ -153,26 +153,6 @@ pub struct Work {
     pub started: Stamp,
 }
 
-/// A broken guarantee.
-#[derive(Clone, Debug)]
-pub struct Violation {
-    /// The key, the guarantee and what happened, in one line.
-    pub what: String,
-    /// The key's calls around those involved, one a line, those marked `»`.
-    pub context: String,
-}
-
-impl fmt::Display for Violation {
-    /// One line; `{:#}` adds the key's calls around it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.what)?;
-        if f.alternate() && !self.context.is_empty() {
-            write!(f, "\n  the key's calls around it:\n{}", self.context)?;
-        }
-        Ok(())
-    }
-}
-
 impl Answer {
     /// A store's answer to `claim_or_get`.
     pub fn from_claim(claim: Claim) -> Self {
@@ -322,8 +302,10 @@ const S53: &str =
 const S54: &str = "§5.4 (once completed, every reader sees the same result)";
 
 /// Checks docs/protocol.md §5 on `history`, key by key; returns every
-/// violation found, none when the history upholds it.
-pub fn check(history: &History) -> Vec<Violation> {
+/// violation found, none when the history upholds it: the key, the
+/// guarantee and what happened on a first line, then the key's calls around
+/// it, one a line, those involved marked `»`.
+pub fn check(history: &History) -> Vec<String> {
     let mut keys: BTreeMap<&str, (Vec<&Call>, Vec<&Work>)> = BTreeMap::new();
     for call in &history.calls {
         keys.entry(&call.key).or_default().0.push(call);
@@ -364,14 +346,14 @@ struct KeyCheck<'a, 'f> {
     key: &'a str,
     calls: &'a [&'a Call],
     grants: &'a [(&'a Call, &'a Lease)],
-    found: &'f mut Vec<Violation>,
+    found: &'f mut Vec<String>,
 }
 
 impl<'a> KeyCheck<'a, '_> {
     fn report(&mut self, guarantee: &str, what: String, involved: &[&Call]) {
-        let what = format!("{}: {guarantee}: {what}", self.key);
         let context = context(self.calls, involved);
-        self.found.push(Violation { what, context });
+        self.found
+            .push(format!("{}: {guarantee}: {what}{context}", self.key));
     }
 
     /// How many claims left unanswered were invoked before `at`.
@@ -471,15 +453,15 @@ impl<'a> KeyCheck<'a, '_> {
             }
             // Refused: a later lease was granted, or an unanswered claim may
             // have granted one, or a claim found the lease failed, or
-            // another call with the token ended it (a repeated complete or
-            // fail that succeeded succeeds again).
+            // another call with the token ended it (not a complete or fail
+            // like this one: if it took effect, this repeat succeeds again).
             let refused = op.at();
             let later = |(c, lease): &(&Call, &Lease)| lease.token > t && c.invoked < refused;
             let superseded = self.unanswered_claims(refused) > 0 || self.grants.iter().any(later);
             let kind = std::mem::discriminant(&op.op);
             let ended = self.calls.iter().any(|&c| {
-                let repeat = kind == std::mem::discriminant(&c.op) && c.succeeded(true);
-                let repeat = repeat && !matches!(op.op, Op::Release(_));
+                let repeat =
+                    kind == std::mem::discriminant(&c.op) && !matches!(c.op, Op::Release(_));
                 let failed = |s: &Seen| (s.state, s.token) == (RecordState::Failed, t);
                 c.invoked < refused
                     && !std::ptr::eq(c, op)
@@ -624,28 +606,30 @@ impl<'a> KeyCheck<'a, '_> {
 }
 
 /// The key's calls from shortly before the first involved one to shortly
-/// after the last, at most about forty lines; involved calls are marked.
+/// after the last, a line each after a line break, at most about forty;
+/// involved calls are marked.
 fn context(calls: &[&Call], involved: &[&Call]) -> String {
-    let lo = involved.iter().map(|c| c.invoked).min().unwrap_or(0);
-    let hi = involved.iter().map(|c| c.at()).max().unwrap_or(Stamp::MAX);
-    let marked = |c: &Call| involved.iter().any(|i| std::ptr::eq(*i, c));
-    let window: Vec<&&Call> = calls
+    let lo = involved
         .iter()
-        .filter(|c| c.at() >= lo && c.invoked <= hi)
-        .collect();
-    let mut skip = window.len().saturating_sub(40);
-    let mut lines = Vec::new();
+        .map(|c| c.invoked)
+        .min()
+        .unwrap_or(Stamp::MAX);
+    let hi = involved.iter().map(|c| c.at()).max().unwrap_or(0);
+    let marked = |c: &Call| involved.iter().any(|i| std::ptr::eq(*i, c));
+    let window = calls.iter().filter(|c| c.at() >= lo && c.invoked <= hi);
+    let mut skip = window.clone().count().saturating_sub(40);
+    let mut text = String::new();
     if skip > 0 {
-        lines.push(format!("    … {skip} earlier unmarked calls left out …"));
+        text.push_str(&format!("\n    … {skip} earlier unmarked calls left out …"));
     }
     for c in window {
         if !marked(c) && skip > 0 {
             skip -= 1;
             continue;
         }
-        lines.push(format!("  {} {c}", if marked(c) { "»" } else { " " }));
+        text.push_str(&format!("\n  {} {c}", if marked(c) { "»" } else { " " }));
     }
-    lines.join("\n")
+    text
 }
 
 impl fmt::Display for Call {
@@ -774,7 +758,7 @@ mod tests {
     fn each_violation_is_caught() {
         let caught = |expected: &str, built: Built| {
             let found = check(&built.0);
-            let caught = found.iter().any(|v| v.what.contains(expected));
+            let caught = found.iter().any(|v| v.contains(expected));
             assert!(caught, "`{expected}` is reported: {found:#?}");
         };
         let (error, lost) = (Some(Answer::Error("down".into())), Some(Answer::LeaseLost));

@@ -247,15 +247,16 @@ impl History {
 /// message per violation, empty when the history is correct. Every key must
 /// also have ended completed.
 pub(crate) fn check(history: &History, finals: &BTreeMap<String, Value>) -> Vec<String> {
-    let keys: BTreeSet<&String> = history.calls.iter().map(|call| &call.key).collect();
-    let mut violations: Vec<String> = keys
-        .into_iter()
-        .filter(|key| !finals.contains_key(*key))
-        .map(|key| format!("{key}: has no final record"))
-        .collect();
-    for (key, record) in finals {
-        if record["state"] != "completed" {
-            violations.push(format!("{key}: did not end completed: {record}"));
+    let mut keys: BTreeSet<&String> = history.calls.iter().map(|call| &call.key).collect();
+    keys.extend(finals.keys());
+    let mut violations = Vec::new();
+    for key in keys {
+        match finals.get(key) {
+            None => violations.push(format!("{key}: has no final record")),
+            Some(record) if record["state"] != "completed" => {
+                violations.push(format!("{key}: did not end completed: {record}"));
+            }
+            Some(_) => {}
         }
     }
     let finals = finals.iter().map(|(key, record)| checked::Call {
@@ -272,16 +273,12 @@ pub(crate) fn check(history: &History, finals: &BTreeMap<String, Value>) -> Vec<
         token: job.token,
         started: job.start,
     });
+    let calls = history.calls.iter().map(Call::checked).chain(finals);
     let history = checked::History {
-        calls: history
-            .calls
-            .iter()
-            .map(Call::checked)
-            .chain(finals)
-            .collect(),
+        calls: calls.collect(),
         work: jobs.collect(),
     };
-    violations.extend(checked::check(&history).iter().map(ToString::to_string));
+    violations.extend(checked::check(&history));
     violations
 }
 
