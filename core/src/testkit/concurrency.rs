@@ -3,30 +3,13 @@
 //! recorded history must show docs/protocol.md §5's guarantees.
 //!
 //! Every call is stamped with two numbers from one global atomic sequence:
-//! one taken just before the call, one just after it returned. A response
-//! stamped before another call's invocation stamp certainly happened before
-//! that call took effect, whatever the scheduling. The checks, per key and in
-//! this order, rely only on that order — except §5.1, which compares the
-//! store's own timestamps — so they hold on any store and any machine:
-//!
-//! - §5.2: no token is granted twice; every token a response shows was
-//!   granted; a granted token is greater than every token any response
-//!   showed before the claim was made.
-//! - §5.3: a renew, complete, fail or release with token `t` never succeeds
-//!   once a response has shown a token greater than `t`.
-//! - §5.1 (and §5.5, which all tasks exercise at once on fresh keys): unless
-//!   its holder completed, failed or released it, a lease is followed by the
-//!   next grant (on the store's clock: its `expires_at − ttl`) only once it
-//!   expired, renewals included.
-//! - §4: a fenced call is refused only if a later lease was granted (every
-//!   task uses a lease for at most one renew and one final call).
-//! - §5.4: at most one result is ever accepted, every completed answer shows
-//!   exactly it under its token, and no lease is granted after it.
-//!
-//! No store call may fail otherwise: every input is valid.
+//! one taken just before the call, one just after it returned, and recorded
+//! into a [`History`], which [`history::check`] checks key by key. A
+//! response stamped before another call's invocation stamp certainly
+//! happened before that call took effect, whatever the scheduling, so the
+//! checks hold on any store and any machine. Every input is valid and every
+//! call is answered.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -35,11 +18,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 
+use super::history::{self, Answer, Call, History, Op};
 use super::{Setup, SuiteConfig};
-use crate::{
-    Claim, ClaimOptions, Error, JobError, Kind, Owner, Record, RecordState, RequestKey,
-    RequestStore, Timestamp, Token,
-};
+use crate::{ClaimOptions, JobError, Kind, Owner, RecordState, RequestKey, RequestStore, Token};
 
 /// How [`check_concurrent_history`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,7 +175,7 @@ fn run_case<T: Setup>(
         .enable_all()
         .build()
         .map_err(|e| TestCaseError::fail(format!("cannot build a tokio runtime: {e}")))?;
-    let events = runtime.block_on(async {
+    let history = runtime.block_on(async {
         let store = Arc::new(
             setup
                 .store(SuiteConfig {
@@ -217,7 +198,7 @@ fn run_case<T: Setup>(
                     keys: Arc::clone(&keys),
                     clock: Arc::clone(&clock),
                     lease_ttl: config.lease_ttl,
-                    events: Vec::new(),
+                    history: History::default(),
                 };
                 let start = Arc::clone(&start);
                 tokio::spawn(async move {
@@ -226,17 +207,26 @@ fn run_case<T: Setup>(
                 })
             })
             .collect();
-        let mut events = Vec::new();
+        let mut history = History::default();
         for (task, handle) in handles.into_iter().enumerate() {
             match handle.await {
-                Ok(mut task_events) => events.append(&mut task_events),
+                Ok(mut task) => {
+                    history.calls.append(&mut task.calls);
+                    history.work.append(&mut task.work);
+                }
                 Err(e) => return Err(format!("task {task} panicked or was cancelled: {e}")),
             }
         }
-        Ok(events)
+        Ok(history)
     });
-    let events = events.map_err(TestCaseError::fail)?;
-    check_history(&events, config.keys).map_err(TestCaseError::fail)
+    let history = history.map_err(TestCaseError::fail)?;
+    match history::check(&history).as_slice() {
+        [] => Ok(()),
+        [first, rest @ ..] => Err(TestCaseError::fail(format!(
+            "{first}\n({} more violations)",
+            rest.len()
+        ))),
+    }
 }
 
 /// One task: runs its script and records every call.
@@ -246,11 +236,11 @@ struct Worker<S> {
     keys: Arc<[RequestKey]>,
     clock: Arc<AtomicU64>,
     lease_ttl: Duration,
-    events: Vec<Event>,
+    history: History,
 }
 
 impl<S: RequestStore> Worker<S> {
-    async fn run(mut self, script: Vec<Step>) -> Vec<Event> {
+    async fn run(mut self, script: Vec<Step>) -> History {
         for step in script {
             match step {
                 Step::Claim {
@@ -259,17 +249,13 @@ impl<S: RequestStore> Worker<S> {
                     wait_if_in_flight,
                 } => self.claim(key, job, wait_if_in_flight).await,
                 Step::Get { key } => {
-                    let store = Arc::clone(&self.store);
-                    let k = self.keys[key].clone();
-                    self.record(key, Call::Get, async move {
-                        Answer::from_read(store.get(&k).await)
-                    })
-                    .await;
+                    let get = |s: Arc<S>, k| async move { Answer::from_record(s.get(&k).await) };
+                    self.record(key, Op::Get, get).await;
                 }
-                Step::Wait { key } => self.wait(key, self.lease_ttl).await,
+                Step::Wait { key } => self.wait(key).await,
             }
         }
-        self.events
+        self.history
     }
 
     /// Claims `key`; with a lease, does `job`. When the job is in flight
@@ -283,21 +269,23 @@ impl<S: RequestStore> Worker<S> {
             .and_then(|o| o.with_retry_backoff(Duration::from_millis(5)))
             .expect("claim options within the limits");
         for attempt in 0..2 {
-            let store = Arc::clone(&self.store);
-            let k = self.keys[key].clone();
             let options = options.clone();
-            let answer = self
-                .record(key, Call::Claim, async move {
-                    match store.claim_or_get(&k, &options).await {
-                        Ok(claim) => Answer::from_claim(claim),
-                        Err(e) => Answer::Error(e.to_string()),
-                    }
-                })
-                .await;
-            match answer {
-                Answer::Acquired { token, .. } => return self.work(key, token, job).await,
-                Answer::InFlight { remaining, .. } if wait_if_in_flight && attempt == 0 => {
-                    self.wait(key, remaining.min(self.lease_ttl)).await;
+            let claim = |s: Arc<S>, k| async move {
+                s.claim_or_get(&k, &options)
+                    .await
+                    .map_or_else(Answer::from_error, Answer::from_claim)
+            };
+            match self.record(key, Op::Claim, claim).await {
+                Answer::Acquired(lease) => {
+                    let token = Token::new(lease.token).expect("a granted token is valid");
+                    return self.work(key, token, job).await;
+                }
+                Answer::Record(Some(seen))
+                    if seen.state == RecordState::Processing
+                        && wait_if_in_flight
+                        && attempt == 0 =>
+                {
+                    self.wait(key).await;
                 }
                 _ => return,
             }
@@ -305,592 +293,76 @@ impl<S: RequestStore> Worker<S> {
     }
 
     async fn work(&mut self, key: usize, token: Token, job: Job) {
+        self.history.work.push(history::Work {
+            key: self.keys[key].as_str().to_owned(),
+            client: format!("task {}", self.task),
+            token: token.get(),
+            started: self.clock.fetch_add(1, Ordering::SeqCst),
+        });
         match job.work {
             Work::None => {}
             Work::Short(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Work::Overrun => tokio::time::sleep(self.lease_ttl * 3 / 2).await,
         }
-        let k = self.keys[key].clone();
+        let t = token.get();
         if job.renew {
-            let store = Arc::clone(&self.store);
-            let k = k.clone();
-            self.record(key, Call::Renew(token), async move {
-                match store.renew(&k, token, None).await {
-                    Ok(renewal) => Answer::Renewed {
-                        expires_at: renewal.expires_at,
-                    },
-                    Err(e) => Answer::from_error(e),
-                }
-            })
-            .await;
+            let renew = |s: Arc<S>, k| async move {
+                s.renew(&k, token, None)
+                    .await
+                    .map_or_else(Answer::from_error, |r| Answer::Renewed(r.expires_at))
+            };
+            self.record(key, Op::Renew(t), renew).await;
         }
-        let store = Arc::clone(&self.store);
+        let done = |done: Result<_, _>| Answer::from_record(done.map(Some));
         match job.end {
             End::Crash => {}
             End::Complete => {
                 // JSON text, so that the harness runs over the HTTP API too.
                 let result = Bytes::from(format!("\"task {} token {token}\"", self.task));
-                let call = Call::Complete(token, result.clone());
-                self.record(key, call, async move {
-                    Answer::from_fenced(store.complete(&k, token, result).await)
-                })
-                .await;
+                let op = Op::Complete(t, result.clone());
+                let complete =
+                    |s: Arc<S>, k| async move { done(s.complete(&k, token, result).await) };
+                self.record(key, op, complete).await;
             }
             End::FailRetryable | End::FailPermanent => {
                 let retryable = matches!(job.end, End::FailRetryable);
                 let error = JobError::new(format!("task {} gave up", self.task), retryable);
-                self.record(key, Call::Fail(token, retryable), async move {
-                    Answer::from_fenced(store.fail(&k, token, &error).await)
-                })
-                .await;
+                let fail = |s: Arc<S>, k| async move { done(s.fail(&k, token, &error).await) };
+                self.record(key, Op::Fail(t), fail).await;
             }
             End::Release => {
-                self.record(key, Call::Release(token), async move {
-                    Answer::from_fenced(store.release(&k, token).await)
-                })
-                .await;
+                let release = |s: Arc<S>, k| async move { done(s.release(&k, token).await) };
+                self.record(key, Op::Release(t), release).await;
             }
         }
     }
 
-    async fn wait(&mut self, key: usize, timeout: Duration) {
-        let store = Arc::clone(&self.store);
-        let k = self.keys[key].clone();
-        self.record(key, Call::Wait, async move {
-            Answer::from_read(store.wait(&k, timeout).await)
-        })
-        .await;
+    async fn wait(&mut self, key: usize) {
+        let timeout = self.lease_ttl;
+        let wait = |s: Arc<S>, k| async move { Answer::from_record(s.wait(&k, timeout).await) };
+        self.record(key, Op::Wait, wait).await;
     }
 
-    /// Runs `call`, stamping it just before and just after, and keeps it.
-    async fn record(
+    /// Makes the call `op` on `key` (`call` gets the store and the key),
+    /// stamping it just before and just after, and keeps it.
+    async fn record<F: Future<Output = Answer>>(
         &mut self,
         key: usize,
-        call: Call,
-        answer: impl Future<Output = Answer>,
+        op: Op,
+        call: impl FnOnce(Arc<S>, RequestKey) -> F,
     ) -> Answer {
+        let call = call(Arc::clone(&self.store), self.keys[key].clone());
         let invoked = self.clock.fetch_add(1, Ordering::SeqCst);
-        let answer = answer.await;
-        let returned = self.clock.fetch_add(1, Ordering::SeqCst);
-        self.events.push(Event {
-            task: self.task,
-            key,
+        let answer = call.await;
+        let at = self.clock.fetch_add(1, Ordering::SeqCst);
+        self.history.calls.push(Call {
+            key: self.keys[key].as_str().to_owned(),
+            client: format!("task {}", self.task),
+            op,
             invoked,
-            returned,
-            call,
-            answer: answer.clone(),
+            answer: Some((at, answer.clone())),
+            raw: None,
         });
         answer
     }
-}
-
-/// One call and its response.
-#[derive(Clone, Debug)]
-struct Event {
-    task: usize,
-    key: usize,
-    /// Sequence number taken just before the call.
-    invoked: u64,
-    /// Sequence number taken just after it returned.
-    returned: u64,
-    call: Call,
-    answer: Answer,
-}
-
-#[derive(Clone, Debug)]
-enum Call {
-    Claim,
-    Renew(Token),
-    Complete(Token, Bytes),
-    Fail(Token, bool),
-    Release(Token),
-    Get,
-    Wait,
-}
-
-#[derive(Clone, Debug)]
-enum Answer {
-    Acquired {
-        token: Token,
-        attempt: u32,
-        takeover: bool,
-        /// The store-clock instant the lease was granted (`expires_at − ttl`).
-        granted_at: Timestamp,
-        expires_at: Timestamp,
-    },
-    InFlight {
-        token: Token,
-        remaining: Duration,
-    },
-    Completed {
-        token: Token,
-        result: Bytes,
-    },
-    Failed {
-        token: Token,
-    },
-    Renewed {
-        expires_at: Timestamp,
-    },
-    /// A record (from get, wait, or a successful complete, fail, release),
-    /// or none.
-    Record(Option<Seen>),
-    LeaseLost,
-    Error(String),
-}
-
-/// What the history keeps of a record.
-#[derive(Clone, Debug)]
-struct Seen {
-    state: RecordState,
-    token: Token,
-    result: Option<Bytes>,
-}
-
-impl Answer {
-    fn from_claim(claim: Claim) -> Self {
-        match claim {
-            Claim::Acquired(lease) => Answer::Acquired {
-                token: lease.token,
-                attempt: lease.attempt,
-                takeover: lease.takeover,
-                granted_at: lease.expires_at
-                    - chrono::Duration::from_std(lease.ttl).unwrap_or(chrono::Duration::MAX),
-                expires_at: lease.expires_at,
-            },
-            Claim::InFlight(f) => Answer::InFlight {
-                token: f.token,
-                remaining: f.remaining,
-            },
-            Claim::Completed(c) => Answer::Completed {
-                token: c.token,
-                result: c.result,
-            },
-            Claim::Failed(f) => Answer::Failed { token: f.token },
-        }
-    }
-
-    fn from_record(record: Record) -> Seen {
-        Seen {
-            state: record.state,
-            token: record.token,
-            result: record.result,
-        }
-    }
-
-    fn from_read(read: Result<Option<Record>, Error>) -> Self {
-        match read {
-            Ok(record) => Answer::Record(record.map(Self::from_record)),
-            Err(e) => Answer::Error(e.to_string()),
-        }
-    }
-
-    fn from_fenced(done: Result<Record, Error>) -> Self {
-        match done {
-            Ok(record) => Answer::Record(Some(Self::from_record(record))),
-            Err(e) => Self::from_error(e),
-        }
-    }
-
-    fn from_error(error: Error) -> Self {
-        match error {
-            Error::LeaseLost { .. } => Answer::LeaseLost,
-            e => Answer::Error(e.to_string()),
-        }
-    }
-
-    /// The token the store reported in this response, if any.
-    fn token(&self) -> Option<Token> {
-        match self {
-            Answer::Acquired { token, .. }
-            | Answer::InFlight { token, .. }
-            | Answer::Completed { token, .. }
-            | Answer::Failed { token } => Some(*token),
-            Answer::Record(Some(seen)) => Some(seen.token),
-            Answer::Renewed { .. }
-            | Answer::Record(None)
-            | Answer::LeaseLost
-            | Answer::Error(_) => None,
-        }
-    }
-
-    /// The result a reader saw, if the response shows a completed record.
-    fn result(&self) -> Option<&Bytes> {
-        match self {
-            Answer::Completed { result, .. } => Some(result),
-            Answer::Record(Some(Seen {
-                state: RecordState::Completed,
-                result,
-                ..
-            })) => Some(result.as_ref().unwrap_or(&EMPTY)),
-            _ => None,
-        }
-    }
-}
-
-/// What a completed record without a result shows (a violation in itself).
-static EMPTY: Bytes = Bytes::from_static(b"<completed without a result>");
-
-impl Call {
-    /// The token of a fenced call.
-    fn fenced_token(&self) -> Option<Token> {
-        match self {
-            Call::Renew(t) | Call::Complete(t, _) | Call::Fail(t, _) | Call::Release(t) => Some(*t),
-            Call::Claim | Call::Get | Call::Wait => None,
-        }
-    }
-}
-
-impl Event {
-    /// Whether a fenced call succeeded.
-    fn fenced_ok(&self) -> bool {
-        self.call.fenced_token().is_some()
-            && matches!(
-                self.answer,
-                Answer::Renewed { .. } | Answer::Record(Some(_))
-            )
-    }
-
-    /// Whether this response certainly came before `later` took effect.
-    fn before(&self, later: &Event) -> bool {
-        self.returned < later.invoked
-    }
-}
-
-impl fmt::Display for Event {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "[{:>4}..{:>4}] task {:>2} ",
-            self.invoked, self.returned, self.task
-        )?;
-        match &self.call {
-            Call::Claim => f.write_str("claim")?,
-            Call::Renew(t) => write!(f, "renew token {t}")?,
-            Call::Complete(t, result) => write!(f, "complete token {t} result {result:?}")?,
-            Call::Fail(t, retryable) => write!(
-                f,
-                "fail token {t} {}",
-                if *retryable { "retryable" } else { "permanent" }
-            )?,
-            Call::Release(t) => write!(f, "release token {t}")?,
-            Call::Get => f.write_str("get")?,
-            Call::Wait => f.write_str("wait")?,
-        }
-        f.write_str(" → ")?;
-        match &self.answer {
-            Answer::Acquired {
-                token,
-                attempt,
-                takeover,
-                granted_at,
-                expires_at,
-            } => write!(
-                f,
-                "Acquired token {token} attempt {attempt}{} (store clock {} .. {})",
-                if *takeover { " takeover" } else { "" },
-                granted_at.format("%H:%M:%S%.6f"),
-                expires_at.format("%H:%M:%S%.6f"),
-            ),
-            Answer::InFlight { token, remaining } => {
-                write!(f, "InFlight token {token} remaining {remaining:?}")
-            }
-            Answer::Completed { token, result } => {
-                write!(f, "Completed token {token} result {result:?}")
-            }
-            Answer::Failed { token } => write!(f, "Failed token {token}"),
-            Answer::Renewed { expires_at } => {
-                write!(f, "renewed until {}", expires_at.format("%H:%M:%S%.6f"))
-            }
-            Answer::Record(None) => f.write_str("no record"),
-            Answer::Record(Some(seen)) => {
-                write!(f, "{} token {}", seen.state.as_str(), seen.token)?;
-                match &seen.result {
-                    Some(result) => write!(f, " result {result:?}"),
-                    None => Ok(()),
-                }
-            }
-            Answer::LeaseLost => f.write_str("LeaseLost"),
-            Answer::Error(e) => write!(f, "error: {e}"),
-        }
-    }
-}
-
-/// How far the store's own timestamps may disagree when comparing one
-/// lease's end with the next grant (§5.1): rounding to the store's clock
-/// resolution, not scheduling noise (both instants are the store's).
-const CLOCK_RESOLUTION: Duration = Duration::from_millis(2);
-
-/// Checks docs/protocol.md §5 on the whole history, key by key.
-fn check_history(events: &[Event], keys: usize) -> Result<(), String> {
-    for key in 0..keys {
-        let mut mine: Vec<&Event> = events.iter().filter(|e| e.key == key).collect();
-        mine.sort_by_key(|e| e.invoked);
-        check_key(key, &mine)?;
-    }
-    Ok(())
-}
-
-fn check_key(key: usize, events: &[&Event]) -> Result<(), String> {
-    let violation = |guarantee: &str, what: String, involved: &[&Event]| {
-        Err(format!(
-            "{guarantee} on key concurrent-{key}: {what}\n  history of the key around it:\n{}",
-            slice(events, involved)
-        ))
-    };
-
-    // Nothing but LeaseLost may go wrong: the inputs are all valid.
-    if let Some(e) = events.iter().find(|e| matches!(e.answer, Answer::Error(_))) {
-        return violation("a store call failed", format!("{e}"), &[e]);
-    }
-
-    let acquired: Vec<(&Event, Token)> = events
-        .iter()
-        .filter_map(|e| match e.answer {
-            Answer::Acquired { token, .. } => Some((*e, token)),
-            _ => None,
-        })
-        .collect();
-
-    // §5.2: no token is granted twice.
-    let mut granted: BTreeMap<Token, &Event> = BTreeMap::new();
-    for &(e, token) in &acquired {
-        if let Some(first) = granted.insert(token, e) {
-            return violation(
-                "§5.2 (no token is granted twice)",
-                format!("token {token} was Acquired twice"),
-                &[first, e],
-            );
-        }
-    }
-
-    // §5.2: every token a response shows was granted.
-    for e in events {
-        if let Some(token) = e.answer.token()
-            && !granted.contains_key(&token)
-        {
-            return violation(
-                "§5.2 (tokens come only from grants)",
-                format!("a response shows token {token}, which no claim was granted"),
-                &[e],
-            );
-        }
-    }
-
-    // §5.2: a grant's token exceeds every token shown before the claim.
-    for &(claim, token) in &acquired {
-        if let Some(earlier) = events
-            .iter()
-            .find(|e| e.before(claim) && e.answer.token().is_some_and(|seen| seen >= token))
-        {
-            return violation(
-                "§5.2 (tokens strictly increase)",
-                format!(
-                    "token {token} was granted after a response had already shown token {}",
-                    earlier.answer.token().expect("found by its token")
-                ),
-                &[earlier, claim],
-            );
-        }
-    }
-
-    // §5.3: a stale token is never accepted.
-    for op in events.iter().filter(|e| e.fenced_ok()) {
-        let token = op.call.fenced_token().expect("a fenced call");
-        if let Some(newer) = events
-            .iter()
-            .find(|e| e.before(op) && e.answer.token().is_some_and(|seen| seen > token))
-        {
-            return violation(
-                "§5.3 (only the holder of the current token can renew, complete, fail or release)",
-                format!(
-                    "an operation with token {token} succeeded after token {} had been shown",
-                    newer.answer.token().expect("found by its token")
-                ),
-                &[newer, op],
-            );
-        }
-    }
-
-    // §5.1: at most one unexpired lease at any instant of the store's clock.
-    // A lease that its holder completed, failed or released ended before the
-    // next grant (fencing orders them, and §5.3 checks fencing); comparing
-    // the instants would wrongly flag a store whose clock reading is taken
-    // when its transaction starts (Postgres `now()`), which may be before the
-    // release it waited for. Otherwise the lease ran until its expiry,
-    // renewals included.
-    let ended_early = |token: Token| {
-        events.iter().any(|e| {
-            e.call.fenced_token() == Some(token) && matches!(e.answer, Answer::Record(Some(_)))
-        })
-    };
-    let mut by_token: Vec<&(&Event, Token)> = acquired.iter().collect();
-    by_token.sort_by_key(|&&(_, token)| token);
-    for pair in by_token.windows(2) {
-        let (&(earlier, old), &(later, new)) = (pair[0], pair[1]);
-        if ended_early(old) {
-            continue;
-        }
-        let Answer::Acquired { expires_at, .. } = earlier.answer else {
-            unreachable!("acquired events answer Acquired")
-        };
-        let renewed = events
-            .iter()
-            .copied()
-            .filter_map(|e| match e.answer {
-                Answer::Renewed { expires_at } if e.call.fenced_token() == Some(old) => {
-                    Some((expires_at, e))
-                }
-                _ => None,
-            })
-            .max_by_key(|&(until, _)| until);
-        let (lease_end, renewed_by) = match renewed {
-            Some((until, e)) if until > expires_at => (until, Some(e)),
-            _ => (expires_at, None),
-        };
-        let Answer::Acquired { granted_at, .. } = later.answer else {
-            unreachable!("acquired events answer Acquired")
-        };
-        let slack = chrono::Duration::from_std(CLOCK_RESOLUTION).expect("a small duration");
-        if granted_at + slack < lease_end {
-            let mut involved = vec![earlier, later];
-            involved.extend(renewed_by);
-            let first_attempts = [earlier, later].iter().all(|e| {
-                matches!(
-                    e.answer,
-                    Answer::Acquired {
-                        attempt: 1,
-                        takeover: false,
-                        ..
-                    }
-                )
-            });
-            return violation(
-                if first_attempts {
-                    "§5.1 and §5.5 (at most one unexpired lease; N concurrent claims on a fresh \
-                     key: exactly one Acquired)"
-                } else {
-                    "§5.1 (at most one unexpired lease at any instant)"
-                },
-                format!(
-                    "token {new} was granted at {} on the store's clock, while token {old}'s lease \
-                     ran until {}",
-                    granted_at.format("%H:%M:%S%.6f"),
-                    lease_end.format("%H:%M:%S%.6f"),
-                ),
-                &involved,
-            );
-        }
-    }
-
-    // §4: a fenced call is refused only when its token stopped being current.
-    // Each task uses a lease for at most one renew and then one final call,
-    // so a refusal means a later lease was granted before it.
-    for op in events
-        .iter()
-        .filter(|e| e.call.fenced_token().is_some() && matches!(e.answer, Answer::LeaseLost))
-    {
-        let token = op.call.fenced_token().expect("a fenced call");
-        let explained = acquired
-            .iter()
-            .any(|&(claim, newer)| newer > token && claim.invoked < op.returned);
-        if !explained {
-            return violation(
-                "§4 (fenced operations succeed while the token is current)",
-                format!(
-                    "an operation with token {token} was refused though no later lease was granted"
-                ),
-                &[op],
-            );
-        }
-    }
-
-    // §5.4: one result, seen by every reader, and no lease after it.
-    let completions: Vec<&Event> = events
-        .iter()
-        .copied()
-        .filter(|e| e.fenced_ok() && matches!(e.call, Call::Complete(..)))
-        .collect();
-    if let [first, second, ..] = completions.as_slice() {
-        return violation(
-            "§5.4 (once completed, every reader sees the same result)",
-            "two completes succeeded".to_owned(),
-            &[first, second],
-        );
-    }
-    let accepted = completions.first().map(|e| match &e.call {
-        Call::Complete(token, result) => (*token, result.clone(), *e),
-        _ => unreachable!("filtered on Complete"),
-    });
-    for reader in events.iter().copied() {
-        let Some(seen) = reader.answer.result() else {
-            continue;
-        };
-        match &accepted {
-            Some((token, result, _)) if seen == result && reader.answer.token() == Some(*token) => {
-            }
-            Some((token, result, complete)) => {
-                return violation(
-                    "§5.4 (once completed, every reader sees the same result)",
-                    format!(
-                        "a reader saw result {seen:?} under token {:?}, but the accepted result is {result:?} under token {token}",
-                        reader.answer.token()
-                    ),
-                    &[complete, reader],
-                );
-            }
-            None => {
-                return violation(
-                    "§5.4 (once completed, every reader sees the same result)",
-                    format!("a reader saw result {seen:?}, but no complete succeeded"),
-                    &[reader],
-                );
-            }
-        }
-    }
-    if let Some((completed_token, _, complete)) = &accepted
-        && let Some(&(claim, token)) = acquired.iter().find(|&&(_, t)| t > *completed_token)
-    {
-        return violation(
-            "§5.4 (once completed, every reader sees the same result)",
-            format!("token {token} was granted after token {completed_token} completed the job"),
-            &[complete, claim],
-        );
-    }
-
-    Ok(())
-}
-
-/// The key's events from shortly before the first involved one to shortly
-/// after the last, at most about forty lines; involved events are marked.
-fn slice(events: &[&Event], involved: &[&Event]) -> String {
-    let lo = involved.iter().map(|e| e.invoked).min().unwrap_or(0);
-    let hi = involved
-        .iter()
-        .map(|e| e.returned)
-        .max()
-        .unwrap_or(u64::MAX);
-    let window: Vec<&&Event> = events
-        .iter()
-        .filter(|e| e.returned >= lo && e.invoked <= hi)
-        .collect();
-    let marked = |e: &Event| {
-        involved
-            .iter()
-            .any(|i| i.invoked == e.invoked && i.task == e.task)
-    };
-    let mut lines: Vec<String> = Vec::new();
-    let skip = window.len().saturating_sub(40);
-    if skip > 0 {
-        lines.push(format!("    … {skip} earlier unmarked events left out …"));
-    }
-    let mut left = skip;
-    for e in window {
-        if !marked(e) && left > 0 {
-            left -= 1;
-            continue;
-        }
-        lines.push(format!("  {} {e}", if marked(e) { "»" } else { " " }));
-    }
-    lines.join("\n")
 }

@@ -13,6 +13,9 @@
 //! - [`check_concurrent_history`]: many tasks on a multi-thread runtime
 //!   claim, complete, fail and crash on a few keys; the recorded history must
 //!   show §5's guarantees.
+//! - [`history`]: a store-neutral history of calls and the one checker of
+//!   §5 over it, which the concurrent harness and the server's fault tests
+//!   (worker processes, killed mid-request) both record into.
 //!
 //! A backend provides a [`Setup`]: an async function from [`SuiteConfig`] to a
 //! fresh, isolated store (its own Postgres schema, its own Redis prefix).
@@ -30,6 +33,7 @@ mod concurrency;
 pub mod coordinator_cases;
 pub mod coordinator_edges;
 mod faults;
+pub mod history;
 pub mod model;
 mod model_check;
 

@@ -1,30 +1,23 @@
-//! The recorded history of a fault scenario and its checker against docs/protocol.md
-//! §5.
+//! The recorded history of a fault scenario, read from the workers' logs
+//! and checked against docs/protocol.md §5 by the one checker of
+//! `onceflight_core::testkit::history`.
 //!
 //! Worker processes write one JSON line per event to a log file of their
 //! own: `req` just before a request is sent, `resp` (status and body) or
 //! `err` (a transport error) once it is over, and `job_start` / `job_end` /
 //! `job_abandoned` around the work done under a lease. Every line carries the
 //! worker's pid and the wall clock in nanoseconds (`t`); all processes run on
-//! one machine, so their clocks agree. A request whose `req` line has no
-//! answer was cut short by a kill: the checker treats it as possibly applied.
-//!
-//! Lease instants are compared on the store's clock only (the
-//! `lease_expires_at` the store answered), never against a client's clock:
-//! that is the only clock §4 judges leases by. Wall-clock stamps are used
-//! only to order what one client saw before another client acted
-//! (happened-before), which needs no clock agreement with the store.
+//! one machine, so their clocks agree, and they order what one client saw
+//! before another acted. A request whose `req` line has no answer was cut
+//! short by a kill: the checker treats it as possibly applied.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use chrono::DateTime;
+use onceflight_core::testkit::history::{self as checked, Answer, Lease, Op, Seen, Stamp, Work};
+use onceflight_core::{Bytes, RecordState, Timestamp};
 use serde::Deserialize;
 use serde_json::Value;
-
-/// How far two store-clock instants of the API may be off from what they
-/// stand for: timestamps are written with millisecond precision, truncated.
-pub(crate) const CLOCK_TOLERANCE_MS: i64 = 2;
 
 /// One line of a worker's log.
 #[derive(Debug, Clone, Deserialize)]
@@ -132,15 +125,8 @@ pub(crate) struct Job {
 pub(crate) struct Grant {
     pub(crate) pid: u32,
     pub(crate) token: u64,
-    pub(crate) attempt: u64,
     pub(crate) takeover: bool,
-    /// The store's instant of the grant (its `lease_expires_at` less the
-    /// requested TTL), in Unix milliseconds.
-    pub(crate) granted_at_ms: i64,
-    /// `lease_expires_at`, in Unix milliseconds of the store's clock.
-    pub(crate) expires_ms: i64,
-    /// Wall clock when the claim was sent and when its answer arrived.
-    pub(crate) sent: u64,
+    /// Wall clock when the answer arrived.
     pub(crate) recv: u64,
 }
 
@@ -218,60 +204,23 @@ impl History {
         self.calls.iter().filter(move |call| call.key == key)
     }
 
-    /// Every key any call was about.
-    pub(crate) fn keys(&self) -> BTreeSet<String> {
-        self.calls.iter().map(|call| call.key.clone()).collect()
-    }
-
     /// The leases granted for `key` that a worker learnt of, by token.
     pub(crate) fn grants(&self, key: &str) -> Vec<Grant> {
         let mut grants: Vec<Grant> = self
             .calls_of(key)
             .filter(|call| call.op == "claim")
             .filter_map(|call| match &call.outcome {
-                Outcome::Answered { recv, status, body } if *status == 201 => {
-                    let expires_ms = store_ms(&body["lease_expires_at"]);
-                    let ttl = call.request["lease_ms"].as_i64().unwrap_or(30_000);
-                    Some(Grant {
-                        pid: call.pid,
-                        token: body["token"]
-                            .as_u64()
-                            .expect("an acquired claim has a token"),
-                        attempt: body["attempt"].as_u64().unwrap_or(0),
-                        takeover: body["takeover"] == true,
-                        granted_at_ms: expires_ms - ttl,
-                        expires_ms,
-                        sent: call.sent,
-                        recv: *recv,
-                    })
-                }
+                Outcome::Answered { recv, status, body } if *status == 201 => Some(Grant {
+                    pid: call.pid,
+                    token: body["token"].as_u64()?,
+                    takeover: body["takeover"] == true,
+                    recv: *recv,
+                }),
                 _ => None,
             })
             .collect();
         grants.sort_by_key(|grant| grant.token);
         grants
-    }
-
-    /// The latest instant (store clock, Unix ms) the lease `token` of `key`
-    /// is known to have lasted until: its grant's expiry or a later one a
-    /// successful heartbeat answered. A heartbeat whose answer was lost may
-    /// have extended it further, which only makes the checks on it weaker,
-    /// never wrong.
-    pub(crate) fn known_expiry(&self, key: &str, token: u64) -> Option<i64> {
-        let granted = self
-            .grants(key)
-            .into_iter()
-            .find(|grant| grant.token == token)?
-            .expires_ms;
-        let renewed = self
-            .calls_of(key)
-            .filter(|call| call.op == "heartbeat" && call.token == Some(token))
-            .filter_map(|call| match call.answer() {
-                Some((200, body)) => Some(store_ms(&body["lease_expires_at"])),
-                _ => None,
-            })
-            .max();
-        Some(renewed.map_or(granted, |renewed| renewed.max(granted)))
     }
 
     /// The completions the store acknowledged (200), by key: the token and
@@ -292,292 +241,120 @@ impl History {
     }
 }
 
-/// An RFC 3339 instant of the API as Unix milliseconds.
-pub(crate) fn store_ms(value: &Value) -> i64 {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("not a timestamp: {value}"));
-    DateTime::parse_from_rfc3339(text)
-        .unwrap_or_else(|e| panic!("not an RFC 3339 timestamp {text:?}: {e}"))
-        .timestamp_millis()
-}
-
 /// Checks the whole history, and the final record of every key (`finals`:
-/// the body of a `GET` after every worker stopped), against §5; returns one
-/// message per violation, empty when the history is correct.
-///
-/// - a token is granted once, and tokens follow the grants' order, both on
-///   the store's clock and as the clients saw them (§5.2);
-/// - attempts only skip numbers the killed requests can explain;
-/// - a lease is granted only once the one before it ended on the store's
-///   clock, and never after the key completed (§5.1);
-/// - a fenced write with a token superseded before it was sent is refused
-///   with 409 `lease_lost` (§5.3), and no answer is a 500;
-/// - one token completes a key, with one result, and every later read sees
-///   that result, as does the final record, which names its writer's token
-///   (§5.4), so no acknowledged result is lost;
-/// - every job ran under a lease granted to its worker before it started,
-///   once per lease;
-/// - every key ended completed.
+/// the body of a `GET` after every worker stopped, read after everything
+/// else), against docs/protocol.md §5 with the core checker; returns one
+/// message per violation, empty when the history is correct. Every key must
+/// also have ended completed.
 pub(crate) fn check(history: &History, finals: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut keys: BTreeSet<&String> = history.calls.iter().map(|call| &call.key).collect();
+    keys.extend(finals.keys());
     let mut violations = Vec::new();
-    let acked = history.acked_completions();
-    let mut keys = history.keys();
-    keys.extend(finals.keys().cloned());
-
-    for call in &history.calls {
-        if let Some((status, body)) = call.answer()
-            && status >= 500
-            && status != 503
-        {
-            violations.push(format!(
-                "{} {} by {}: a {status} is a bug: {body}",
-                call.op, call.key, call.pid
-            ));
-        }
-    }
-
-    for key in &keys {
-        let grants = history.grants(key);
-        check_grants(history, key, &grants, &acked, &mut violations);
-        check_fenced_writes(history, key, &grants, &mut violations);
-        check_results(
-            history,
-            key,
-            acked.get(key),
-            finals.get(key),
-            &mut violations,
-        );
-    }
-    check_jobs(history, &mut violations);
-    violations
-}
-
-/// Tokens, attempts and lease exclusion of `key`'s grants.
-fn check_grants(
-    history: &History,
-    key: &str,
-    grants: &[Grant],
-    acked: &BTreeMap<String, Vec<(u64, Value)>>,
-    violations: &mut Vec<String>,
-) {
-    for pair in grants.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        if a.token == b.token {
-            violations.push(format!(
-                "{key}: token {} was granted twice (to {} and {})",
-                a.token, a.pid, b.pid
-            ));
-            continue;
-        }
-        if b.granted_at_ms + CLOCK_TOLERANCE_MS < a.granted_at_ms {
-            violations.push(format!(
-                "{key}: token {} was granted at {} ms, before the smaller token {} at {} ms",
-                b.token, b.granted_at_ms, a.token, a.granted_at_ms
-            ));
-        }
-        // One unexpired lease at a time: the next grant comes after the
-        // previous lease's end (store clock), which a completion never has.
-        let end = history
-            .known_expiry(key, a.token)
-            .unwrap_or(a.expires_ms)
-            .min(settled_at(history, key, a.token).unwrap_or(i64::MAX));
-        if b.granted_at_ms + CLOCK_TOLERANCE_MS < end {
-            violations.push(format!(
-                "{key}: token {} was granted at {} ms while token {} was live until {end} ms",
-                b.token, b.granted_at_ms, a.token
-            ));
-        }
-        if acked
-            .get(key)
-            .is_some_and(|done| done.iter().any(|(token, _)| *token == a.token))
-        {
-            violations.push(format!(
-                "{key}: token {} was granted after token {} completed the key",
-                b.token, a.token
-            ));
-        }
-        let released = history.calls_of(key).any(|call| {
-            call.op == "release"
-                && call.token == Some(a.token)
-                && call.answer().is_some_and(|(s, _)| s == 200)
-        });
-        if b.attempt < a.attempt || (b.attempt == a.attempt && !released) {
-            violations.push(format!(
-                "{key}: attempt went from {} (token {}) to {} (token {})",
-                a.attempt, a.token, b.attempt, b.token
-            ));
-        }
-    }
-    // Wall-clock order: a grant a client had already seen precedes any
-    // grant asked for after it.
-    for a in grants {
-        for b in grants {
-            if a.recv < b.sent && a.token >= b.token {
-                violations.push(format!(
-                    "{key}: token {} was answered before the claim that got the smaller token {} was sent",
-                    a.token, b.token
-                ));
-            }
-        }
-    }
-    // Attempts count every lease granted; the ones nobody heard of must be
-    // explained by claims whose answers were lost.
-    if let Some(first) = grants.first() {
-        let hidden: u64 = first.attempt.saturating_sub(1)
-            + grants
-                .windows(2)
-                .map(|pair| pair[1].attempt.saturating_sub(pair[0].attempt + 1))
-                .sum::<u64>();
-        // A 503 is "unknown", not "nothing happened": the server may have
-        // given up on a store call that went through after all.
-        let unanswered = history
-            .calls_of(key)
-            .filter(|call| {
-                call.op == "claim" && call.answer().is_none_or(|(status, _)| status == 503)
-            })
-            .count() as u64;
-        if hidden > unanswered {
-            violations.push(format!(
-                "{key}: {hidden} leases were granted that no client heard of, but only {unanswered} claims went unanswered"
-            ));
-        }
-    }
-}
-
-/// When (store clock) a successful release or fail of `token` ended its
-/// lease early: the record's `updated_at` in that answer.
-fn settled_at(history: &History, key: &str, token: u64) -> Option<i64> {
-    history
-        .calls_of(key)
-        .filter(|call| matches!(call.op.as_str(), "release" | "fail") && call.token == Some(token))
-        .filter_map(|call| match call.answer() {
-            Some((200, body)) => Some(store_ms(&body["updated_at"])),
-            _ => None,
-        })
-        .min()
-}
-
-/// Fenced writes with a superseded token are refused.
-fn check_fenced_writes(
-    history: &History,
-    key: &str,
-    grants: &[Grant],
-    violations: &mut Vec<String>,
-) {
-    for call in history.calls_of(key).filter(|call| call.is_fenced()) {
-        let Some((status, body)) = call.answer() else {
-            continue;
-        };
-        let token = call.token.expect("a fenced call has a token");
-        let superseded_by = grants
-            .iter()
-            .find(|grant| grant.token > token && grant.recv < call.sent);
-        if let Some(newer) = superseded_by
-            && !call.is_lease_lost()
-        {
-            violations.push(format!(
-                "{key}: {} with token {token} by {} was sent after token {} was granted, yet got {status} {body}",
-                call.op, call.pid, newer.token
-            ));
-        }
-        if !matches!(status, 200 | 409 | 503) {
-            violations.push(format!(
-                "{key}: {} with token {token} by {} got an unexpected {status} {body}",
-                call.op, call.pid
-            ));
-        }
-        if status == 200 && call.op == "complete" {
-            let expected = &call.request["result"];
-            if body["state"] != "completed" || body["token"] != token || &body["result"] != expected
-            {
-                violations.push(format!(
-                    "{key}: complete with token {token} answered 200 with another record: {body}"
-                ));
-            }
-        }
-    }
-}
-
-/// One result per key, seen by every reader and by the final record.
-fn check_results(
-    history: &History,
-    key: &str,
-    acked: Option<&Vec<(u64, Value)>>,
-    last: Option<&Value>,
-    violations: &mut Vec<String>,
-) {
-    let mut settled: Option<(u64, Value)> = None;
-    for (token, result) in acked.into_iter().flatten() {
-        match &settled {
-            None => settled = Some((*token, result.clone())),
-            Some((first, first_result)) if first != token || first_result != result => {
-                violations.push(format!(
-                    "{key}: two completions were acknowledged: token {first} with {first_result} and token {token} with {result}"
-                ));
+    for key in keys {
+        match finals.get(key) {
+            None => violations.push(format!("{key}: has no final record")),
+            Some(record) if record["state"] != "completed" => {
+                violations.push(format!("{key}: did not end completed: {record}"));
             }
             Some(_) => {}
         }
     }
-    match last {
-        Some(record) if record["state"] == "completed" => {
-            let (token, result) = (&record["token"], &record["result"]);
-            if let Some((acked_token, acked_result)) = &settled
-                && (token != acked_token || result != acked_result)
-            {
-                violations.push(format!(
-                    "{key}: the acknowledged result (token {acked_token}, {acked_result}) was lost: the record is {record}"
-                ));
+    let finals = finals.iter().map(|(key, record)| checked::Call {
+        key: key.clone(),
+        client: "the final read".to_owned(),
+        op: Op::Get,
+        invoked: Stamp::MAX - 1,
+        answer: Some((Stamp::MAX, answer(&Op::Get, 200, &Value::Null, record))),
+        raw: Some(record.to_string()),
+    });
+    let jobs = history.jobs.iter().map(|job| Work {
+        key: job.key.clone(),
+        client: format!("worker {}", job.pid),
+        token: job.token,
+        started: job.start,
+    });
+    let calls = history.calls.iter().map(Call::checked).chain(finals);
+    let history = checked::History {
+        calls: calls.collect(),
+        work: jobs.collect(),
+    };
+    violations.extend(checked::check(&history));
+    violations
+}
+
+impl Call {
+    /// This request as the core checker sees it, stamped by the wall clock
+    /// of its `req` line and of its answer. A 503 (the server gave up on a
+    /// store call that may still go through), a transport error or no answer
+    /// at all leave it possibly applied.
+    fn checked(&self) -> checked::Call {
+        let token = self.token.unwrap_or_default();
+        let op = match self.op.as_str() {
+            "claim" => Op::Claim,
+            "wait" => Op::Wait,
+            "heartbeat" => Op::Renew(token),
+            "complete" => Op::Complete(token, Bytes::from(self.request["result"].to_string())),
+            "fail" => Op::Fail(token),
+            "release" => Op::Release(token),
+            other => panic!("a request of no known kind: {other}"),
+        };
+        let (answer, raw) = match &self.outcome {
+            Outcome::Answered { recv, status, body } if *status != 503 => {
+                let answer = if self.is_fenced() && self.is_lease_lost() {
+                    Answer::LeaseLost
+                } else {
+                    answer(&op, *status, &self.request, body)
+                };
+                (Some((*recv, answer)), format!("{status} {body}"))
             }
-            if &result["token"] != token || result["key"] != key {
-                violations.push(format!(
-                    "{key}: the stored result was not written by the holder of its token: {record}"
-                ));
-            }
-            if settled.is_none() {
-                settled = Some((token.as_u64().unwrap_or(0), result.clone()));
-            }
-        }
-        Some(record) => violations.push(format!("{key}: did not end completed: {record}")),
-        None => violations.push(format!("{key}: has no final record")),
-    }
-    // Every read that found the key completed found that one result.
-    if let Some((token, result)) = settled {
-        for call in history.calls_of(key) {
-            let Some((200, body)) = call.answer() else {
-                continue;
-            };
-            if matches!(call.op.as_str(), "claim" | "wait")
-                && body["state"] == "completed"
-                && (body["token"] != token || body["result"] != result)
-            {
-                violations.push(format!(
-                    "{key}: a {} by {} read another result than token {token}'s {result}: {body}",
-                    call.op, call.pid
-                ));
-            }
+            Outcome::Answered { status, body, .. } => (None, format!("{status} {body}")),
+            Outcome::Failed { error, .. } => (None, format!("transport error: {error}")),
+            Outcome::Unanswered => (None, "no answer: possibly applied".to_owned()),
+        };
+        checked::Call {
+            key: self.key.clone(),
+            client: format!("worker {}", self.pid),
+            op,
+            invoked: self.sent,
+            answer,
+            raw: Some(raw),
         }
     }
 }
 
-/// Each job ran under a lease its worker had been granted, once per lease.
-fn check_jobs(history: &History, violations: &mut Vec<String>) {
-    let mut seen: HashMap<(String, u64), u32> = HashMap::new();
-    for job in &history.jobs {
-        if let Some(other) = seen.insert((job.key.clone(), job.token), job.pid) {
-            violations.push(format!(
-                "{}: token {} ran the job twice (workers {other} and {})",
-                job.key, job.token, job.pid
-            ));
-        }
-        let granted = history.grants(&job.key).into_iter().any(|grant| {
-            grant.token == job.token && grant.pid == job.pid && grant.recv <= job.start
-        });
-        if !granted {
-            violations.push(format!(
-                "{}: worker {} started a job under token {} it had not been granted",
-                job.key, job.pid, job.token
-            ));
-        }
-    }
+/// What the answer `status` `body` to `op` (sent with `request`) says: a
+/// lease, a renewal, a record, or anything else as an error.
+fn answer(op: &Op, status: u16, request: &Value, body: &Value) -> Answer {
+    let time = |field: &str| -> Option<Timestamp> { body[field].as_str()?.parse().ok() };
+    let answer = || -> Option<Answer> {
+        let token = body["token"].as_u64();
+        Some(match (op, status) {
+            (Op::Claim, 201) => {
+                let expires_at = time("lease_expires_at")?;
+                let ttl = chrono::Duration::milliseconds(request["lease_ms"].as_i64()?);
+                Answer::Acquired(Lease {
+                    token: token?,
+                    attempt: u32::try_from(body["attempt"].as_u64()?).ok()?,
+                    takeover: body["takeover"] == true,
+                    granted_at: expires_at - ttl,
+                    expires_at,
+                })
+            }
+            (Op::Renew(_), 200) => Answer::Renewed(time("lease_expires_at")?),
+            (Op::Claim, 202) | (_, 200) => Answer::Record(Some(Seen {
+                state: match body["state"].as_str()? {
+                    "processing" | "in_flight" => RecordState::Processing,
+                    "completed" => RecordState::Completed,
+                    "failed" => RecordState::Failed,
+                    _ => return None,
+                },
+                token: token?,
+                result: (body["state"] == "completed")
+                    .then(|| Bytes::from(body["result"].to_string())),
+            })),
+            (Op::Wait, 404) => Answer::Record(None),
+            _ => return None,
+        })
+    };
+    answer().unwrap_or_else(|| Answer::Error(format!("{status} {body}")))
 }
