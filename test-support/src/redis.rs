@@ -243,31 +243,28 @@ pub(crate) fn log_path(dir: &Path) -> PathBuf {
 /// Waits until something accepts connections on `port` (a server with TLS,
 /// which an inline `PING` cannot reach), failing early if the child exits.
 fn wait_for_connections(port: u16, child: &mut Child, dir: &Path) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "redis-server exited early ({status})\n{}",
-                process::log_tail(&log_path(dir), 20)
-            );
-        }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "redis-server accepts no connections on {addr} within {READY_TIMEOUT:?}\n{}",
-                process::log_tail(&log_path(dir), 20)
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(port, child, dir, "accept connections", |addr| {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+    })
 }
 
 /// Waits until the server on `port` answers `PING` with `+PONG`, failing
 /// early if the child exits (for example because the port was taken).
 pub(crate) fn wait_for_pong(port: u16, child: &mut Child, dir: &Path) -> Result<()> {
+    wait_until(port, child, dir, "answer PING", |addr| {
+        request(addr, "PING").is_ok_and(|reply| reply.starts_with("+PONG"))
+    })
+}
+
+/// Polls `ready` on the server's address until it says yes, for at most
+/// [`READY_TIMEOUT`]; fails at once, with the log, when the child exits.
+fn wait_until(
+    port: u16,
+    child: &mut Child,
+    dir: &Path,
+    what: &str,
+    ready: impl Fn(SocketAddr) -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     loop {
@@ -277,12 +274,12 @@ pub(crate) fn wait_for_pong(port: u16, child: &mut Child, dir: &Path) -> Result<
                 process::log_tail(&log_path(dir), 20)
             );
         }
-        if request(addr, "PING").is_ok_and(|reply| reply.starts_with("+PONG")) {
+        if ready(addr) {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "redis-server did not answer PING on {addr} within {READY_TIMEOUT:?}\n{}",
+                "redis-server on {addr} did not {what} within {READY_TIMEOUT:?}\n{}",
                 process::log_tail(&log_path(dir), 20)
             );
         }
