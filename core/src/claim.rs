@@ -123,6 +123,10 @@ pub struct Completed {
     pub result: Bytes,
     /// When the job completed.
     pub completed_at: Timestamp,
+    /// Time left before the store forgets the result, as the store judged it
+    /// when it answered; `None` when the store did not say (a cache in front
+    /// of the store then does not keep the result).
+    pub retention_remaining: Option<Duration>,
 }
 
 /// The job failed and no lease can be granted now.
@@ -212,6 +216,9 @@ pub struct Record {
     pub completed_at: Option<Timestamp>,
     /// When the record will be forgotten (retention).
     pub expires_at: Option<Timestamp>,
+    /// Time left before the record is forgotten, as the store judged it when
+    /// it read the record; `None` when the store did not say.
+    pub retention_remaining: Option<Duration>,
 }
 
 impl Record {
@@ -293,6 +300,7 @@ impl Record {
                     .result
                     .ok_or_else(|| corrupt("a completed record without a result"))?,
                 completed_at: self.completed_at.unwrap_or(self.updated_at),
+                retention_remaining: self.retention_remaining,
                 key: self.key,
             }),
             Decision::Failed => Claim::Failed(Failed {
@@ -393,7 +401,14 @@ impl Completed {
             attempt,
             result,
             completed_at,
+            retention_remaining: None,
         }
+    }
+
+    /// Sets [`Completed::retention_remaining`].
+    pub fn with_retention_remaining(mut self, remaining: Duration) -> Self {
+        self.retention_remaining = Some(remaining);
+        self
     }
 }
 
@@ -445,6 +460,7 @@ impl Record {
             updated_at: created_at,
             completed_at: None,
             expires_at: None,
+            retention_remaining: None,
         }
     }
 }

@@ -11,9 +11,11 @@
 //! This crate does no I/O of its own and depends on no database client.
 
 pub mod backend;
+mod cache;
 mod claim;
 mod coordinator;
 mod error;
+mod feed;
 mod redact;
 mod store;
 mod types;
@@ -22,11 +24,13 @@ mod waiters;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use cache::{CachedStore, HitCacheConfig, HitCacheStats};
 pub use claim::{
     Claim, Completed, Failed, InFlight, Lease, Record, RecordState, Renewal, Timestamp,
 };
 pub use coordinator::{Coordinator, JobContext, Outcome, RunError, RunOptions, Source};
 pub use error::{Error, Result};
+pub use feed::ChangeFeed;
 pub use store::RequestStore;
 pub use types::{
     ClaimOptions, DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETENTION,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::claim::{Claim, Record, Renewal};
 use crate::error::Result;
+use crate::feed::ChangeFeed;
 use crate::types::{ClaimOptions, JobError, RequestKey, Token};
 
 /// A store of request records: the lifecycle of docs/protocol.md §3 and §4.
@@ -106,6 +107,13 @@ pub trait RequestStore: Send + Sync + Debug + 'static {
     /// Housekeeping only: every other method already treats such records as
     /// absent, so correctness never depends on it running.
     async fn sweep(&self) -> Result<u64>;
+
+    /// The store's push channel of record changes, for a [`crate::CachedStore`]
+    /// in front of it; `None` (the default) when the store has none, and its
+    /// results cannot be cached safely.
+    fn change_feed(&self) -> Option<ChangeFeed> {
+        None
+    }
 }
 
 #[async_trait]
@@ -144,5 +152,8 @@ impl<T: RequestStore + ?Sized> RequestStore for Arc<T> {
     }
     async fn sweep(&self) -> Result<u64> {
         (**self).sweep().await
+    }
+    fn change_feed(&self) -> Option<ChangeFeed> {
+        (**self).change_feed()
     }
 }

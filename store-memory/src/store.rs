@@ -13,8 +13,9 @@ use tokio::time::Instant;
 
 use onceflight_core::backend::{backoff_after, check_lease_ttl, lease_expired_message};
 use onceflight_core::{
-    Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
-    MAX_TOKEN, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
+    ChangeFeed, Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError,
+    Kind, Lease, MAX_TOKEN, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result,
+    Token,
 };
 
 use crate::config::MemoryConfig;
@@ -32,6 +33,8 @@ pub struct MemoryStore {
     hasher: RandomState,
     retention: Duration,
     clock: Clock,
+    /// Deletions, for result caches in front of the store.
+    feed: ChangeFeed,
 }
 
 impl Default for MemoryStore {
@@ -69,6 +72,7 @@ impl MemoryStore {
             // Clamped so that `Instant + retention` can never overflow.
             retention: config.retention.min(MAX_RETENTION),
             clock: Clock::new(),
+            feed: ChangeFeed::in_process(),
         }
     }
 
@@ -233,6 +237,7 @@ impl Entry {
         record.updated_at = clock.wall(self.updated_at);
         record.completed_at = self.completed_at.map(|at| clock.wall(at));
         record.expires_at = Some(clock.wall(self.expires_at));
+        record.retention_remaining = Some(self.expires_at.saturating_duration_since(now));
         record
     }
 
@@ -334,13 +339,16 @@ impl RequestStore for MemoryStore {
                 }
                 RecordState::Processing => true,
                 RecordState::Completed => {
-                    return Ok(Claim::Completed(Completed::new(
-                        key.clone(),
-                        entry.token,
-                        entry.attempt,
-                        entry.result.clone().unwrap_or_default(),
-                        clock.wall(entry.completed_at.unwrap_or(entry.updated_at)),
-                    )));
+                    return Ok(Claim::Completed(
+                        Completed::new(
+                            key.clone(),
+                            entry.token,
+                            entry.attempt,
+                            entry.result.clone().unwrap_or_default(),
+                            clock.wall(entry.completed_at.unwrap_or(entry.updated_at)),
+                        )
+                        .with_retention_remaining(entry.expires_at.saturating_duration_since(now)),
+                    ));
                 }
                 RecordState::Failed if entry.retry_at.is_some_and(|at| at <= now) => false,
                 RecordState::Failed => return Ok(Claim::Failed(entry.failed(key, now))),
@@ -501,12 +509,12 @@ impl RequestStore for MemoryStore {
 
     async fn delete(&self, key: &RequestKey) -> Result<bool> {
         let now = Instant::now();
-        let mut shard = self.shard(key).lock();
         // Dropping the entry drops its waker, which wakes the waiters.
-        Ok(shard
-            .records
-            .remove(key)
-            .is_some_and(|entry| entry.expires_at > now))
+        let removed = self.shard(key).lock().records.remove(key);
+        if removed.is_some() {
+            self.feed.changed(key.as_str());
+        }
+        Ok(removed.is_some_and(|entry| entry.expires_at > now))
     }
 
     async fn sweep(&self) -> Result<u64> {
@@ -521,5 +529,9 @@ impl RequestStore for MemoryStore {
             swept += (before - shard.records.len()) as u64;
         }
         Ok(swept)
+    }
+
+    fn change_feed(&self) -> Option<ChangeFeed> {
+        Some(self.feed.clone())
     }
 }

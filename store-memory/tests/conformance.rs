@@ -89,3 +89,17 @@ mod real_time {
 
     onceflight_core::conformance_tests!(memory());
 }
+
+/// The same cases through a result cache in front of the store: a cache
+/// hit answers exactly what the store would.
+mod through_hit_cache {
+    use onceflight_core::HitCacheConfig;
+    use onceflight_core::testkit::ThroughHitCache;
+
+    use super::*;
+
+    onceflight_core::conformance_tests!(
+        ThroughHitCache::new(memory(), HitCacheConfig::default()),
+        paused
+    );
+}

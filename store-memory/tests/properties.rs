@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use onceflight_core::RequestStore;
 use onceflight_core::testkit::{
-    ConcurrencyConfig, ModelCheckConfig, SuiteConfig, check_against_model, check_concurrent_history,
+    ConcurrencyConfig, ModelCheckConfig, SuiteConfig, ThroughHitCache, check_against_model,
+    check_concurrent_history,
 };
+use onceflight_core::{HitCacheConfig, RequestStore};
 use onceflight_store_memory::{MemoryConfig, MemoryStore};
 
 /// A fresh memory store with the retention the harness asks for.
@@ -34,9 +35,29 @@ fn memory_store_behind_a_trait_object_matches_the_model() {
     check_against_model(dyn_setup, ModelCheckConfig::paused());
 }
 
+/// The model check through a result cache in front of the store: every
+/// answer, cached or not, is the model's.
+#[test]
+fn memory_store_through_a_hit_cache_matches_the_model() {
+    check_against_model(
+        ThroughHitCache::new(setup, HitCacheConfig::default()),
+        ModelCheckConfig::paused(),
+    );
+}
+
 /// Concurrent claims, completions, failures, releases, crashes and readers
 /// leave a history that upholds §5.1–§5.5.
 #[test]
 fn memory_store_concurrent_history_upholds_guarantees() {
     check_concurrent_history(setup, ConcurrencyConfig::default());
+}
+
+/// The concurrent history through a result cache: hits served from memory
+/// still uphold §5.
+#[test]
+fn memory_store_through_a_hit_cache_upholds_guarantees() {
+    check_concurrent_history(
+        ThroughHitCache::new(setup, HitCacheConfig::default()),
+        ConcurrencyConfig::default(),
+    );
 }

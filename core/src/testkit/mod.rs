@@ -34,10 +34,12 @@ pub mod coordinator_cases;
 pub mod coordinator_edges;
 mod faults;
 pub mod history;
+mod hit_cache;
 pub mod model;
 mod model_check;
 
 pub use concurrency::{ConcurrencyConfig, check_concurrent_history};
+pub use hit_cache::ThroughHitCache;
 pub use model_check::{ModelCheckConfig, check_against_model};
 
 /// What a fresh store under test must be configured with.
