@@ -11,7 +11,9 @@ use common::{acquired, key, options};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceflight_core::{Bytes, Claim, Error, Fingerprint, JobError, RequestKey, RequestStore};
+use onceflight_core::{
+    Bytes, Claim, ClaimOptions, Error, Fingerprint, JobError, RequestKey, RequestStore,
+};
 use onceflight_store_postgres::{PgConfig, PgStore};
 use onceflight_test_support::backend_available;
 use sqlx::{Column, Connection, Executor, PgConnection, Row, ValueRef};
@@ -56,6 +58,24 @@ async fn claim_in_own_transaction(
     (outcome, xid)
 }
 
+/// Three records a claim with `o` hits: completed, in flight (a live
+/// lease), failed for good.
+async fn hits(store: &PgStore, o: &ClaimOptions) -> [RequestKey; 3] {
+    let (done, busy, failed) = (key("done"), key("busy"), key("failed"));
+    let lease = acquired(store.claim_or_get(&done, o).await.unwrap());
+    store
+        .complete(&done, lease.token, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let _ = acquired(store.claim_or_get(&busy, o).await.unwrap());
+    let lease = acquired(store.claim_or_get(&failed, o).await.unwrap());
+    store
+        .fail(&failed, lease.token, &JobError::permanent("no"))
+        .await
+        .unwrap();
+    [done, busy, failed]
+}
+
 /// Hit claims — a result, a live lease, a final failure, a mismatch — take
 /// no row lock, assign no transaction id and so write no WAL; a claim that
 /// must write does get one (so the check can fail).
@@ -66,19 +86,8 @@ async fn the_hit_path_writes_nothing() {
     }
     let schema = common::fresh_schema();
     let store = common::store_with(&schema, Duration::from_secs(3600)).await;
-    let (done, busy, failed) = (key("done"), key("busy"), key("failed"));
     let o = options(Duration::from_secs(60)).with_fingerprint(Fingerprint::parse("fp").unwrap());
-    let lease = acquired(store.claim_or_get(&done, &o).await.unwrap());
-    store
-        .complete(&done, lease.token, Bytes::from_static(b"{}"))
-        .await
-        .unwrap();
-    let _ = acquired(store.claim_or_get(&busy, &o).await.unwrap());
-    let lease = acquired(store.claim_or_get(&failed, &o).await.unwrap());
-    store
-        .fail(&failed, lease.token, &JobError::permanent("no"))
-        .await
-        .unwrap();
+    let [done, busy, failed] = hits(&store, &o).await;
 
     let mut conn = PgConnection::connect(&common::database_url())
         .await
@@ -135,19 +144,7 @@ async fn a_hit_answers_only_what_it_needs() {
     }
     let schema = common::fresh_schema();
     let store = common::store_with(&schema, Duration::from_secs(3600)).await;
-    let (done, busy, failed) = (key("done"), key("busy"), key("failed"));
-    let o = options(Duration::from_secs(60));
-    let lease = acquired(store.claim_or_get(&done, &o).await.unwrap());
-    store
-        .complete(&done, lease.token, Bytes::from_static(b"{}"))
-        .await
-        .unwrap();
-    let _ = acquired(store.claim_or_get(&busy, &o).await.unwrap());
-    let lease = acquired(store.claim_or_get(&failed, &o).await.unwrap());
-    store
-        .fail(&failed, lease.token, &JobError::permanent("no"))
-        .await
-        .unwrap();
+    let [done, busy, failed] = hits(&store, &options(Duration::from_secs(60))).await;
 
     let mut conn = PgConnection::connect(&common::database_url())
         .await
