@@ -394,7 +394,11 @@ impl PgStore {
     /// notifies. Nothing is registered for a record that is absent or has
     /// nothing left to wait for.
     async fn watch(&self, key: &RequestKey, asleep: Duration) -> Result<Option<Record>> {
-        let args = [Arg::Text(key.as_str()), Arg::BigInt(ms(asleep))];
+        // Clamped like retention: Postgres intervals hold 100 years.
+        let args = [
+            Arg::Text(key.as_str()),
+            Arg::BigInt(ms(asleep.min(MAX_RETENTION))),
+        ];
         let row = self.fetch_optional(&self.statements.watch, &args).await?;
         row.map(|row| record(&row, key)).transpose()
     }
