@@ -13,9 +13,18 @@
 //!   has its answer.
 //! - `claim_or_get` reads first and answers hits (a live lease, a result, a
 //!   final failure) from a plain snapshot read: no row lock, no transaction
-//!   id, no WAL. Only a due write (fresh record, takeover, retry) locks the
-//!   row, and a fresh insert uses `INSERT … ON CONFLICT DO UPDATE … WHERE
-//!   <past retention>` so a lost race is re-read, never an error.
+//!   id, no WAL, and only the columns the answer needs (plus the record's
+//!   retention end), not the whole record. Only a due write (fresh record,
+//!   takeover, retry) locks the row. Claims that find no live record take
+//!   the key's creation lock (a transaction-level advisory lock: no
+//!   transaction id) and read again, so the loser of a race to create a
+//!   record waits for the winner's commit and reads its record like any
+//!   hit; `ON CONFLICT DO NOTHING` still makes any other race a re-read,
+//!   never an error.
+//! - Renewals and completions are HOT updates: the only index is the
+//!   primary key, and pages keep room for new row versions (fillfactor
+//!   85). `sweep` therefore walks the primary key, a bounded batch per
+//!   statement, reading the whole table once per sweep.
 //! - Tokens come from one sequence, so a key's tokens strictly increase even
 //!   after `delete` or retention (and across a failover, given synchronous
 //!   replication: see below).
@@ -25,6 +34,18 @@
 //!   it is replaced, and as soon as the new one listens every waiter
 //!   re-reads its record. A bounded fallback re-read covers a lost
 //!   notification meanwhile.
+//! - Only writes on a key someone waits for notify. A transaction that
+//!   notifies takes a lock of the whole cluster at commit and holds it
+//!   through its WAL flush, so notifying commits happen one at a time.
+//!   Each read of a waiter registers its key, until it will read again, in
+//!   an UNLOGGED table (written without a WAL flush at commit); complete,
+//!   fail, release, delete and a claim that fails an exhausted lease notify
+//!   only a key registered there. A transaction-level advisory lock per
+//!   key, shared by waiters and exclusive for writers, orders a waiter's
+//!   registration and read against a write's check, so no wake-up is lost
+//!   between them. A crash or failover empties the table, and also breaks
+//!   the LISTEN connection, whose replacement makes every waiter read (and
+//!   register) again.
 //! - An operation that runs out of [`PgConfig::operation_timeout`] also ends
 //!   on the server: Postgres cancels and rolls back the store's statements a
 //!   little sooner (`statement_timeout`, `lock_timeout`), so none keeps

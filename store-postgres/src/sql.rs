@@ -177,6 +177,7 @@ pub(crate) struct Statements {
     pub(crate) fail: Statement,
     pub(crate) release: Statement,
     pub(crate) get: Statement,
+    pub(crate) watch: Statement,
     pub(crate) delete: Statement,
     pub(crate) sweep: Statement,
 }
@@ -186,30 +187,56 @@ impl Statements {
     pub(crate) fn new(schema: &str) -> Self {
         let s = |template: &str| Statement::new(template, schema);
         Self {
-            claim: s("SELECT outcome, takeover, db_now, (rec).* \
-                 FROM {schema}.onceflight_claim($1, $2, $3, $4, $5, $6, $7, $8)"),
+            // Only the columns the outcome needs (see the function's
+            // comment), not the whole record.
+            claim: s("SELECT * FROM {schema}.onceflight_claim_v2($1, $2, $3, $4, $5, $6, $7, $8)"),
             renew: s(
                 "SELECT outcome, db_now, (rec).* FROM {schema}.onceflight_renew($1, $2, $3, $4)",
             ),
-            complete: s(
-                "SELECT outcome, db_now, (rec).* FROM {schema}.onceflight_complete($1, $2, $3, $4)",
-            ),
-            fail: s(
-                "SELECT outcome, db_now, (rec).* FROM {schema}.onceflight_fail($1, $2, $3, $4, $5)",
-            ),
+            complete: s("SELECT outcome, db_now, (rec).* \
+                 FROM {schema}.onceflight_complete_v2($1, $2, $3, $4)"),
+            fail: s("SELECT outcome, db_now, (rec).* \
+                 FROM {schema}.onceflight_fail_v2($1, $2, $3, $4, $5)"),
             release: s(
-                "SELECT outcome, db_now, (rec).* FROM {schema}.onceflight_release($1, $2, $3)",
+                "SELECT outcome, db_now, (rec).* FROM {schema}.onceflight_release_v2($1, $2, $3)",
             ),
             get: s(
                 "SELECT clock_timestamp() AS db_now, r.* FROM {schema}.onceflight_records r \
                  WHERE r.key = $1 AND r.expires_at > clock_timestamp()",
             ),
-            delete: s("SELECT {schema}.onceflight_delete($1) AS deleted"),
-            // Bounded batches, skipping rows a claim holds, so a large sweep
-            // never stalls the hot path.
-            sweep: s("DELETE FROM {schema}.onceflight_records WHERE key IN ( \
-                 SELECT key FROM {schema}.onceflight_records \
-                 WHERE expires_at <= clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED)"),
+            // `get` for a waiter, registering its interest in the key.
+            watch: s("SELECT db_now, (rec).* FROM {schema}.onceflight_watch($1, $2)"),
+            delete: s("SELECT {schema}.onceflight_delete_v2($1) AS deleted"),
+            // The next (at most) $2 records after key $1 in key order, and
+            // those among them past retention deleted, skipping rows a claim
+            // holds so that a sweep never stalls the hot path. Walking the
+            // primary key bounds each statement's work by $2 rows, without
+            // an index on `expires_at` (which would keep renewals and
+            // completions from being HOT updates). `scanned` below $2 means
+            // the walk reached the end; `last_key` is where the next
+            // statement starts. Keys are never empty, so '' starts the walk.
+            // Along with it, up to $2 waiters' registrations that ran out
+            // are deleted (`unwatched`).
+            sweep: s("WITH scanned AS ( \
+                     SELECT key, expires_at FROM {schema}.onceflight_records \
+                     WHERE key > $1 ORDER BY key LIMIT $2), \
+                 swept AS ( \
+                     DELETE FROM {schema}.onceflight_records WHERE key IN ( \
+                         SELECT r.key FROM {schema}.onceflight_records r \
+                         WHERE r.key IN (SELECT key FROM scanned \
+                                         WHERE expires_at <= clock_timestamp()) \
+                           AND r.expires_at <= clock_timestamp() \
+                         FOR UPDATE SKIP LOCKED) \
+                     RETURNING 1), \
+                 unwatched AS ( \
+                     DELETE FROM {schema}.onceflight_watches WHERE key IN ( \
+                         SELECT key FROM {schema}.onceflight_watches \
+                         WHERE until <= clock_timestamp() LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     RETURNING 1) \
+                 SELECT (SELECT count(*) FROM scanned) AS scanned, \
+                        (SELECT max(key) FROM scanned) AS last_key, \
+                        (SELECT count(*) FROM swept) AS swept, \
+                        (SELECT count(*) FROM unwatched) AS unwatched"),
         }
     }
 }

@@ -7,15 +7,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use onceflight_core::backend::check_lease_ttl;
 use onceflight_core::backend::waiters::{Waiters, wait_pushed};
-use onceflight_core::backend::{Decision, check_lease_ttl};
 use onceflight_core::{
-    Claim, ClaimOptions, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState, Renewal,
-    RequestKey, RequestStore, Result, Token,
+    Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
+    Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::{PgConfig, PgPooler};
 use crate::connect;
@@ -29,7 +30,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Longest retention honoured (100 years): "keep forever" in practice.
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
-/// Rows past retention deleted per statement by [`RequestStore::sweep`].
+/// Records examined per statement by [`RequestStore::sweep`] (and
+/// waiters' registrations deleted per statement).
 const SWEEP_BATCH: i64 = 1000;
 
 /// A [`RequestStore`] on PostgreSQL.
@@ -37,8 +39,9 @@ const SWEEP_BATCH: i64 = 1000;
 /// Every operation is one round trip: a call of one of the SQL functions in
 /// `migrations/`, which decide atomically inside Postgres with its clock.
 /// Claims that find a live lease, a result or a final failure read without
-/// locking or writing. Waiters are woken through LISTEN/NOTIFY on one
-/// connection per store, fanned out in process.
+/// locking or writing. Waiters register their key and are woken through
+/// LISTEN/NOTIFY on one connection per store, fanned out in process; a
+/// write on a key nobody waits for notifies no one.
 ///
 /// `Debug` shows neither password.
 pub struct PgStore {
@@ -369,20 +372,6 @@ impl PgStore {
             .ok_or_else(|| corrupt("a statement that always answers a row answered none".into()))
     }
 
-    /// Runs `statement` with `args` in one round trip, for its row count.
-    async fn execute(&self, statement: &Statement, args: &[Arg<'_>]) -> Result<PgQueryResult> {
-        match self.pooler {
-            PgPooler::None => {
-                self.bounded((&self.pool).execute(statement.bind(args)))
-                    .await
-            }
-            PgPooler::Transaction => {
-                let sql = sqlx::AssertSqlSafe(self.pooled_sql(statement, args)?);
-                self.bounded((&self.pool).execute(sqlx::raw_sql(sql))).await
-            }
-        }
-    }
-
     /// Calls a fenced function (`renew`, `complete`, `fail`, `release`) and
     /// returns the record it answered, or `LeaseLost`.
     async fn fenced(
@@ -398,6 +387,20 @@ impl PgStore {
             return Err(Error::lease_lost(key, token));
         }
         record(&row, key)
+    }
+
+    /// A waiter's read of `key`: [`RequestStore::get`], registering interest
+    /// in the key's next change for `asleep` (at least), so that the write
+    /// notifies. Nothing is registered for a record that is absent or has
+    /// nothing left to wait for.
+    async fn watch(&self, key: &RequestKey, asleep: Duration) -> Result<Option<Record>> {
+        // Clamped like retention: Postgres intervals hold 100 years.
+        let args = [
+            Arg::Text(key.as_str()),
+            Arg::BigInt(ms(asleep.min(MAX_RETENTION))),
+        ];
+        let row = self.fetch_optional(&self.statements.watch, &args).await?;
+        row.map(|row| record(&row, key)).transpose()
     }
 }
 
@@ -455,6 +458,67 @@ fn job_error(row: &PgRow) -> Result<Option<JobError>> {
     let message: Option<String> = get(row, "error_message")?;
     let retryable: Option<bool> = get(row, "error_retryable")?;
     Ok(message.map(|m| JobError::new(m, retryable.unwrap_or(true))))
+}
+
+/// The claim answered by a row of `onceflight_claim_v2`, which holds only
+/// the columns its outcome needs.
+fn claim(row: &PgRow, key: &RequestKey, options: &ClaimOptions) -> Result<Claim> {
+    let outcome: String = get(row, "outcome")?;
+    if outcome == "mismatch" {
+        let kind = Kind::parse(get::<String>(row, "kind")?).map_err(|e| corrupt(e.to_string()))?;
+        return Err(Error::fingerprint_mismatch(key, &kind, options));
+    }
+    let now: DateTime<Utc> = get(row, "db_now")?;
+    let missing = |what: &str| corrupt(format!("{what} for key {:?}", key.as_str()));
+    let token = token(get(row, "token")?)?;
+    let attempt = u32::try_from(get::<i32>(row, "attempt")?).unwrap_or(0);
+    let lease_end = |what: &str| {
+        get::<Option<DateTime<Utc>>>(row, "lease_expires_at")?.ok_or_else(|| missing(what))
+    };
+    Ok(match outcome.as_str() {
+        "acquired" => {
+            let end = lease_end("a granted lease without an end")?;
+            let ttl = millis(get(row, "lease_ttl_ms")?);
+            Claim::Acquired(
+                Lease::new(key.clone(), token, attempt, ttl, end, remaining(end, now))
+                    .with_takeover(get(row, "takeover")?),
+            )
+        }
+        "in_flight" => {
+            let end = lease_end("a live lease without an end")?;
+            let mut in_flight =
+                InFlight::new(key.clone(), token, attempt, end, remaining(end, now));
+            in_flight.owner = get::<Option<String>>(row, "owner")?
+                .map(Owner::parse)
+                .transpose()
+                .map_err(|e| corrupt(e.to_string()))?;
+            Claim::InFlight(in_flight)
+        }
+        "completed" => {
+            let result: Vec<u8> = get::<Option<Vec<u8>>>(row, "result")?
+                .ok_or_else(|| missing("a completed record without a result"))?;
+            Claim::Completed(Completed::new(
+                key.clone(),
+                token,
+                attempt,
+                Bytes::from(result),
+                get(row, "completed_at")?,
+            ))
+        }
+        "failed" => {
+            let error =
+                job_error(row)?.ok_or_else(|| missing("a failed record without an error"))?;
+            let retry_at: Option<DateTime<Utc>> = get(row, "retry_at")?;
+            Claim::Failed(Failed::new(
+                key.clone(),
+                token,
+                attempt,
+                error,
+                retry_at.map(|at| remaining(at, now)),
+            ))
+        }
+        other => return Err(corrupt(format!("unknown claim outcome {other:?}"))),
+    })
 }
 
 /// The record of a row holding `onceflight_records`' columns and `db_now`.
@@ -529,18 +593,7 @@ impl RequestStore for PgStore {
             Arg::BigInt(self.retention_ms),
         ];
         let row = self.fetch_one(&self.statements.claim, &args).await?;
-        let decision = match get::<String>(&row, "outcome")?.as_str() {
-            "acquired" => Decision::Acquired {
-                ttl: millis(get(&row, "lease_ttl_ms")?),
-                takeover: get(&row, "takeover")?,
-            },
-            "in_flight" => Decision::InFlight,
-            "completed" => Decision::Completed,
-            "failed" => Decision::Failed,
-            "mismatch" => Decision::Mismatch,
-            other => return Err(corrupt(format!("unknown claim outcome {other:?}"))),
-        };
-        record(&row, key)?.into_claim(decision, options, BACKEND)
+        claim(&row, key, options)
     }
 
     async fn renew(
@@ -602,8 +655,15 @@ impl RequestStore for PgStore {
     }
 
     async fn wait(&self, key: &RequestKey, timeout: Duration) -> Result<Option<Record>> {
+        let deadline = Instant::now() + timeout;
         wait_pushed(&self.waiters, key, timeout, self.wait_fallback, || {
-            self.get(key)
+            // Interest for as long as the waiter may sleep before it reads
+            // again: until its fallback re-read, or its deadline if sooner
+            // (the read at the deadline registers nothing).
+            let asleep = deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.wait_fallback);
+            self.watch(key, asleep)
         })
         .await
     }
@@ -615,15 +675,25 @@ impl RequestStore for PgStore {
         get(&row, "deleted")
     }
 
+    /// Walks the table once in key order, [`SWEEP_BATCH`] records a
+    /// statement, deleting those past retention, and deletes waiters'
+    /// registrations that ran out. Each statement's work is bounded by the
+    /// batch, not by the table; a whole sweep reads the table once (there
+    /// is no index on `expires_at`, so that renewals and completions are
+    /// HOT updates). A small table is swept in one statement.
     async fn sweep(&self) -> Result<u64> {
         let mut swept = 0;
+        // Keys are never empty: every key sorts after ''.
+        let mut after = String::new();
         loop {
-            let deleted = self
-                .execute(&self.statements.sweep, &[Arg::BigInt(SWEEP_BATCH)])
-                .await?
-                .rows_affected();
-            swept += deleted;
-            if deleted < SWEEP_BATCH as u64 {
+            let args = [Arg::Text(&after), Arg::BigInt(SWEEP_BATCH)];
+            let row = self.fetch_one(&self.statements.sweep, &args).await?;
+            swept += u64::try_from(get::<i64>(&row, "swept")?).unwrap_or(0);
+            let walked_on = get::<i64>(&row, "scanned")? >= SWEEP_BATCH;
+            if let Some(last) = get::<Option<String>>(&row, "last_key")? {
+                after = last;
+            }
+            if !walked_on && get::<i64>(&row, "unwatched")? < SWEEP_BATCH {
                 return Ok(swept);
             }
         }

@@ -1,5 +1,7 @@
-//! What only the Postgres store must prove: the hit path writes nothing, one
-//! round trip per operation, recovery from terminated connections, and
+//! What only the Postgres store must prove: the hit path writes nothing and
+//! answers only what it needs, a claim that loses the race to create a
+//! record writes nothing either, renewals and completions are HOT updates,
+//! one round trip per operation, recovery from terminated connections, and
 //! several instances on one database.
 
 mod common;
@@ -9,10 +11,12 @@ use common::{acquired, key, options};
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceflight_core::{Bytes, Claim, Error, Fingerprint, JobError, RequestKey, RequestStore};
+use onceflight_core::{
+    Bytes, Claim, ClaimOptions, Error, Fingerprint, JobError, RequestKey, RequestStore,
+};
 use onceflight_store_postgres::{PgConfig, PgStore};
 use onceflight_test_support::backend_available;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Column, Connection, Executor, PgConnection, Row, ValueRef};
 use tokio::time::Instant;
 
 async fn store_on(url: &str, pool_size: u32) -> PgStore {
@@ -38,7 +42,7 @@ async fn claim_in_own_transaction(
 ) -> (String, Option<i64>) {
     let mut tx = conn.begin().await.expect("begin");
     let outcome: String = sqlx::query_scalar(
-        "SELECT outcome FROM onceflight_claim($1, $2, $3, NULL, 30000, 3, 1000, 86400000)",
+        "SELECT outcome FROM onceflight_claim_v2($1, $2, $3, NULL, 30000, 3, 1000, 86400000)",
     )
     .bind(key.as_str())
     .bind(kind)
@@ -54,6 +58,24 @@ async fn claim_in_own_transaction(
     (outcome, xid)
 }
 
+/// Three records a claim with `o` hits: completed, in flight (a live
+/// lease), failed for good.
+async fn hits(store: &PgStore, o: &ClaimOptions) -> [RequestKey; 3] {
+    let (done, busy, failed) = (key("done"), key("busy"), key("failed"));
+    let lease = acquired(store.claim_or_get(&done, o).await.unwrap());
+    store
+        .complete(&done, lease.token, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    let _ = acquired(store.claim_or_get(&busy, o).await.unwrap());
+    let lease = acquired(store.claim_or_get(&failed, o).await.unwrap());
+    store
+        .fail(&failed, lease.token, &JobError::permanent("no"))
+        .await
+        .unwrap();
+    [done, busy, failed]
+}
+
 /// Hit claims — a result, a live lease, a final failure, a mismatch — take
 /// no row lock, assign no transaction id and so write no WAL; a claim that
 /// must write does get one (so the check can fail).
@@ -64,19 +86,8 @@ async fn the_hit_path_writes_nothing() {
     }
     let schema = common::fresh_schema();
     let store = common::store_with(&schema, Duration::from_secs(3600)).await;
-    let (done, busy, failed) = (key("done"), key("busy"), key("failed"));
     let o = options(Duration::from_secs(60)).with_fingerprint(Fingerprint::parse("fp").unwrap());
-    let lease = acquired(store.claim_or_get(&done, &o).await.unwrap());
-    store
-        .complete(&done, lease.token, Bytes::from_static(b"{}"))
-        .await
-        .unwrap();
-    let _ = acquired(store.claim_or_get(&busy, &o).await.unwrap());
-    let lease = acquired(store.claim_or_get(&failed, &o).await.unwrap());
-    store
-        .fail(&failed, lease.token, &JobError::permanent("no"))
-        .await
-        .unwrap();
+    let [done, busy, failed] = hits(&store, &o).await;
 
     let mut conn = PgConnection::connect(&common::database_url())
         .await
@@ -121,6 +132,212 @@ async fn the_hit_path_writes_nothing() {
     assert!(
         xid.is_some(),
         "a fresh claim writes, so it has a transaction id"
+    );
+}
+
+/// A hit answers only the columns its outcome needs (docs/protocol.md §3's
+/// answers, and the record's retention end), not the whole record.
+#[tokio::test]
+async fn a_hit_answers_only_what_it_needs() {
+    if !backend_available("DATABASE_URL") {
+        return;
+    }
+    let schema = common::fresh_schema();
+    let store = common::store_with(&schema, Duration::from_secs(3600)).await;
+    let [done, busy, failed] = hits(&store, &options(Duration::from_secs(60))).await;
+
+    let mut conn = PgConnection::connect(&common::database_url())
+        .await
+        .expect("connect");
+    for (k, kind, outcome, answered) in [
+        (
+            &done,
+            "image",
+            "completed",
+            &["token", "attempt", "result", "completed_at"][..],
+        ),
+        (
+            &busy,
+            "image",
+            "in_flight",
+            &["token", "attempt", "lease_expires_at"][..],
+        ),
+        (
+            &failed,
+            "image",
+            "failed",
+            &["token", "attempt", "error_message", "error_retryable"][..],
+        ),
+        (&done, "video", "mismatch", &["kind"][..]),
+    ] {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT * FROM \"{schema}\".onceflight_claim_v2($1, $2, NULL, NULL, 30000, 3, 1000, 86400000)"
+        )))
+        .bind(k.as_str())
+        .bind(kind)
+        .fetch_one(&mut conn)
+        .await
+        .expect("claim");
+        let outcome_seen: String = row.get("outcome");
+        assert_eq!(outcome_seen, outcome, "outcome for {k}");
+        // Every outcome but a mismatch carries the retention end.
+        let mut expected: Vec<&str> = vec!["outcome", "db_now"];
+        expected.extend(answered);
+        if outcome != "mismatch" {
+            expected.push("expires_at");
+        }
+        let mut filled: Vec<&str> = row
+            .columns()
+            .iter()
+            .filter(|c| !row.try_get_raw(c.ordinal()).expect("column").is_null())
+            .map(|c| c.name())
+            .collect();
+        filled.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(filled, expected, "columns a {outcome} answer fills");
+        for whole_record in [
+            "rec",
+            "fingerprint",
+            "created_at",
+            "updated_at",
+            "max_attempts",
+        ] {
+            assert!(
+                row.try_column(whole_record).is_err(),
+                "a claim answers no {whole_record}"
+            );
+        }
+    }
+}
+
+/// A claim that loses the race to create a record — it found none, and the
+/// winner's insert commits while it is on its way — reads the winner's
+/// record like any hit: no row lock, no transaction id (and so no WAL and no
+/// commit flush). The winner's transaction is held open until the loser is
+/// seen waiting for it, so the race happens every time.
+#[tokio::test]
+async fn a_claim_that_loses_the_race_to_create_writes_nothing() {
+    if !backend_available("DATABASE_URL") {
+        return;
+    }
+    let schema = common::fresh_schema();
+    let _store = common::store_with(&schema, Duration::from_secs(3600)).await;
+    let claim = format!(
+        "SELECT outcome FROM \"{schema}\".onceflight_claim_v2($1, 'image', NULL, NULL, 30000, 3, 1000, 86400000)"
+    );
+    let connect = async || {
+        PgConnection::connect(&common::database_url())
+            .await
+            .expect("connect")
+    };
+    let (mut winner, mut loser, mut admin) = (connect().await, connect().await, connect().await);
+    let loser_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut loser)
+        .await
+        .expect("pid");
+    let k = key("contested");
+
+    winner.execute("BEGIN").await.expect("begin");
+    let won: String = sqlx::query_scalar(sqlx::AssertSqlSafe(claim.clone()))
+        .bind(k.as_str())
+        .fetch_one(&mut winner)
+        .await
+        .expect("winner's claim");
+    assert_eq!(won, "acquired");
+
+    let losing = tokio::spawn(async move {
+        loser.execute("BEGIN").await.expect("begin");
+        let outcome: String = sqlx::query_scalar(sqlx::AssertSqlSafe(claim))
+            .bind(k.as_str())
+            .fetch_one(&mut loser)
+            .await
+            .expect("loser's claim");
+        let xid: Option<i64> = sqlx::query_scalar("SELECT txid_current_if_assigned()")
+            .fetch_one(&mut loser)
+            .await
+            .expect("txid");
+        loser.execute("COMMIT").await.expect("commit");
+        (outcome, xid)
+    });
+    // The loser found no record and now waits for the winner.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+            )
+            .bind(loser_pid)
+            .fetch_one(&mut admin)
+            .await
+            .expect("read activity");
+            if waiting {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the losing claim waits for the winner's commit");
+    winner.execute("COMMIT").await.expect("commit");
+
+    let (outcome, xid) = losing.await.expect("loser");
+    assert_eq!(outcome, "in_flight", "the loser reads the winner's lease");
+    assert_eq!(xid, None, "the losing claim assigned a transaction id");
+}
+
+/// Renewals and completions are HOT updates (no index on a column they
+/// rewrite, room on the page): counted in `pg_stat_user_tables` of a
+/// database only this test uses, so that no other transaction holds back
+/// the pruning of old row versions.
+#[tokio::test]
+async fn renewals_and_completions_are_hot_updates() {
+    if !backend_available("DATABASE_URL") {
+        return;
+    }
+    let (url, name) = common::dedicated_database().await;
+    // One pooled connection, so that flushing its statistics flushes all.
+    let store = store_on(&url, 1).await;
+    let mut admin = PgConnection::connect(&url).await.expect("connect");
+    let k = key("hot");
+    let lease = acquired(
+        store
+            .claim_or_get(&k, &options(Duration::from_secs(60)))
+            .await
+            .unwrap(),
+    );
+    const RENEWALS: i64 = 20;
+    for _ in 0..RENEWALS {
+        store.renew(&k, lease.token, None).await.unwrap();
+    }
+    store
+        .complete(
+            &k,
+            lease.token,
+            Bytes::from_static(b"{\"url\":\"https://cdn/x.png\"}"),
+        )
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(store.pool())
+        .await
+        .expect("force flush");
+    let (updates, hot): (i64, i64) = sqlx::query_as(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+         WHERE schemaname = 'onceflight' AND relname = 'onceflight_records'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("read stats");
+    drop(admin);
+    drop(store);
+    common::drop_database(&name).await;
+    assert_eq!(
+        updates,
+        RENEWALS + 1,
+        "every renewal and the completion counted"
+    );
+    assert_eq!(
+        hot, updates,
+        "every renewal and the completion is a HOT update"
     );
 }
 
