@@ -1,7 +1,8 @@
 -- claim_or_get (docs/protocol.md §3), the one atomic decision.
--- args: channel, key, kind, fingerprint ('' = none), owner ('' = none),
---       lease ms, max attempts, backoff ms, retention ms, token floor (the
---       highest token the calling store has seen, '0' = none).
+-- args: kind, fingerprint ('' = none), and the rest of the claim, read only
+--       when it writes: '<lease ms> <max attempts> <backoff ms> <retention
+--       ms> <token floor> <owner>', the floor being the highest token the
+--       calling store has seen ('0' = none), the owner possibly empty.
 -- Replies, each with only what its answer needs:
 --   { 'acquired', token, attempt, lease end, lease ms, takeover (1 | 0) }
 --   { 'in_flight', token, attempt, lease end, lease left, owner }
@@ -9,8 +10,12 @@
 --   { 'failed', token, attempt, error, retryable (1 | 0), retry after ms }
 --   { 'mismatch', the record's kind }
 --   { 'refused' } (claim_ro only: this claim would write)
--- A completed record is answered from one GET, without TIME: its retention
--- is the key's own expiry, so a record Redis still holds is still kept.
+
+-- Whether a record of `kind` with fingerprint `fp` (false: none) answers a
+-- claim with `args`.
+local function matches(kind, fp, args)
+    return kind == args[1] and (not fp or args[2] == '' or fp == args[2])
+end
 
 -- The answer to a claim on the record `r` (nil: none) that only reads, or
 -- nil when the claim writes: a new lease, or a record turned failed. Also
@@ -19,7 +24,7 @@ local function decide(r, args)
     if not r then
         return nil
     end
-    if r[KIND] ~= args[3] or (r[FP] and args[4] ~= '' and r[FP] ~= args[4]) then
+    if not matches(r[KIND], r[FP], args) then
         return { 'mismatch', r[KIND] }
     end
     local state = r[STATE]
@@ -38,22 +43,35 @@ local function decide(r, args)
 end
 
 register('claim', {}, function(keys, args)
-    local r = load(keys[1])
+    local packed = redis.pcall('GET', keys[1])
+    if type(packed) == 'string' then
+        -- The hottest path, a completed record, decodes only the values it
+        -- answers with (they come first) and reads no clock: its retention
+        -- is the key's own expiry, so a record Redis still holds is kept.
+        local _, format, state, kind, fp, token, attempt, done, exp, result =
+            cmsgpack.unpack_limit(packed, 9, HEADER)
+        if state == 'c' and format == FORMAT and matches(kind, fp, args) then
+            return { 'completed', token, attempt, done, exp, result }
+        end
+    end
+    local r = decode(keys[1], packed)
     local reply, now_us, now = decide(r, args)
     if reply then
         return reply
     end
-    local lease_ms, retention = tonumber(args[6]), tonumber(args[9])
-    local floor = tonumber(args[10])
+    local lease_ms, max, backoff, retention, floor, owner =
+        string.match(args[3], '^(%d+) (%d+) (%d+) (%d+) (%d+) (.*)$')
+    lease_ms, retention, floor = tonumber(lease_ms), tonumber(retention), tonumber(floor)
     local takeover = false
     if not r then
         -- No record, or Redis expired it past retention: a fresh one. Its
         -- first token must exceed any token a deleted predecessor had.
         now_us, now = clock()
         local last = redis.call('GET', keys[2])
-        r = { FORMAT, 'p', args[3], args[4] ~= '' and args[4], next_token(now_us, tonumber(last), floor),
-            1, tonumber(args[7]), tonumber(args[8]), 0, false, 0, false, false, false, false, 0,
-            false, now, now, false, 0, false }
+        r = blank()
+        r[KIND], r[FP], r[ATTEMPT], r[MAX], r[BACKOFF], r[FAILURES], r[CREATED] =
+            args[1], args[2] ~= '' and args[2], 1, tonumber(max), tonumber(backoff), 0, now
+        r[TOKEN] = next_token(now_us, tonumber(last), floor)
         if last then
             redis.call('DEL', keys[2])
         end
@@ -66,7 +84,7 @@ register('claim', {}, function(keys, args)
             r[EMSG] = 'lease expired on attempt ' .. int(r[ATTEMPT]) .. ' of ' .. int(r[MAX])
             r[ERETRY], r[FAILURES] = true, r[FAILURES] + 1
             save(keys[1], r, now + retention)
-            wake(args)
+            wake(keys)
             return { 'failed', r[TOKEN], r[ATTEMPT], r[EMSG], 1, false }
         end
         -- Takeover of an expired lease, retry after backoff, or a new lease
@@ -80,7 +98,7 @@ register('claim', {}, function(keys, args)
         r[EMSG], r[ERETRY], r[RETRY_AT], r[FTOK] = false, false, false, false
     end
     r[STATE], r[TTL], r[LEXP], r[REL], r[UPDATED] = 'p', lease_ms, now + lease_ms, false, now
-    r[OWNER] = args[5] ~= '' and args[5]
+    r[OWNER] = owner ~= '' and owner
     -- A processing record is kept until its lease ends plus retention, so
     -- an abandoned key is forgotten by Redis without a sweep.
     save(keys[1], r, r[LEXP] + retention)

@@ -1,7 +1,6 @@
 -- delete (docs/protocol.md §4): forget the record, keeping its last token
 -- in the fence for as long as the record would have lived, so that the
 -- key's next token is still greater; waiters wake.
--- args: channel, key.
 -- Replies 1 when there was a record, 0 when not. `allow-oom`: deleting is
 -- how an operator frees memory.
 register('delete', { 'allow-oom' }, function(keys, args)
@@ -15,6 +14,6 @@ register('delete', { 'allow-oom' }, function(keys, args)
     end
     redis.call('DEL', keys[1])
     redis.call('SET', keys[2], int(r[TOKEN]), 'PX', left)
-    wake(args)
+    wake(keys)
     return 1
 end)

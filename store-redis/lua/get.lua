@@ -1,5 +1,4 @@
 -- get (docs/protocol.md §4): the record as Redis's clock sees it now.
--- args: channel, key.
 -- Replies the record (`view`) or { 'none' }. `no-writes`: answered under
 -- OOM too.
 register('get', { 'no-writes' }, function(keys, args)

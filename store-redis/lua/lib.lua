@@ -10,9 +10,11 @@
 -- version of the store thus brings its own functions, and two versions can
 -- run side by side on one Redis during a rolling upgrade.
 --
--- Keys of one request (they share one hash tag, so one cluster slot):
+-- Keys of one request (they share one hash tag, so one cluster slot), named
+-- `<prefix>{<tag>}:record:<request key>` and `<prefix>{<tag>}:fence:<request
+-- key>`, where the prefix holds no braces:
 --   keys[1]  the record: one string, its fields (below) packed with
---            cmsgpack, written with SET … PXAT. Its expiry is the lease's
+--            cmsgpack as one array, written with SET … PXAT. Its expiry is the lease's
 --            end plus retention while processing (so Redis itself forgets
 --            an abandoned record, with nobody sweeping) and the settling
 --            instant plus retention once completed or failed. The lease
@@ -41,15 +43,20 @@
 -- `get` is `no-writes`.
 --
 -- Record fields, in packing order (absent values are `false`, so that the
--- packed values keep their positions):
+-- array has no holes); those a hit on a completed record answers come
+-- first, so that a claim decodes only them (claim.lua):
 --   format (FORMAT), state ('p' processing | 'c' completed | 'f' failed),
---   kind, fp, token, attempt, max, backoff (ms), ttl (lease ms), owner,
---   lexp (lease end, ms; false once settled), rel (true once released),
---   result, emsg, eretry (boolean), failures, retry_at (ms), created,
---   updated, done (completed at), exp (retention end, the key's expiry),
---   ftok (the token of the `fail` that made the record failed; false when a
---   claim did, on an expired lease with no attempts left).
+--   kind, fp, token, attempt, done (completed at), exp (retention end, the
+--   key's expiry), result, max, backoff (ms), ttl (lease ms), owner, lexp
+--   (lease end, ms; false once settled), rel (true once released), emsg,
+--   eretry (boolean), failures, retry_at (ms), created, updated, ftok (the
+--   token of the `fail` that made the record failed; false when a claim
+--   did, on an expired lease with no attempts left).
 -- Instants are milliseconds of Redis's clock (TIME), never the client's.
+--
+-- Arguments are few on purpose: each costs Redis about as much as a small
+-- command. The wake-up channel and the request key, which only a settling
+-- operation needs, are read from keys[1] (`wake`).
 
 local LIBRARY = '@LIBRARY@'
 
@@ -57,10 +64,15 @@ local LIBRARY = '@LIBRARY@'
 -- format is refused, not misread.
 local FORMAT = 1
 
-local STATE, KIND, FP, TOKEN, ATTEMPT, MAX, BACKOFF, TTL, OWNER, LEXP, REL, RESULT, EMSG, ERETRY,
-    FAILURES, RETRY_AT, CREATED, UPDATED, DONE, EXP, FTOK =
+-- The packed array's header: 3 bytes (`0xdc` and a 16-bit length) for
+-- 16 to 65535 values. The values follow one after another as msgpack
+-- objects of their own, so a claim decodes the first few with
+-- `cmsgpack.unpack_limit(packed, n, HEADER)`.
+local HEADER = 3
+
+local STATE, KIND, FP, TOKEN, ATTEMPT, DONE, EXP, RESULT, MAX, BACKOFF, TTL, OWNER, LEXP, REL,
+    EMSG, ERETRY, FAILURES, RETRY_AT, CREATED, UPDATED, FTOK =
     2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22
-local FIELD_COUNT = 22
 
 local STATE_NAMES = { p = 'processing', c = 'completed', f = 'failed' }
 
@@ -108,6 +120,14 @@ local function number_or_false(text)
     return tonumber(text) or false
 end
 
+-- A record with every field absent.
+local function blank()
+    return {
+        FORMAT, false, false, false, false, false, false, false, false, false, false, false,
+        false, false, false, false, false, false, false, false, false, false
+    }
+end
+
 -- A record of the previous layout, a hash at `key`, as a record of this one.
 local function legacy(key)
     local h = redis.call('HGETALL', key)
@@ -119,23 +139,25 @@ local function legacy(key)
     if not state then
         error('onceflight: the hash at ' .. key .. ' is not a record')
     end
-    return {
-        FORMAT, state, f.kind, f.fp or false, tonumber(f.token), tonumber(f.attempt),
-        tonumber(f.max), tonumber(f.backoff), tonumber(f.ttl), f.owner or false,
-        state == 'p' and number_or_false(f.lexp), f.rel == '1', f.result or false, f.emsg or false,
-        f.eretry ~= '0', tonumber(f.failures) or 0, number_or_false(f.retry_at),
-        tonumber(f.created), tonumber(f.updated), number_or_false(f.done), tonumber(f.exp),
-        number_or_false(f.ftok)
-    }
+    local r = blank()
+    r[STATE], r[KIND], r[FP], r[TOKEN], r[ATTEMPT] =
+        state, f.kind, f.fp or false, tonumber(f.token), tonumber(f.attempt)
+    r[DONE], r[EXP], r[RESULT], r[MAX], r[BACKOFF], r[TTL], r[OWNER] =
+        number_or_false(f.done), tonumber(f.exp), f.result or false, tonumber(f.max),
+        tonumber(f.backoff), tonumber(f.ttl), f.owner or false
+    r[LEXP], r[REL], r[EMSG], r[ERETRY], r[FAILURES], r[RETRY_AT] =
+        state == 'p' and number_or_false(f.lexp), f.rel == '1', f.emsg or false, f.eretry ~= '0',
+        tonumber(f.failures) or 0, number_or_false(f.retry_at)
+    r[CREATED], r[UPDATED], r[FTOK] = tonumber(f.created), tonumber(f.updated), number_or_false(f.ftok)
+    return r
 end
 
--- The record at `key` as a table of its fields, or nil. One GET on the
--- normal path; only a key of another type costs more (see the top).
-local function load(key)
-    local packed = redis.pcall('GET', key)
+-- The record at `key` from `packed`, what GET answered there (or the error
+-- it raised): a table of the record's fields, or nil when there is none.
+local function decode(key, packed)
     if type(packed) == 'string' then
-        local r = { cmsgpack.unpack(packed) }
-        if r[1] ~= FORMAT then
+        local r = cmsgpack.unpack(packed)
+        if type(r) ~= 'table' or r[1] ~= FORMAT then
             error('onceflight: the record at ' .. key .. ' has an unknown format')
         end
         return r
@@ -149,12 +171,18 @@ local function load(key)
     error(packed.err)
 end
 
+-- The record at `key`, or nil. One GET; only a key of another type costs
+-- more (see the top).
+local function load(key)
+    return decode(key, redis.pcall('GET', key))
+end
+
 -- Writes `r` to `key`, to be kept until `exp` (ms, Redis's clock). Should
 -- `exp` be now or past, Redis drops the record at once; the operation's
 -- reply, built from `r`, still describes what it did.
 local function save(key, r, exp)
     r[EXP] = exp
-    redis.call('SET', key, cmsgpack.pack(unpack(r, 1, FIELD_COUNT)), 'PXAT', int(exp))
+    redis.call('SET', key, cmsgpack.pack(r), 'PXAT', int(exp))
 end
 
 -- The whole record as the client reads it: { outcome, now, state, kind, fp,
@@ -199,8 +227,13 @@ local function not_held(r, token, settled)
     return { 'lost' }
 end
 
--- Wakes waiters on every instance: the channel is args[1], the payload the
--- request's key, args[2].
-local function wake(args)
-    redis.call('PUBLISH', args[1], args[2])
+-- Wakes waiters on every instance: publishes the request's key on
+-- `<prefix>wake`, both read from the record's key `<prefix>{<tag>}:record:
+-- <request key>` (the prefix holds no braces, so the first `{` opens the
+-- tag, and the first `}:record:` closes it).
+local function wake(keys)
+    local record = keys[1]
+    local open = string.find(record, '{', 1, true)
+    local _, close = string.find(record, '}:record:', open, true)
+    redis.call('PUBLISH', string.sub(record, 1, open - 1) .. 'wake', string.sub(record, close + 1))
 end

@@ -62,7 +62,6 @@ pub struct RedisStore {
     conn: RedisConnection,
     library: Library,
     prefix: String,
-    channel: String,
     retention_ms: u64,
     wait_fallback: Duration,
     waiters: Arc<Waiters>,
@@ -301,13 +300,15 @@ impl RedisStore {
                  not checked"
             ),
         }
+        // The functions publish on the same name, which they read from the
+        // record's key (`wake` in lua/lib.lua).
         let channel = format!("{}wake", config.prefix);
         let waiters = Arc::new(Waiters::default());
         let pubsub = subscribe(&clients, &channel).await.map_err(map)?;
         let listener = tokio::spawn(listen(
             pubsub,
             clients,
-            channel.clone(),
+            channel,
             Arc::clone(&waiters),
             Probe {
                 every: config.pubsub_ping.max(Duration::from_millis(10)),
@@ -318,7 +319,6 @@ impl RedisStore {
             conn,
             library,
             prefix: config.prefix,
-            channel,
             retention_ms: ms(config.retention.min(MAX_RETENTION)),
             wait_fallback: config.wait_fallback.max(Duration::from_millis(10)),
             waiters,
@@ -405,7 +405,7 @@ impl RedisStore {
         ]
     }
 
-    /// Calls `function` for `key`; `args` follow the channel and the key.
+    /// Calls `function` with `key`'s Redis keys and `args`.
     /// Loads the library and calls again when Redis does not know the
     /// function (after a restart or failover without persistence, or
     /// `FUNCTION FLUSH`) — again if it was lost once more between the load
@@ -426,7 +426,6 @@ impl RedisStore {
         for redis_key in self.redis_keys(key) {
             cmd.arg(redis_key);
         }
-        cmd.arg(&self.channel).arg(key.as_str());
         for arg in args {
             cmd.arg(*arg);
         }
@@ -934,24 +933,24 @@ impl RequestStore for RedisStore {
     }
 
     async fn claim_or_get(&self, key: &RequestKey, options: &ClaimOptions) -> Result<Claim> {
-        let lease_ms = ms(options.lease_ttl()).to_string();
-        let max_attempts = options.max_attempts().to_string();
-        let backoff_ms = ms(options.retry_backoff()).to_string();
-        let retention_ms = self.retention_ms.to_string();
         let floor = self.high_water.load(Ordering::Relaxed);
-        let floor_arg = floor.to_string();
-        let args: [&[u8]; 8] = [
+        // What only a claim that writes reads (lua/claim.lua), in one
+        // argument: each argument costs Redis as much as a small command.
+        let rest = format!(
+            "{} {} {} {} {floor} {}",
+            ms(options.lease_ttl()),
+            options.max_attempts(),
+            ms(options.retry_backoff()),
+            self.retention_ms,
+            options.owner().map_or("", Owner::as_str),
+        );
+        let args: [&[u8]; 3] = [
             options.kind().as_str().as_bytes(),
             options
                 .fingerprint()
                 .map_or("", Fingerprint::as_str)
                 .as_bytes(),
-            options.owner().map_or("", Owner::as_str).as_bytes(),
-            lease_ms.as_bytes(),
-            max_attempts.as_bytes(),
-            backoff_ms.as_bytes(),
-            retention_ms.as_bytes(),
-            floor_arg.as_bytes(),
+            rest.as_bytes(),
         ];
         let reply = match self
             .call(&self.library.claim, Access::Write, key, &args)

@@ -331,7 +331,6 @@ async fn a_function_whose_retention_ends_at_once_still_answers_the_record() {
     }
     let store = store_at(&common::redis_url(), |c| c).await;
     let mut raw = common::raw(&common::redis_url()).await;
-    let channel = format!("{}wake", store.prefix());
     for (name, extra) in [
         ("complete", vec!["\"r\"", "0"]),
         ("fail", vec!["boom", "1", "0"]),
@@ -348,7 +347,7 @@ async fn a_function_whose_retention_ends_at_once_still_answers_the_record() {
         for redis_key in store.redis_keys(&k) {
             call.arg(redis_key);
         }
-        call.arg(&channel).arg(k.as_str()).arg(lease.token.get());
+        call.arg(lease.token.get());
         for arg in extra {
             call.arg(arg);
         }
