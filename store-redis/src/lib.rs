@@ -13,8 +13,8 @@
 //!   key's expiry is the lease's end plus retention while processing, so a
 //!   dead worker's record is forgotten by Redis itself with nobody
 //!   sweeping, and the next claim takes over once the lease has ended.
-//!   Settled records expire at retention, so [`RequestStore::sweep`](onceflight_core::RequestStore::sweep) has
-//!   nothing to do. Lease ends, backoff and retention are judged by Redis's
+//!   Settled records expire at retention, so
+//!   [`sweep`](onceflight_core::RequestStore::sweep) has nothing to do. Lease ends, backoff and retention are judged by Redis's
 //!   clock, never the client's. A claim on a completed record reads one key
 //!   and no clock, and its reply carries only what the answer needs (with
 //!   the retention's end); a completed record with a 100-byte result takes
