@@ -1,16 +1,18 @@
--- complete (docs/protocol.md §4): store the result, wake waiters. The same token
--- repeating a successful complete succeeds again; the first result stands.
--- ARGV: channel, key, token, result, retention ms.
--- The first write is an HDEL, which Redis runs even when out of memory
--- (see lib.lua): a lease already granted can always deliver its result.
-local token = ARGV[3]
-local _, now = clock()
-if not holds(token) then
-    return answer(repeated_complete(token) and 'ok' or 'lost', now)
-end
-redis.call('HDEL', KEYS[1], 'lexp')
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'state', 'completed', 'result', ARGV[4], 'done', int(now),
-    'updated', int(now))
-wake()
-return settle(now + tonumber(ARGV[5]), 'ok', now)
+-- complete (docs/protocol.md §4): store the result, wake waiters. The same
+-- token repeating a successful complete succeeds again; the first result
+-- stands.
+-- args: token, result, retention ms.
+-- Replies the record (`view`) or { 'lost' }. `allow-oom`: a lease already
+-- granted can always deliver its result.
+register('complete', { 'allow-oom' }, function(keys, args)
+    local token = tonumber(args[1])
+    local r = load(keys[1])
+    if not holds(r, token) then
+        return not_held(r, token, 'c')
+    end
+    local _, now = clock()
+    r[STATE], r[RESULT], r[DONE], r[UPDATED], r[LEXP], r[REL] = 'c', args[2], now, now, false, false
+    save(keys[1], r, now + tonumber(args[3]))
+    wake(keys)
+    return view('ok', r, now)
+end)

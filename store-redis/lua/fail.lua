@@ -1,28 +1,28 @@
--- fail (docs/protocol.md §4): store the error, schedule a retry if one is allowed,
--- wake waiters. Only a repeat of a `fail` that succeeded succeeds again
--- (same token, record made failed by that fail); a record a claim turned
--- failed (expired lease, no attempts left) is a lost lease.
--- ARGV: channel, key, token, message, retryable ('1' | '0'), retention ms.
--- The first write is an HDEL, which Redis runs even when out of memory
--- (see lib.lua): a lease already granted can always report its failure.
-local token, retryable = ARGV[3], ARGV[5] == '1'
-local _, now = clock()
-if not holds(token) then
-    return answer(repeated_fail(token) and 'ok' or 'lost', now)
-end
-local r = redis.call('HMGET', KEYS[1], 'failures', 'attempt', 'max', 'backoff')
-local failures, attempt, max, backoff = tonumber(r[1]), tonumber(r[2]), tonumber(r[3]), tonumber(r[4])
-redis.call('HDEL', KEYS[1], 'lexp', 'retry_at')
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'state', 'failed', 'emsg', ARGV[4], 'eretry', ARGV[5],
-    'ftok', token, 'updated', int(now))
-if retryable then
-    redis.call('HSET', KEYS[1], 'failures', int(failures + 1))
-    if attempt < max then
-        -- Backoff: base × 2^(failures so far), capped at one hour.
-        local wait = math.min(backoff * 2 ^ failures, 3600000)
-        redis.call('HSET', KEYS[1], 'retry_at', int(now + wait))
+-- fail (docs/protocol.md §4): store the error, schedule a retry if one is
+-- allowed, wake waiters. Only a repeat of a `fail` that succeeded succeeds
+-- again (same token, record made failed by that fail); a record a claim
+-- turned failed (expired lease, no attempts left) is a lost lease.
+-- args: token, message, retryable ('1' | '0'), retention ms.
+-- Replies the record (`view`) or { 'lost' }. `allow-oom`: a lease already
+-- granted can always report its failure.
+register('fail', { 'allow-oom' }, function(keys, args)
+    local token, retryable = tonumber(args[1]), args[3] == '1'
+    local r = load(keys[1])
+    if not holds(r, token) then
+        return not_held(r, token, 'f')
     end
-end
-wake()
-return settle(now + tonumber(ARGV[6]), 'ok', now)
+    local _, now = clock()
+    r[STATE], r[EMSG], r[ERETRY], r[FTOK], r[UPDATED] = 'f', args[2], retryable, token, now
+    r[LEXP], r[REL], r[RETRY_AT] = false, false, false
+    if retryable then
+        local failures = r[FAILURES]
+        r[FAILURES] = failures + 1
+        if r[ATTEMPT] < r[MAX] then
+            -- Backoff: base × 2^(failures so far), capped at one hour.
+            r[RETRY_AT] = now + math.min(r[BACKOFF] * 2 ^ failures, 3600000)
+        end
+    end
+    save(keys[1], r, now + tonumber(args[4]))
+    wake(keys)
+    return view('ok', r, now)
+end)

@@ -1,8 +1,11 @@
 -- get (docs/protocol.md §4): the record as Redis's clock sees it now.
--- ARGV: channel, key.
-local _, now = clock()
-local r = read()
-if not r[3] then
-    return { 'none', int(now) }
-end
-return answer('ok', now, '', r)
+-- Replies the record (`view`) or { 'none' }. `no-writes`: answered under
+-- OOM too.
+register('get', { 'no-writes' }, function(keys, args)
+    local r = load(keys[1])
+    if not r then
+        return { 'none' }
+    end
+    local _, now = clock()
+    return view('ok', r, now)
+end)

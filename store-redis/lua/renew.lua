@@ -1,20 +1,16 @@
 -- renew (docs/protocol.md §4): the lease now ends at Redis's now + ttl.
--- ARGV: channel, key, token, lease ms ('' = the lease's own), retention ms.
--- The first write is a PEXPIREAT, which Redis runs even when out of memory
--- (see lib.lua): a worker keeps its lease while it finishes, and a renew
--- rewrites values of the same size, so it hardly grows memory.
-local token = ARGV[3]
-local _, now = clock()
-if not holds(token) then
-    return answer('lost', now)
-end
-local ttl = ARGV[4]
-if ttl == '' then
-    ttl = redis.call('HGET', KEYS[1], 'ttl')
-end
-local lexp = now + tonumber(ttl)
-local exp = lexp + tonumber(ARGV[5])
-redis.call('PEXPIREAT', KEYS[1], int(exp))
-redis.call('HSET', KEYS[1], 'lexp', int(lexp), 'updated', int(now))
-redis.call('SET', KEYS[2], token, 'PXAT', int(lexp))
-return settle(exp, 'ok', now)
+-- args: token, lease ms ('' = the lease's own), retention ms.
+-- Replies { 'ok', lease end, lease left } or { 'lost' }. `allow-oom`: a
+-- worker keeps its lease while it finishes, and a renew rewrites the record
+-- at the same size.
+register('renew', { 'allow-oom' }, function(keys, args)
+    local r = load(keys[1])
+    if not holds(r, tonumber(args[1])) then
+        return { 'lost' }
+    end
+    local _, now = clock()
+    local ttl = tonumber(args[2]) or r[TTL]
+    r[LEXP], r[UPDATED] = now + ttl, now
+    save(keys[1], r, r[LEXP] + tonumber(args[3]))
+    return { 'ok', r[LEXP], ttl }
+end)

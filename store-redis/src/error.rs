@@ -5,10 +5,20 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 pub(crate) const BACKEND: &str = "redis";
 
+/// Whether Redis answered that it does not know the function called: its
+/// functions were lost (a restart or failover without persistence, `FUNCTION
+/// FLUSH`), and the function did not run.
+pub(crate) fn is_function_missing(error: &RedisError) -> bool {
+    error.code() == Some("ERR")
+        && error
+            .detail()
+            .is_some_and(|detail| detail.starts_with("Function not found"))
+}
+
 /// Maps a redis error: anything about reaching or keeping the server (I/O,
 /// timeouts, a dropped connection, a server loading its data or busy with a
 /// script, a cluster resharding or failing over, a read-only replica) is
-/// `Unavailable` and safe to retry, as are a script cache flushed under every
+/// `Unavailable` and safe to retry, as are functions lost under every
 /// reload and a write refused because Redis is out of memory; the rest means
 /// a bug, a damaged key or a misconfiguration.
 pub(crate) fn map(error: RedisError) -> Error {
@@ -28,15 +38,16 @@ pub(crate) fn map(error: RedisError) -> Error {
                         | ServerErrorKind::ReadOnly
                         | ServerErrorKind::Moved
                         | ServerErrorKind::Ask
-                        // Scripts flushed again and again under the store.
                         | ServerErrorKind::NoScript
                 )
         )
+        // Functions lost again and again under the store.
+        || is_function_missing(&error)
         // A script running past `busy-reply-threshold` blocks every client.
         || error.code() == Some("BUSY")
         // Out of memory under `maxmemory-policy noeviction`: Redis refused
-        // the write before the script changed anything (see `lua/lib.lua`),
-        // and it succeeds once memory is freed.
+        // the call before the function ran (see `lua/lib.lua`), and it
+        // succeeds once memory is freed.
         || error.code() == Some("OOM");
     if retryable {
         Error::unavailable(BACKEND, error)

@@ -1,14 +1,24 @@
 //! The onceflight store on Redis and Redis Cluster.
 //!
-//! - Every operation is one round trip: an EVALSHA of one Lua script per
-//!   atomic operation (`lua/`), reloaded transparently after `NOSCRIPT`
-//!   (a Redis restart, a failover, `SCRIPT FLUSH`).
-//! - A lease is a key written with `SET … PXAT` (the `SET NX PX` idea with
-//!   an absolute end): when a worker dies, Redis retires its lease at the
-//!   lease's end with nobody sweeping, and the next claim takes over.
-//!   Records carry their retention as a TTL, so [`RequestStore::sweep`]
-//!   has nothing to do. Lease ends, backoff and retention are judged by
-//!   Redis's clock (`TIME` and key TTLs), never the client's.
+//! - Every operation is one round trip: an FCALL of one function of a Redis
+//!   function library assembled from one Lua file per atomic operation
+//!   (`lua/`). The library is loaded when the store connects (on every
+//!   primary of a cluster) and again, transparently, when Redis has lost it
+//!   (a restart or failover without persistence, `FUNCTION FLUSH`). Its
+//!   name carries a hash of its code ([`RedisStore::library`]), so two
+//!   versions of the store run side by side during a rolling upgrade.
+//! - A request's record is one string, its fields packed with msgpack,
+//!   written with `SET … PXAT`; the lease lives in it. Whether a lease is
+//!   live is judged with Redis's clock (`TIME`) against its end, and the
+//!   key's expiry is the lease's end plus retention while processing, so a
+//!   dead worker's record is forgotten by Redis itself with nobody
+//!   sweeping, and the next claim takes over once the lease has ended.
+//!   Settled records expire at retention, so
+//!   [`sweep`](onceflight_core::RequestStore::sweep) has nothing to do. Lease ends, backoff and retention are judged by Redis's
+//!   clock, never the client's. A claim on a completed record reads one key
+//!   and no clock, and its reply carries only what the answer needs (with
+//!   the retention's end); a completed record with a 100-byte result takes
+//!   about 300 bytes of Redis's memory.
 //! - All keys of one request share a hash tag (a hash of the request key),
 //!   so the store runs unchanged on Redis Cluster; every key starts with a
 //!   configurable prefix.
@@ -43,7 +53,7 @@
 //! one store instance never go backwards, whatever Redis's clock does.
 //! When Redis's clock is found behind the mark, the store logs a warning
 //! (at most once a minute). Limits: the mark lives in the process, not in
-//! Redis — a script may only touch the keys of its own request's hash tag
+//! Redis — a function may only touch the keys of its own request's hash tag
 //! in a cluster, so no shared mark can be kept there, and each record
 //! already keeps its key's last token. A store started after the clock
 //! went back, or another instance that never saw the higher tokens, relies
@@ -52,11 +62,12 @@
 //!
 //! # Requirements and deployment
 //!
-//! Redis 6.2 or later (`SET … PXAT`); scripts replicate by effects (the
-//! default since Redis 7). Run it with `maxmemory-policy noeviction`: an
-//! evicting policy may drop leases and cached results under memory
-//! pressure, and as every record and lease carries a TTL, `volatile-*`
-//! policies are as dangerous as `allkeys-*`. The store reads the policy
+//! Redis 7.0 or later, or Valkey 7.2 or later: the store uses functions
+//! (`FUNCTION LOAD`, `FCALL`, which its user must be allowed), and
+//! `connect` says so when the library cannot be loaded. Run it with
+//! `maxmemory-policy noeviction`: an evicting policy may drop live leases
+//! and cached results under memory pressure, and as every record carries a
+//! TTL, `volatile-*` policies are as dangerous as `allkeys-*`. The store reads the policy
 //! when it connects (`CONFIG GET`, or `INFO memory` where a managed Redis
 //! disables `CONFIG`; neither readable, it does not check) and logs a
 //! warning naming an evicting policy ([`RedisStore::eviction_warning`]). It
@@ -70,14 +81,25 @@
 //! fresh key, a takeover, a retry) fails with `Error::Unavailable` (HTTP 503
 //! `store_unavailable`) having changed nothing, while claims that only read
 //! (in flight, completed, failed) are still answered, and renew, complete,
-//! fail, release and delete succeed. This rests on how Redis treats scripts
-//! without flags, the same on 6.2 and 7: it checks memory before a script's
-//! first write command that may grow memory and never after it. Every
-//! writing path of the claim script begins with such a write (an HSET of
-//! the record); the other scripts begin with one Redis does not check
-//! (HDEL, DEL, PEXPIREAT). Redis 7's script flags (`#!lua flags=allow-oom`)
-//! would say the same more plainly, but would need two sets of scripts to
-//! keep 6.2, and refuse every claim, hits included, under OOM.
+//! fail, release and delete succeed. The functions' flags say so: Redis
+//! refuses the claim function, which has none, whole and before it runs;
+//! the store then asks its read-only twin (`no-writes`), which answers the
+//! claims that only read and refuses the rest — a second round trip, only
+//! when Redis is out of memory. The fenced functions and delete carry
+//! `allow-oom`; `get` is `no-writes`.
+//!
+//! # Upgrading from the previous layout
+//!
+//! The previous version kept a record as a hash beside a lease key and ran
+//! scripts (EVALSHA). This one still honours such records: it reads the
+//! hash (only when GET finds a key of another type, so the normal path
+//! pays nothing), answers claims from it, lets the holder of a lease
+//! granted there renew, complete or fail it, and the first operation that
+//! writes the record replaces the hash with the packed string; fences are
+//! the same string as before. Instances of the previous version, however,
+//! cannot read a packed record: while both run, a request an upgraded
+//! instance has written answers an error (`WRONGTYPE`) on the old ones,
+//! never a second lease — so finish a rolling upgrade promptly.
 //!
 //! A retention under 1 ms is refused ([`RedisStore::connect`] answers
 //! `Error::InvalidInput`): a record would vanish the instant it settled.

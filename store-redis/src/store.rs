@@ -1,5 +1,6 @@
-//! `RedisStore`: every operation one Lua script (EVALSHA), judged by Redis's
-//! clock; leases are keys that Redis expires by itself.
+//! `RedisStore`: every operation one call (FCALL) of a function of the
+//! store's Redis function library, judged by Redis's clock; records, and the
+//! leases in them, expire by themselves.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,44 +11,57 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use onceflight_core::backend::waiters::{Waiters, wait_pushed};
-use onceflight_core::backend::{Decision, check_lease_ttl, redact_url};
+use onceflight_core::backend::{check_lease_ttl, redact_url};
 use onceflight_core::{
-    Claim, ClaimOptions, Error, Fingerprint, JobError, Kind, Owner, Record, RecordState, Renewal,
-    RequestKey, RequestStore, Result, Token,
+    Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
+    Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, Pipeline, RedisFuture, Script, TlsCertificates, Value};
+use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, TlsCertificates, Value};
 use tokio::task::JoinHandle;
 
 use crate::config::RedisConfig;
-use crate::error::{BACKEND, corrupt, map};
+use crate::error::{BACKEND, corrupt, is_function_missing, map};
 
 /// Longest retention honoured (100 years): "keep forever" in practice.
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
-/// How many times an operation loads its script and calls it again when
-/// Redis keeps answering `NOSCRIPT` (scripts flushed under it).
-const NOSCRIPT_ATTEMPTS: u32 = 3;
+/// How many times an operation loads the function library and calls again
+/// when Redis keeps answering that the function is not found (functions
+/// lost under it: a restart or failover without persistence, `FUNCTION
+/// FLUSH`).
+const LOAD_ATTEMPTS: u32 = 3;
 
-/// The helpers every script shares, prepended to each.
+/// The shared part of the function library, loaded before the operations.
 const LIB: &str = include_str!("../lua/lib.lua");
+
+/// One file per atomic operation, each registering its function(s).
+const OPERATIONS: [(&str, &str); 7] = [
+    ("claim.lua", include_str!("../lua/claim.lua")),
+    ("renew.lua", include_str!("../lua/renew.lua")),
+    ("complete.lua", include_str!("../lua/complete.lua")),
+    ("fail.lua", include_str!("../lua/fail.lua")),
+    ("release.lua", include_str!("../lua/release.lua")),
+    ("get.lua", include_str!("../lua/get.lua")),
+    ("delete.lua", include_str!("../lua/delete.lua")),
+];
 
 /// A [`RequestStore`] on Redis or Redis Cluster.
 ///
-/// Every operation is one round trip: an EVALSHA of one of the scripts in
-/// `lua/`, deciding atomically inside Redis with its clock (`TIME`). A
-/// lease is a key written with `SET … PXAT`, so Redis retires an abandoned
-/// lease by itself; records carry their retention as a TTL. Waiters are
+/// Every operation is one round trip: an FCALL of one function of the
+/// library assembled from `lua/`, deciding atomically inside Redis with its
+/// clock (`TIME`). A record is one packed string holding its lease; its
+/// expiry (the lease's end plus retention, or the settling instant plus
+/// retention) makes Redis forget an abandoned record by itself. Waiters are
 /// woken through pub/sub on one connection per store, fanned out in
 /// process.
 #[derive(Debug)]
 pub struct RedisStore {
     conn: RedisConnection,
-    scripts: Scripts,
+    library: Library,
     prefix: String,
-    channel: String,
     retention_ms: u64,
     wait_fallback: Duration,
     waiters: Arc<Waiters>,
@@ -119,39 +133,54 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
-/// One script per atomic operation, each `lua/lib.lua` followed by the
-/// operation's file.
+/// The store's Redis function library: `lua/lib.lua` followed by each
+/// operation's file in a block of its own, named after a hash of that code
+/// (so each version of the store loads a library of its own), and the names
+/// of its functions.
 #[derive(Debug)]
-struct Scripts {
-    claim: Script,
-    renew: Script,
-    complete: Script,
-    fail: Script,
-    release: Script,
-    get: Script,
-    delete: Script,
+struct Library {
+    name: String,
+    /// The code `FUNCTION LOAD` takes, its `#!lua name=…` line first.
+    code: String,
+    claim: String,
+    claim_ro: String,
+    renew: String,
+    complete: String,
+    fail: String,
+    release: String,
+    get: String,
+    delete: String,
 }
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{body}"))
-}
-
-impl Scripts {
+impl Library {
     fn new() -> Self {
+        let mut body = String::from(LIB);
+        for (file, source) in OPERATIONS {
+            body.push_str(&format!("\ndo -- {file}\n{source}\nend\n"));
+        }
+        let name = format!("onceflight_{}", hash_tag(&body));
+        let code = format!("#!lua name={name}\n{}", body.replace("@LIBRARY@", &name));
+        let function = |operation: &str| format!("{name}_{operation}");
         Self {
-            claim: script(include_str!("../lua/claim.lua")),
-            renew: script(include_str!("../lua/renew.lua")),
-            complete: script(include_str!("../lua/complete.lua")),
-            fail: script(include_str!("../lua/fail.lua")),
-            release: script(include_str!("../lua/release.lua")),
-            get: script(include_str!("../lua/get.lua")),
-            delete: script(include_str!("../lua/delete.lua")),
+            claim: function("claim"),
+            claim_ro: function("claim_ro"),
+            renew: function("renew"),
+            complete: function("complete"),
+            fail: function("fail"),
+            release: function("release"),
+            get: function("get"),
+            delete: function("delete"),
+            code,
+            name,
         }
     }
 }
 
-fn is_noscript(error: &redis::RedisError) -> bool {
-    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+/// Whether a function only reads: it is called with `FCALL_RO`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Access {
+    Write,
+    Read,
 }
 
 fn invalid_config(reason: String) -> Error {
@@ -164,7 +193,8 @@ fn invalid_config(reason: String) -> Error {
 /// The hash tag of a request: the 64-bit FNV-1a hash of its key, in hex.
 /// Every Redis key of one request carries it, so they share a cluster slot
 /// whatever characters (braces included) the request key holds. The hash
-/// is part of the stored layout: it must never change.
+/// is part of the stored layout: it must never change. (It also names the
+/// function library after its code.)
 fn hash_tag(key: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key.bytes() {
@@ -244,6 +274,20 @@ impl RedisStore {
                     .map_err(map)?,
             )
         };
+        let library = Library::new();
+        load_library(&mut conn.clone(), &library)
+            .await
+            .map_err(|error| match map(error) {
+                retryable if retryable.is_retryable() => retryable,
+                error => Error::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "cannot load the onceflight function library (FUNCTION LOAD; the store \
+                         needs Redis 7.0 or later, or Valkey 7.2 or later, and a user allowed \
+                         FUNCTION and FCALL): {error}"
+                    ),
+                },
+            })?;
         let maxmemory_policy = read_maxmemory_policy(&mut conn.clone()).await;
         match &maxmemory_policy {
             Some(policy) => {
@@ -256,13 +300,15 @@ impl RedisStore {
                  not checked"
             ),
         }
+        // The functions publish on the same name, which they read from the
+        // record's key (`wake` in lua/lib.lua).
         let channel = format!("{}wake", config.prefix);
         let waiters = Arc::new(Waiters::default());
         let pubsub = subscribe(&clients, &channel).await.map_err(map)?;
         let listener = tokio::spawn(listen(
             pubsub,
             clients,
-            channel.clone(),
+            channel,
             Arc::clone(&waiters),
             Probe {
                 every: config.pubsub_ping.max(Duration::from_millis(10)),
@@ -271,9 +317,8 @@ impl RedisStore {
         ));
         Ok(Self {
             conn,
-            scripts: Scripts::new(),
+            library,
             prefix: config.prefix,
-            channel,
             retention_ms: ms(config.retention.min(MAX_RETENTION)),
             wait_fallback: config.wait_fallback.max(Duration::from_millis(10)),
             waiters,
@@ -338,78 +383,138 @@ impl RedisStore {
         &self.prefix
     }
 
-    /// The Redis keys of a request: its record (a hash), its lease (a string
-    /// holding the token, expiring with the lease) and its fence (the last
-    /// token, kept for a while after `delete`).
-    pub fn redis_keys(&self, key: &RequestKey) -> [String; 3] {
+    /// The name of the Redis function library the store loads (`FUNCTION
+    /// LIST`); its functions are `<library>_<operation>`. The name carries
+    /// a hash of the library's code, so each version of the store has its
+    /// own, and a library no running version uses may be deleted with
+    /// `FUNCTION DELETE`.
+    pub fn library(&self) -> &str {
+        &self.library.name
+    }
+
+    /// The Redis keys of a request: its record (one string holding the
+    /// packed record, its lease included) and its fence (the last token,
+    /// kept for a while after `delete`).
+    pub fn redis_keys(&self, key: &RequestKey) -> [String; 2] {
         let tag = hash_tag(key.as_str());
         let key = key.as_str();
         let prefix = &self.prefix;
         [
             format!("{prefix}{{{tag}}}:record:{key}"),
-            format!("{prefix}{{{tag}}}:lease:{key}"),
             format!("{prefix}{{{tag}}}:fence:{key}"),
         ]
     }
 
-    /// Runs `script` for `key`; `args` follow the channel and the key.
-    async fn run(&self, script: &Script, key: &RequestKey, args: &[&[u8]]) -> Result<Reply> {
-        let mut invocation = script.prepare_invoke();
-        for redis_key in self.redis_keys(key) {
-            invocation.key(redis_key);
-        }
-        invocation.arg(&self.channel).arg(key.as_str());
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let values: Vec<Option<Vec<u8>>> = self.invoke(&invocation).await?;
-        let reply = Reply::parse(values, key)?;
-        if let Some(record) = &reply.record {
-            self.saw_token(record.token);
-        }
-        Ok(reply)
-    }
-
-    /// EVALSHA, loading the script on `NOSCRIPT` (after a restart, a
-    /// failover or `SCRIPT FLUSH`) — again if it was flushed once more
-    /// between the load and the call. The script runs once at most: a
-    /// `NOSCRIPT` reply means it did not run.
-    async fn invoke<T: redis::FromRedisValue>(
+    /// Calls `function` with `key`'s Redis keys and `args`.
+    /// Loads the library and calls again when Redis does not know the
+    /// function (after a restart or failover without persistence, or
+    /// `FUNCTION FLUSH`) — again if it was lost once more between the load
+    /// and the call. The function runs once at most: "not found" means it
+    /// did not run.
+    async fn call(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<T> {
+        function: &str,
+        access: Access,
+        key: &RequestKey,
+        args: &[&[u8]],
+    ) -> std::result::Result<Value, RedisError> {
+        let mut cmd = redis::cmd(match access {
+            Access::Write => "FCALL",
+            Access::Read => "FCALL_RO",
+        });
+        cmd.arg(function).arg(2);
+        for redis_key in self.redis_keys(key) {
+            cmd.arg(redis_key);
+        }
+        for arg in args {
+            cmd.arg(*arg);
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match invocation.invoke_async(&mut self.conn.clone()).await {
-                Err(error) if is_noscript(&error) && attempts < NOSCRIPT_ATTEMPTS => continue,
-                other => return other.map_err(map),
+            match cmd.query_async(&mut self.conn.clone()).await {
+                Err(error) if is_function_missing(&error) && attempts < LOAD_ATTEMPTS => {
+                    load_library(&mut self.conn.clone(), &self.library).await?;
+                }
+                other => return other,
             }
         }
     }
 
-    /// Runs a fenced script and returns the record it answered, or
+    /// Calls `function` and parses its reply, raising the token floor to
+    /// any token in it.
+    async fn run(
+        &self,
+        function: &str,
+        access: Access,
+        key: &RequestKey,
+        args: &[&[u8]],
+    ) -> Result<Reply> {
+        let reply = Reply::parse(self.call(function, access, key, args).await.map_err(map)?)?;
+        self.saw_reply(&reply);
+        Ok(reply)
+    }
+
+    /// Raises the token floor to the token a reply carries, if any.
+    fn saw_reply(&self, reply: &Reply) {
+        if let Some(token) = reply.token() {
+            self.saw_token(token);
+        }
+    }
+
+    /// Runs a fenced function and returns its reply when it succeeded, or
     /// `LeaseLost`.
     async fn fenced(
         &self,
-        script: &Script,
+        function: &str,
         key: &RequestKey,
         token: Token,
         args: &[&[u8]],
-    ) -> Result<Record> {
+    ) -> Result<Reply> {
         let token_arg = token.get().to_string();
         let mut all: Vec<&[u8]> = vec![token_arg.as_bytes()];
         all.extend_from_slice(args);
-        let reply = self.run(script, key, &all).await?;
-        match (reply.outcome.as_str(), reply.record) {
-            ("ok", Some(record)) => Ok(record),
-            ("ok", None) => Err(corrupt(format!(
-                "a fenced operation succeeded without a record for {:?}",
+        let reply = self.run(function, Access::Write, key, &all).await?;
+        match reply.outcome.as_str() {
+            "ok" => Ok(reply),
+            "lost" => Err(Error::lease_lost(key, token)),
+            other => Err(corrupt(format!(
+                "a fenced operation answered {other:?} for {:?}",
                 key.as_str()
             ))),
-            _ => Err(Error::lease_lost(key, token)),
         }
     }
+
+    /// The claim's answer when Redis refused `claim` for want of memory
+    /// (`refused`): `claim_ro` answers the claims that only read, and the
+    /// rest stay refused.
+    async fn claim_out_of_memory(
+        &self,
+        key: &RequestKey,
+        args: &[&[u8]],
+        refused: RedisError,
+    ) -> Result<Reply> {
+        let reply = self
+            .run(&self.library.claim_ro, Access::Read, key, args)
+            .await?;
+        if reply.outcome == "refused" {
+            return Err(map(refused));
+        }
+        Ok(reply)
+    }
+}
+
+/// Loads the function library (`FUNCTION LOAD REPLACE`), on every primary
+/// of a cluster (the redis crate routes `FUNCTION LOAD` to all of them).
+/// Replacing is harmless: a library of the same name has the same code.
+async fn load_library(conn: &mut RedisConnection, library: &Library) -> redis::RedisResult<()> {
+    let _: Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&library.code)
+        .query_async(conn)
+        .await?;
+    Ok(())
 }
 
 /// Subscribes to `channel` through the first of `clients` that answers. In
@@ -577,46 +682,33 @@ async fn listen(
     }
 }
 
-/// A script's reply: `{ outcome, now, extra, lease_left, FIELDS… }`
-/// (`lua/lib.lua`).
+/// A function's reply: an array whose first element names the outcome,
+/// then what that outcome carries (see the files in `lua/`).
 struct Reply {
     outcome: String,
-    /// Redis's clock at the reply, in ms.
-    now: i64,
-    extra: String,
-    record: Option<Record>,
+    items: Vec<Value>,
 }
 
-/// The record fields in `lua/lib.lua`'s `FIELDS` order.
-const FIELDS: [&str; 18] = [
-    "kind", "fp", "state", "token", "attempt", "max", "owner", "lexp", "rel", "result", "emsg",
-    "eretry", "retry_at", "created", "updated", "done", "exp", "ttl",
-];
-
-fn field(fields: &[Option<Vec<u8>>], name: &str) -> Option<Vec<u8>> {
-    let index = FIELDS.iter().position(|f| *f == name)?;
-    fields.get(index).cloned().flatten()
-}
-
-fn text(fields: &[Option<Vec<u8>>], name: &str) -> Result<Option<String>> {
-    field(fields, name)
-        .map(|bytes| {
-            String::from_utf8(bytes).map_err(|_| corrupt(format!("field {name} is not UTF-8")))
-        })
-        .transpose()
-}
-
-fn number(fields: &[Option<Vec<u8>>], name: &str) -> Result<Option<i64>> {
-    text(fields, name)?
-        .map(|t| {
-            t.parse::<i64>()
-                .map_err(|_| corrupt(format!("field {name} is not an integer: {t:?}")))
-        })
-        .transpose()
-}
-
-fn required<T>(value: Option<T>, name: &str) -> Result<T> {
-    value.ok_or_else(|| corrupt(format!("record field {name} is missing")))
+/// Where `view` (`lua/lib.lua`) puts each field of a whole record.
+mod view {
+    // Element 1 is Redis's clock (ms) when the function answered.
+    pub(super) const STATE: usize = 2;
+    pub(super) const KIND: usize = 3;
+    pub(super) const FP: usize = 4;
+    pub(super) const TOKEN: usize = 5;
+    pub(super) const ATTEMPT: usize = 6;
+    pub(super) const MAX: usize = 7;
+    pub(super) const OWNER: usize = 8;
+    pub(super) const LEXP: usize = 9;
+    pub(super) const LEASE_LEFT: usize = 10;
+    pub(super) const RESULT: usize = 11;
+    pub(super) const EMSG: usize = 12;
+    pub(super) const ERETRY: usize = 13;
+    pub(super) const RETRY_AFTER: usize = 14;
+    pub(super) const CREATED: usize = 15;
+    pub(super) const UPDATED: usize = 16;
+    pub(super) const DONE: usize = 17;
+    pub(super) const EXP: usize = 18;
 }
 
 fn instant(ms: i64) -> Result<DateTime<Utc>> {
@@ -631,118 +723,207 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-impl Reply {
-    fn parse(mut values: Vec<Option<Vec<u8>>>, key: &RequestKey) -> Result<Self> {
-        if values.len() < 2 {
-            return Err(corrupt(format!("a script replied {} values", values.len())));
-        }
-        let rest = values.split_off(2.min(values.len()));
-        let outcome = String::from_utf8(values.remove(0).unwrap_or_default())
-            .map_err(|_| corrupt("an outcome that is not UTF-8".into()))?;
-        let now = String::from_utf8(values.remove(0).unwrap_or_default())
-            .ok()
-            .and_then(|t| t.parse::<i64>().ok())
-            .ok_or_else(|| corrupt("a reply without Redis's time".into()))?;
-        if outcome == "none" {
-            return Ok(Self {
-                outcome,
-                now,
-                extra: String::new(),
-                record: None,
-            });
-        }
-        let [extra, left, fields @ ..] = rest.as_slice() else {
-            return Err(corrupt(format!(
-                "a script replied {} values",
-                rest.len() + 2
-            )));
-        };
-        let extra = String::from_utf8(extra.clone().unwrap_or_default()).unwrap_or_default();
-        let left = left
-            .as_deref()
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|t| t.parse::<i64>().ok());
-        let record = if field(fields, "state").is_some() {
-            Some(record(fields, now, left, key)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            outcome,
-            now,
-            extra,
-            record,
-        })
-    }
-}
-
-fn record(
-    fields: &[Option<Vec<u8>>],
-    now: i64,
-    lease_left: Option<i64>,
-    key: &RequestKey,
-) -> Result<Record> {
-    let state = match required(text(fields, "state")?, "state")?.as_str() {
-        "processing" => RecordState::Processing,
-        "completed" => RecordState::Completed,
-        "failed" => RecordState::Failed,
-        other => return Err(corrupt(format!("unknown state {other:?}"))),
-    };
-    let processing = state == RecordState::Processing;
-    let token = required(number(fields, "token")?, "token")?;
-    let token = u64::try_from(token)
+fn token_of(value: i64) -> Result<Token> {
+    u64::try_from(value)
         .ok()
         .and_then(|t| Token::new(t).ok())
-        .ok_or_else(|| corrupt(format!("token {token} out of range")))?;
-    let count = |name: &str| -> Result<u32> {
-        Ok(u32::try_from(required(number(fields, name)?, name)?).unwrap_or(0))
-    };
-    let error = text(fields, "emsg")?.map(|message| {
-        JobError::new(
-            message,
-            text(fields, "eretry").ok().flatten().as_deref() != Some("0"),
-        )
-    });
-    let lease_expires_at = if processing {
-        Some(instant(required(number(fields, "lexp")?, "lexp")?)?)
-    } else {
-        None
-    };
-    let mut record = Record::new(
-        key.clone(),
-        Kind::parse(required(text(fields, "kind")?, "kind")?)
-            .map_err(|e| corrupt(e.to_string()))?,
-        state,
-        token,
-        instant(required(number(fields, "created")?, "created")?)?,
-    );
-    record.fingerprint = text(fields, "fp")?
-        .map(Fingerprint::parse)
-        .transpose()
-        .map_err(|e| corrupt(e.to_string()))?;
-    record.attempt = count("attempt")?;
-    record.max_attempts = count("max")?;
-    record.owner = text(fields, "owner")?
-        .map(Owner::parse)
-        .transpose()
-        .map_err(|e| corrupt(e.to_string()))?;
-    record.lease_expires_at = lease_expires_at;
-    record.lease_remaining = if processing {
-        Some(millis(lease_left.unwrap_or(0)))
-    } else {
-        None
-    };
-    record.result = field(fields, "result").map(Bytes::from);
-    record.error = error;
-    record.retry_after = if state == RecordState::Failed {
-        number(fields, "retry_at")?.map(|at| millis(at - now))
-    } else {
-        None
-    };
-    record.updated_at = instant(required(number(fields, "updated")?, "updated")?)?;
-    record.completed_at = number(fields, "done")?.map(instant).transpose()?;
-    record.expires_at = Some(instant(required(number(fields, "exp")?, "exp")?)?);
-    Ok(record)
+        .ok_or_else(|| corrupt(format!("token {value} out of range")))
+}
+
+impl Reply {
+    fn parse(value: Value) -> Result<Self> {
+        let items = match value {
+            Value::Array(items) => items,
+            other => return Err(corrupt(format!("a function replied {other:?}"))),
+        };
+        let outcome = match items.first() {
+            Some(Value::BulkString(bytes)) => String::from_utf8(bytes.clone())
+                .map_err(|_| corrupt("an outcome that is not UTF-8".into()))?,
+            other => return Err(corrupt(format!("a reply without an outcome: {other:?}"))),
+        };
+        Ok(Self { outcome, items })
+    }
+
+    /// The value at `at`, `None` when absent (nil, or past the end).
+    fn value(&self, at: usize) -> Option<&Value> {
+        match self.items.get(at) {
+            None | Some(Value::Nil | Value::Boolean(false)) => None,
+            Some(value) => Some(value),
+        }
+    }
+
+    fn int(&self, at: usize, name: &str) -> Result<Option<i64>> {
+        match self.value(at) {
+            None => Ok(None),
+            Some(Value::Int(n)) => Ok(Some(*n)),
+            Some(other) => Err(corrupt(format!(
+                "{name} in the {:?} reply is not an integer: {other:?}",
+                self.outcome
+            ))),
+        }
+    }
+
+    fn required_int(&self, at: usize, name: &str) -> Result<i64> {
+        self.int(at, name)?
+            .ok_or_else(|| corrupt(format!("the {:?} reply lacks {name}", self.outcome)))
+    }
+
+    fn count(&self, at: usize, name: &str) -> Result<u32> {
+        Ok(u32::try_from(self.required_int(at, name)?).unwrap_or(0))
+    }
+
+    fn bytes(&self, at: usize, name: &str) -> Result<Option<Bytes>> {
+        match self.value(at) {
+            None => Ok(None),
+            Some(Value::BulkString(bytes)) => Ok(Some(Bytes::copy_from_slice(bytes))),
+            Some(other) => Err(corrupt(format!(
+                "{name} in the {:?} reply is not a string: {other:?}",
+                self.outcome
+            ))),
+        }
+    }
+
+    fn text(&self, at: usize, name: &str) -> Result<Option<String>> {
+        self.bytes(at, name)?
+            .map(|bytes| {
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| corrupt(format!("{name} is not UTF-8")))
+            })
+            .transpose()
+    }
+
+    fn required_text(&self, at: usize, name: &str) -> Result<String> {
+        self.text(at, name)?
+            .ok_or_else(|| corrupt(format!("the {:?} reply lacks {name}", self.outcome)))
+    }
+
+    /// The token a reply carries: a claim's (second element) or a record's.
+    fn token(&self) -> Option<Token> {
+        let at = match self.outcome.as_str() {
+            "acquired" | "in_flight" | "completed" | "failed" => 1,
+            "ok" if self.items.len() > view::TOKEN + 1 => view::TOKEN,
+            _ => return None,
+        };
+        self.int(at, "token")
+            .ok()
+            .flatten()
+            .and_then(|t| token_of(t).ok())
+    }
+
+    /// The whole record of a `view` reply (`lua/lib.lua`).
+    fn record(&self, key: &RequestKey) -> Result<Record> {
+        use view::*;
+        let state = match self.required_text(STATE, "state")?.as_str() {
+            "processing" => RecordState::Processing,
+            "completed" => RecordState::Completed,
+            "failed" => RecordState::Failed,
+            other => return Err(corrupt(format!("unknown state {other:?}"))),
+        };
+        let processing = state == RecordState::Processing;
+        let mut record = Record::new(
+            key.clone(),
+            Kind::parse(self.required_text(KIND, "kind")?).map_err(|e| corrupt(e.to_string()))?,
+            state,
+            token_of(self.required_int(TOKEN, "token")?)?,
+            instant(self.required_int(CREATED, "created")?)?,
+        );
+        record.fingerprint = self
+            .text(FP, "fp")?
+            .map(Fingerprint::parse)
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?;
+        record.attempt = self.count(ATTEMPT, "attempt")?;
+        record.max_attempts = self.count(MAX, "max")?;
+        record.owner = self
+            .text(OWNER, "owner")?
+            .map(Owner::parse)
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?;
+        if processing {
+            record.lease_expires_at = Some(instant(self.required_int(LEXP, "lexp")?)?);
+            record.lease_remaining = Some(millis(self.int(LEASE_LEFT, "lease_left")?.unwrap_or(0)));
+        }
+        record.result = self.bytes(RESULT, "result")?;
+        record.error = self.text(EMSG, "emsg")?.map(|message| {
+            JobError::new(
+                message,
+                self.int(ERETRY, "eretry").ok().flatten() != Some(0),
+            )
+        });
+        if state == RecordState::Failed {
+            record.retry_after = self.int(RETRY_AFTER, "retry_after")?.map(millis);
+        }
+        record.updated_at = instant(self.required_int(UPDATED, "updated")?)?;
+        record.completed_at = self.int(DONE, "done")?.map(instant).transpose()?;
+        record.expires_at = Some(instant(self.required_int(EXP, "exp")?)?);
+        Ok(record)
+    }
+
+    /// The claim a `claim` or `claim_ro` reply answers (`lua/claim.lua`).
+    fn claim(&self, key: &RequestKey, options: &ClaimOptions) -> Result<Claim> {
+        let token = || -> Result<Token> { token_of(self.required_int(1, "token")?) };
+        Ok(match self.outcome.as_str() {
+            "acquired" => {
+                let expires_at = self.required_int(3, "lease end")?;
+                Claim::Acquired(
+                    Lease::new(
+                        key.clone(),
+                        token()?,
+                        self.count(2, "attempt")?,
+                        options.lease_ttl(),
+                        instant(expires_at)?,
+                        millis(self.required_int(4, "lease ms")?),
+                    )
+                    .with_takeover(self.int(5, "takeover")? == Some(1)),
+                )
+            }
+            "in_flight" => {
+                let mut in_flight = InFlight::new(
+                    key.clone(),
+                    token()?,
+                    self.count(2, "attempt")?,
+                    instant(self.required_int(3, "lease end")?)?,
+                    millis(self.required_int(4, "lease left")?),
+                );
+                in_flight.owner = self
+                    .text(5, "owner")?
+                    .map(Owner::parse)
+                    .transpose()
+                    .map_err(|e| corrupt(e.to_string()))?;
+                Claim::InFlight(in_flight)
+            }
+            // Element 4, the retention's end, is for a result cache in
+            // front of the store; the claim itself does not carry it.
+            "completed" => Claim::Completed(Completed::new(
+                key.clone(),
+                token()?,
+                self.count(2, "attempt")?,
+                self.bytes(5, "result")?.ok_or_else(|| {
+                    corrupt(format!(
+                        "a completed record without a result for {:?}",
+                        key.as_str()
+                    ))
+                })?,
+                instant(self.required_int(3, "completed at")?)?,
+            )),
+            "failed" => Claim::Failed(Failed::new(
+                key.clone(),
+                token()?,
+                self.count(2, "attempt")?,
+                JobError::new(
+                    self.required_text(3, "error")?,
+                    self.int(4, "retryable")? != Some(0),
+                ),
+                self.int(5, "retry after")?.map(millis),
+            )),
+            "mismatch" => {
+                let kind = Kind::parse(self.required_text(1, "kind")?)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                return Err(Error::fingerprint_mismatch(key, &kind, options));
+            }
+            other => return Err(corrupt(format!("unknown claim outcome {other:?}"))),
+        })
+    }
 }
 
 #[async_trait]
@@ -752,49 +933,46 @@ impl RequestStore for RedisStore {
     }
 
     async fn claim_or_get(&self, key: &RequestKey, options: &ClaimOptions) -> Result<Claim> {
-        let lease_ms = ms(options.lease_ttl()).to_string();
-        let max_attempts = options.max_attempts().to_string();
-        let backoff_ms = ms(options.retry_backoff()).to_string();
-        let retention_ms = self.retention_ms.to_string();
         let floor = self.high_water.load(Ordering::Relaxed);
-        let floor_arg = floor.to_string();
-        let reply = self
-            .run(
-                &self.scripts.claim,
-                key,
-                &[
-                    options.kind().as_str().as_bytes(),
-                    options
-                        .fingerprint()
-                        .map_or("", Fingerprint::as_str)
-                        .as_bytes(),
-                    options.owner().map_or("", Owner::as_str).as_bytes(),
-                    lease_ms.as_bytes(),
-                    max_attempts.as_bytes(),
-                    backoff_ms.as_bytes(),
-                    retention_ms.as_bytes(),
-                    floor_arg.as_bytes(),
-                ],
-            )
-            .await?;
-        if reply.outcome == "acquired" && floor / 1000 > u64::try_from(reply.now).unwrap_or(0) {
-            self.warn_clock_behind(floor, reply.now);
-        }
-        let record = reply
-            .record
-            .ok_or_else(|| corrupt(format!("a claim answered no record for {:?}", key.as_str())))?;
-        let decision = match reply.outcome.as_str() {
-            "acquired" => Decision::Acquired {
-                ttl: options.lease_ttl(),
-                takeover: reply.extra == "1",
-            },
-            "in_flight" => Decision::InFlight,
-            "completed" => Decision::Completed,
-            "failed" => Decision::Failed,
-            "mismatch" => Decision::Mismatch,
-            other => return Err(corrupt(format!("unknown claim outcome {other:?}"))),
+        // What only a claim that writes reads (lua/claim.lua), in one
+        // argument: each argument costs Redis as much as a small command.
+        let rest = format!(
+            "{} {} {} {} {floor} {}",
+            ms(options.lease_ttl()),
+            options.max_attempts(),
+            ms(options.retry_backoff()),
+            self.retention_ms,
+            options.owner().map_or("", Owner::as_str),
+        );
+        let args: [&[u8]; 3] = [
+            options.kind().as_str().as_bytes(),
+            options
+                .fingerprint()
+                .map_or("", Fingerprint::as_str)
+                .as_bytes(),
+            rest.as_bytes(),
+        ];
+        let reply = match self
+            .call(&self.library.claim, Access::Write, key, &args)
+            .await
+        {
+            Ok(value) => Reply::parse(value)?,
+            // Refused whole for want of memory, before it ran.
+            Err(error) if error.code() == Some("OOM") => {
+                self.claim_out_of_memory(key, &args, error).await?
+            }
+            Err(error) => return Err(map(error)),
         };
-        record.into_claim(decision, options, BACKEND)
+        self.saw_reply(&reply);
+        let claim = reply.claim(key, options)?;
+        if let Claim::Acquired(lease) = &claim {
+            // Redis's clock at the grant, in ms: the lease's end less its ttl.
+            let now = lease.expires_at.timestamp_millis() - ms(lease.remaining) as i64;
+            if floor / 1000 > u64::try_from(now).unwrap_or(0) {
+                self.warn_clock_behind(floor, now);
+            }
+        }
+        Ok(claim)
     }
 
     async fn renew(
@@ -806,33 +984,37 @@ impl RequestStore for RedisStore {
         let ttl = ttl.map(check_lease_ttl).transpose()?;
         let ttl_ms = ttl.map(|t| ms(t).to_string()).unwrap_or_default();
         let retention_ms = self.retention_ms.to_string();
-        let record = self
+        let reply = self
             .fenced(
-                &self.scripts.renew,
+                &self.library.renew,
                 key,
                 token,
                 &[ttl_ms.as_bytes(), retention_ms.as_bytes()],
             )
             .await?;
-        record.into_renewal(BACKEND)
+        Ok(Renewal::new(
+            instant(reply.required_int(1, "lease end")?)?,
+            millis(reply.required_int(2, "lease left")?),
+        ))
     }
 
     async fn complete(&self, key: &RequestKey, token: Token, result: Bytes) -> Result<Record> {
         let retention_ms = self.retention_ms.to_string();
         self.fenced(
-            &self.scripts.complete,
+            &self.library.complete,
             key,
             token,
             &[result.as_ref(), retention_ms.as_bytes()],
         )
-        .await
+        .await?
+        .record(key)
     }
 
     async fn fail(&self, key: &RequestKey, token: Token, error: &JobError) -> Result<Record> {
         let retention_ms = self.retention_ms.to_string();
         let retryable: &[u8] = if error.is_retryable() { b"1" } else { b"0" };
         self.fenced(
-            &self.scripts.fail,
+            &self.library.fail,
             key,
             token,
             &[
@@ -841,22 +1023,29 @@ impl RequestStore for RedisStore {
                 retention_ms.as_bytes(),
             ],
         )
-        .await
+        .await?
+        .record(key)
     }
 
     async fn release(&self, key: &RequestKey, token: Token) -> Result<Record> {
         let retention_ms = self.retention_ms.to_string();
         self.fenced(
-            &self.scripts.release,
+            &self.library.release,
             key,
             token,
             &[retention_ms.as_bytes()],
         )
-        .await
+        .await?
+        .record(key)
     }
 
     async fn get(&self, key: &RequestKey) -> Result<Option<Record>> {
-        Ok(self.run(&self.scripts.get, key, &[]).await?.record)
+        let reply = self.run(&self.library.get, Access::Read, key, &[]).await?;
+        match reply.outcome.as_str() {
+            "none" => Ok(None),
+            "ok" => reply.record(key).map(Some),
+            other => Err(corrupt(format!("get answered {other:?}"))),
+        }
     }
 
     async fn wait(&self, key: &RequestKey, timeout: Duration) -> Result<Option<Record>> {
@@ -867,17 +1056,15 @@ impl RequestStore for RedisStore {
     }
 
     async fn delete(&self, key: &RequestKey) -> Result<bool> {
-        let mut invocation = self.scripts.delete.prepare_invoke();
-        for redis_key in self.redis_keys(key) {
-            invocation.key(redis_key);
-        }
-        invocation.arg(&self.channel).arg(key.as_str());
-        let deleted: i64 = self.invoke(&invocation).await?;
-        Ok(deleted == 1)
+        let deleted = self
+            .call(&self.library.delete, Access::Write, key, &[])
+            .await
+            .map_err(map)?;
+        Ok(deleted == Value::Int(1))
     }
 
-    /// Nothing to do: Redis forgets records past retention by their own
-    /// TTL, and abandoned leases by theirs.
+    /// Nothing to do: Redis forgets records past retention, abandoned
+    /// leases included, by their own expiry.
     async fn sweep(&self) -> Result<u64> {
         Ok(0)
     }

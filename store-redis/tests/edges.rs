@@ -90,6 +90,24 @@ async fn out_of_memory_refuses_new_claims_and_lets_granted_work_finish() {
             .claim_or_get(&key("expiring"), &options(Duration::from_millis(200)))
             .await,
     );
+    let live = acquired(
+        store
+            .claim_or_get(&key("live"), &options(Duration::from_secs(60)))
+            .await,
+    );
+    let given_up = acquired(
+        store
+            .claim_or_get(&key("given-up"), &options(Duration::from_secs(60)))
+            .await,
+    );
+    store
+        .fail(
+            &given_up.key,
+            given_up.token,
+            &JobError::permanent("given up"),
+        )
+        .await
+        .expect("fail");
 
     // Fill Redis until it refuses writes.
     let filler = "x".repeat(16 * 1024);
@@ -141,8 +159,8 @@ async fn out_of_memory_refuses_new_claims_and_lets_granted_work_finish() {
     }
 
     // A takeover of the expired lease: refused, the record unchanged.
-    let [record_key, lease_key, _] = store.redis_keys(&expiring.key);
-    let before: Vec<(String, String)> = raw.hgetall(&record_key).await.expect("HGETALL");
+    let [record_key, _] = store.redis_keys(&expiring.key);
+    let before: Vec<u8> = raw.get(&record_key).await.expect("GET");
     let refused = store
         .claim_or_get(&expiring.key, &options(Duration::from_secs(60)))
         .await;
@@ -150,10 +168,8 @@ async fn out_of_memory_refuses_new_claims_and_lets_granted_work_finish() {
         matches!(&refused, Err(Error::Unavailable { .. })),
         "a takeover under OOM is Unavailable, got {refused:?}"
     );
-    let after: Vec<(String, String)> = raw.hgetall(&record_key).await.expect("HGETALL");
+    let after: Vec<u8> = raw.get(&record_key).await.expect("GET");
     assert_eq!(before, after, "the refused takeover changed the record");
-    let lease_exists: bool = raw.exists(&lease_key).await.expect("EXISTS");
-    assert!(!lease_exists, "the refused takeover wrote a lease");
 
     // Work already granted finishes.
     let completed = store
@@ -184,13 +200,42 @@ async fn out_of_memory_refuses_new_claims_and_lets_granted_work_finish() {
         matches!(deleted, Ok(true)),
         "delete under OOM succeeds, got {deleted:?}"
     );
-    // A claim that only reads is still answered.
+    // Claims that only read are still answered, and so is get.
     let hit = store
         .claim_or_get(&to_complete.key, &options(Duration::from_secs(60)))
         .await;
     assert!(
-        matches!(&hit, Ok(Claim::Completed(_))),
+        matches!(&hit, Ok(Claim::Completed(c)) if c.result.as_ref() == b"{\"done\":true}"),
         "a claim hitting a completed record is answered under OOM, got {hit:?}"
+    );
+    let hit = store
+        .claim_or_get(&given_up.key, &options(Duration::from_secs(60)))
+        .await;
+    assert!(
+        matches!(&hit, Ok(Claim::Failed(f)) if f.error.message() == "given up"),
+        "a claim hitting a failed record is answered under OOM, got {hit:?}"
+    );
+    let hit = store
+        .claim_or_get(&live.key, &options(Duration::from_secs(60)))
+        .await;
+    assert!(
+        matches!(&hit, Ok(Claim::InFlight(f)) if f.token == live.token),
+        "a claim hitting a live lease is answered under OOM, got {hit:?}"
+    );
+    let mismatch = store
+        .claim_or_get(
+            &to_complete.key,
+            &ClaimOptions::new(Kind::parse("video").expect("kind")),
+        )
+        .await;
+    assert!(
+        matches!(&mismatch, Err(Error::FingerprintMismatch { .. })),
+        "a mismatch is answered under OOM, got {mismatch:?}"
+    );
+    let read = store.get(&to_complete.key).await;
+    assert!(
+        matches!(&read, Ok(Some(r)) if r.state == RecordState::Completed),
+        "get is answered under OOM, got {read:?}"
     );
 }
 
@@ -276,30 +321,20 @@ async fn a_retention_under_a_millisecond_is_refused() {
     }
 }
 
-/// The settling scripts answer with the record as they left it even when
-/// its retention ends at once and Redis drops it before the reply. Run
-/// straight through EVAL, since the store refuses such a retention.
+/// The settling functions answer with the record as they left it even
+/// when its retention ends at once and Redis drops it before the reply.
+/// Called straight through FCALL, since the store refuses such a retention.
 #[tokio::test]
-async fn a_script_whose_retention_ends_at_once_still_answers_the_record() {
+async fn a_function_whose_retention_ends_at_once_still_answers_the_record() {
     if !backend_available("REDIS_URL") {
         return;
     }
-    const LIB: &str = include_str!("../lua/lib.lua");
     let store = store_at(&common::redis_url(), |c| c).await;
     let mut raw = common::raw(&common::redis_url()).await;
-    let channel = format!("{}wake", store.prefix());
-    for (name, body, extra) in [
-        (
-            "complete",
-            include_str!("../lua/complete.lua"),
-            vec!["\"r\"", "0"],
-        ),
-        (
-            "fail",
-            include_str!("../lua/fail.lua"),
-            vec!["boom", "1", "0"],
-        ),
-        ("release", include_str!("../lua/release.lua"), vec!["0"]),
+    for (name, extra) in [
+        ("complete", vec!["\"r\"", "0"]),
+        ("fail", vec!["boom", "1", "0"]),
+        ("release", vec!["0"]),
     ] {
         let k = key(&format!("vanishing-{name}"));
         let lease = acquired(
@@ -307,35 +342,38 @@ async fn a_script_whose_retention_ends_at_once_still_answers_the_record() {
                 .claim_or_get(&k, &options(Duration::from_secs(60)))
                 .await,
         );
-        let token = lease.token.get().to_string();
-        let script = redis::Script::new(&format!("{LIB}\n{body}"));
-        let mut invocation = script.prepare_invoke();
+        let mut call = redis::cmd("FCALL");
+        call.arg(format!("{}_{name}", store.library())).arg(2);
         for redis_key in store.redis_keys(&k) {
-            invocation.key(redis_key);
+            call.arg(redis_key);
         }
-        invocation.arg(&channel).arg(k.as_str()).arg(&token);
+        call.arg(lease.token.get());
         for arg in extra {
-            invocation.arg(arg);
+            call.arg(arg);
         }
-        let reply: Vec<Option<String>> = invocation
-            .invoke_async(&mut raw)
+        let reply: Vec<redis::Value> = call
+            .query_async(&mut raw)
             .await
             .unwrap_or_else(|e| panic!("{name} with retention 0: {e}"));
+        // Reply: outcome, now, state, kind, fp, token… (`view` in lua/lib.lua)
         assert_eq!(
-            reply[0].as_deref(),
-            Some("ok"),
+            reply.first(),
+            Some(&redis::Value::BulkString(b"ok".to_vec())),
             "{name} answers ok: {reply:?}"
         );
-        // Reply: outcome, now, extra, lease_left, then kind, fp, state, token…
         assert!(
-            reply[6].is_some(),
+            matches!(reply.get(2), Some(redis::Value::BulkString(_))),
             "{name} answered the record's state: {reply:?}"
         );
         assert_eq!(
-            reply[7].as_deref(),
-            Some(token.as_str()),
+            reply.get(5),
+            Some(&redis::Value::Int(
+                i64::try_from(lease.token.get()).expect("token")
+            )),
             "{name} answered the token"
         );
+        // It expires at Redis's now: gone once that millisecond is past.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let [record_key, ..] = store.redis_keys(&k);
         let exists: bool = raw.exists(&record_key).await.expect("EXISTS");
         assert!(!exists, "the record of {name} expired at once, as asked");
@@ -362,10 +400,7 @@ async fn tokens_stay_above_the_highest_token_the_store_has_seen() {
     );
     let high = lease.token.get() + 3_600_000_000;
     let [record_key, ..] = store.redis_keys(&ahead);
-    let () = raw
-        .hset(&record_key, "token", high.to_string())
-        .await
-        .expect("HSET token");
+    common::set_record_field(&mut raw, &record_key, common::TOKEN_FIELD, high).await;
     let seen = store.get(&ahead).await.expect("get").expect("record");
     assert_eq!(seen.token.get(), high, "the store read the high token");
 

@@ -1,6 +1,7 @@
-//! What the Redis store promises beyond the shared suite: leases retired by Redis's own expiry, scripts reloaded after
-//! `SCRIPT FLUSH`, several instances on one Redis, and recovery from a
-//! Redis restart.
+//! What the Redis store promises beyond the shared suite: abandoned
+//! records forgotten by Redis's own expiry, functions loaded again after
+//! they are lost, several instances on one Redis, and wake-ups made good
+//! after the subscription reconnects.
 
 mod common;
 
@@ -11,6 +12,7 @@ use onceflight_core::{
 };
 use onceflight_store_redis::RedisStore;
 use onceflight_test_support::backend_available;
+use onceflight_test_support::redis::Redis;
 use redis::AsyncCommands;
 
 fn key(name: &str) -> RequestKey {
@@ -30,50 +32,35 @@ fn acquired(claim: Claim) -> Lease {
     }
 }
 
-async fn fresh_store() -> RedisStore {
-    common::store_on(
-        &common::redis_url(),
-        &common::fresh_prefix(),
-        Duration::from_secs(3600),
-    )
-    .await
-}
-
-/// A crashed worker's lease is a key that Redis itself expires: nobody
-/// sweeps, and the next claim takes over.
+/// A crashed worker's lease ends by Redis's clock, with nobody sweeping:
+/// the next claim takes over. The record itself, abandoned, is forgotten by
+/// Redis at the lease's end plus retention, by its own expiry.
 #[tokio::test]
-async fn an_abandoned_lease_is_retired_by_redis_itself() {
+async fn an_abandoned_lease_ends_and_its_record_is_forgotten_by_redis_itself() {
     if !backend_available("REDIS_URL") {
         return;
     }
-    let store = fresh_store().await;
+    let retention = Duration::from_millis(400);
+    let store = common::store_on(&common::redis_url(), &common::fresh_prefix(), retention).await;
     let mut conn = common::raw(&common::redis_url()).await;
     let k = key("abandoned");
-    let [_, lease_key, _] = store.redis_keys(&k);
+    let [record_key, _] = store.redis_keys(&k);
     let first = acquired(
         store
             .claim_or_get(&k, &options(Duration::from_millis(300)))
             .await
             .expect("claim"),
     );
-    let ttl: i64 = conn.pttl(&lease_key).await.expect("PTTL");
+    let ttl: i64 = conn.pttl(&record_key).await.expect("PTTL");
     assert!(
-        (1..=300).contains(&ttl),
-        "the lease key carries the lease's TTL, got {ttl} ms"
-    );
-    let holder: String = conn.get(&lease_key).await.expect("GET lease");
-    assert_eq!(
-        holder,
-        first.token.get().to_string(),
-        "the lease holds the token"
+        (301..=700).contains(&ttl),
+        "the record expires at the lease's end plus retention, got {ttl} ms"
     );
     // The worker "crashes": it never renews, completes or releases.
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let exists: bool = conn.exists(&lease_key).await.expect("EXISTS");
-    assert!(!exists, "Redis expired the lease key by itself");
+    tokio::time::sleep(Duration::from_millis(350)).await;
     let second = acquired(
         store
-            .claim_or_get(&k, &options(Duration::from_secs(10)))
+            .claim_or_get(&k, &options(Duration::from_millis(300)))
             .await
             .expect("claim after expiry"),
     );
@@ -88,17 +75,28 @@ async fn an_abandoned_lease_is_retired_by_redis_itself() {
         ),
         "the crashed worker's late write is fenced off"
     );
+    // The second worker crashes too, and nobody claims again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let exists: bool = conn.exists(&record_key).await.expect("EXISTS");
+    assert!(
+        !exists,
+        "Redis forgot the abandoned record by itself, past lease end plus retention"
+    );
 }
 
-/// `SCRIPT FLUSH` (as after a restart or failover) mid-run: the next
-/// operations reload their scripts transparently and succeed.
+/// Functions lost under the store (a restart or failover without
+/// persistence, `FUNCTION FLUSH`) mid-run: the next operations load the
+/// library again transparently and succeed. On a Redis of the test's own,
+/// since others share the library on the common one.
 #[tokio::test]
-async fn script_flush_mid_run_is_transparent() {
+async fn functions_lost_mid_run_are_loaded_again() {
     if !backend_available("REDIS_URL") {
         return;
     }
-    let store = fresh_store().await;
-    let mut conn = common::raw(&common::redis_url()).await;
+    let server = Redis::start().expect("a Redis of the test's own");
+    let url = server.url();
+    let store = common::store_on(&url, &common::fresh_prefix(), Duration::from_secs(3600)).await;
+    let mut conn = common::raw(&url).await;
     let k = key("flushed");
     let lease = acquired(
         store
@@ -106,30 +104,38 @@ async fn script_flush_mid_run_is_transparent() {
             .await
             .expect("claim"),
     );
-    let () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .expect("SCRIPT FLUSH");
+    let flush = async |conn: &mut redis::aio::MultiplexedConnection| {
+        let () = redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .query_async(conn)
+            .await
+            .expect("FUNCTION FLUSH");
+    };
+    flush(&mut conn).await;
     store
         .renew(&k, lease.token, None)
         .await
-        .expect("renew after SCRIPT FLUSH");
-    let () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
+        .expect("renew after FUNCTION FLUSH");
+    let () = redis::cmd("FUNCTION")
+        .arg("DELETE")
+        .arg(store.library())
         .query_async(&mut conn)
         .await
-        .expect("SCRIPT FLUSH");
+        .expect("FUNCTION DELETE");
     let record = store
         .complete(&k, lease.token, Bytes::from_static(b"\"done\""))
         .await
-        .expect("complete after SCRIPT FLUSH");
+        .expect("complete after FUNCTION DELETE");
     assert_eq!(record.state, RecordState::Completed, "completed");
-    let () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .expect("SCRIPT FLUSH");
+    flush(&mut conn).await;
+    assert!(
+        matches!(
+            store.get(&k).await,
+            Ok(Some(r)) if r.result.as_deref() == Some(&b"\"done\""[..])
+        ),
+        "get (FCALL_RO) loads the library again too"
+    );
+    flush(&mut conn).await;
     assert!(
         matches!(
             store.claim_or_get(&k, &options(Duration::from_secs(30))).await,
@@ -137,6 +143,14 @@ async fn script_flush_mid_run_is_transparent() {
         ),
         "the result is served after another flush"
     );
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg(store.library())
+        .query_async(&mut conn)
+        .await
+        .expect("FUNCTION LIST");
+    assert_eq!(libraries.len(), 1, "the library is loaded again");
 }
 
 /// Two store instances on one Redis (two processes of a fleet): a herd
@@ -250,22 +264,9 @@ async fn waiters_re_read_after_the_subscription_reconnects() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // Completed without the PUBLISH the store's script would send.
-    let [record_key, lease_key, _] = store.redis_keys(&k);
-    let () = redis::pipe()
-        .hset(&record_key, "state", "completed")
-        .ignore()
-        .hset(&record_key, "result", "\"lost\"")
-        .ignore()
-        .hset(&record_key, "done", 1_700_000_000_000_i64)
-        .ignore()
-        .hdel(&record_key, "lexp")
-        .ignore()
-        .del(&lease_key)
-        .ignore()
-        .query_async(&mut conn)
-        .await
-        .expect("write behind the store's back");
+    // Completed without the PUBLISH the store's function would send.
+    let [record_key, _] = store.redis_keys(&k);
+    common::complete_silently(&mut conn, &record_key, "\"lost\"").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !waiter.is_finished(),

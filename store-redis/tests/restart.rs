@@ -1,6 +1,8 @@
 //! A Redis restart: operations in flight fail with `Unavailable` (retryable),
-//! the store reconnects by itself, reloads its scripts and subscribes again. Runs its own `redis-server` (the binary
-//! `cargo xtask test` needs anyway) so that it may kill it.
+//! the store reconnects by itself, loads its function library again (a Redis
+//! without persistence forgot it) and subscribes again. Runs its own
+//! `redis-server` (the binary `cargo xtask test` needs anyway) so that it
+//! may kill it.
 
 mod common;
 

@@ -116,3 +116,54 @@ pub(crate) async fn waiter_sees_completion(
     );
     started.elapsed()
 }
+
+/// Where the token sits among a packed record's values (`lua/lib.lua`).
+pub(crate) const TOKEN_FIELD: usize = 5;
+
+/// Rewrites value `position` of the packed record at `record_key` (Redis's
+/// key) to `value`, keeping the key's expiry: a record as some earlier
+/// moment left it, written behind the store's back.
+pub(crate) async fn set_record_field(
+    conn: &mut redis::aio::MultiplexedConnection,
+    record_key: &str,
+    position: usize,
+    value: u64,
+) {
+    let () = redis::cmd("EVAL")
+        .arg(
+            "local r = cmsgpack.unpack(redis.call('GET', KEYS[1]))
+             r[tonumber(ARGV[1])] = tonumber(ARGV[2])
+             redis.call('SET', KEYS[1], cmsgpack.pack(r), 'KEEPTTL')",
+        )
+        .arg(1)
+        .arg(record_key)
+        .arg(position)
+        .arg(value)
+        .query_async(conn)
+        .await
+        .expect("rewrite a packed record");
+}
+
+/// Completes the packed record at `record_key` with `result` as the
+/// `complete` function would, but without its wake-up: a change waiters
+/// are not told of. Positions as in `lua/lib.lua`: 2 state, 7 done, 9
+/// result, 14 lease end.
+pub(crate) async fn complete_silently(
+    conn: &mut redis::aio::MultiplexedConnection,
+    record_key: &str,
+    result: &str,
+) {
+    let () = redis::cmd("EVAL")
+        .arg(
+            "local r = cmsgpack.unpack(redis.call('GET', KEYS[1]))
+             local t = redis.call('TIME')
+             r[2], r[7], r[9], r[14] = 'c', tonumber(t[1]) * 1000, ARGV[1], false
+             redis.call('SET', KEYS[1], cmsgpack.pack(r), 'KEEPTTL')",
+        )
+        .arg(1)
+        .arg(record_key)
+        .arg(result)
+        .query_async(conn)
+        .await
+        .expect("complete a packed record silently");
+}
