@@ -185,6 +185,22 @@ fn memory_subject() -> Subject {
     }
 }
 
+/// A bare statement with the key as its one parameter, prepared once per
+/// connection of `pool`.
+fn keyed_statement(pool: &sqlx::PgPool, sql: String) -> Op {
+    let (pool, sql): (_, Arc<str>) = (pool.clone(), sql.into());
+    Arc::new(move |key: String| {
+        let (pool, sql) = (pool.clone(), Arc::clone(&sql));
+        Box::pin(async move {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(key)
+                .fetch_optional(&pool)
+                .await
+                .expect("bare statement");
+        })
+    })
+}
+
 async fn postgres_subject(server: Pg) -> Option<Subject> {
     let store = stores::postgres_on(server, stores::PG_POOL).await?;
     let (wide, sequence) = stores::create_wide_table(&store).await;
@@ -196,43 +212,18 @@ async fn postgres_subject(server: Pg) -> Option<Subject> {
     .execute(store.pool())
     .await
     .expect("create the baseline table");
-    let pool = store.pool().clone();
-    let insert_sql: Arc<str> =
-        format!("INSERT INTO {table} (key, token) VALUES ($1, 1) ON CONFLICT DO NOTHING").into();
-    let narrow: Op = Arc::new(move |key: String| {
-        let (pool, sql) = (pool.clone(), Arc::clone(&insert_sql));
-        Box::pin(async move {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(key)
-                .execute(&pool)
-                .await
-                .expect("bare insert");
-        })
-    });
-    let pool = store.pool().clone();
-    let wide_sql: Arc<str> = stores::wide_upsert_sql(&wide, &sequence, "$1").into();
-    let insert: Op = Arc::new(move |key: String| {
-        let (pool, sql) = (pool.clone(), Arc::clone(&wide_sql));
-        Box::pin(async move {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(key)
-                .execute(&pool)
-                .await
-                .expect("bare same-width upsert");
-        })
-    });
-    let pool = store.pool().clone();
-    let select_sql: Arc<str> = format!("SELECT * FROM {records} WHERE key = $1").into();
-    let hit: Op = Arc::new(move |key: String| {
-        let (pool, sql) = (pool.clone(), Arc::clone(&select_sql));
-        Box::pin(async move {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(key)
-                .fetch_optional(&pool)
-                .await
-                .expect("bare select");
-        })
-    });
+    let narrow = keyed_statement(
+        store.pool(),
+        format!("INSERT INTO {table} (key, token) VALUES ($1, 1) ON CONFLICT DO NOTHING"),
+    );
+    let insert = keyed_statement(
+        store.pool(),
+        stores::wide_upsert_sql(&wide, &sequence, "$1"),
+    );
+    let hit = keyed_statement(
+        store.pool(),
+        format!("SELECT * FROM {records} WHERE key = $1"),
+    );
     Some(Subject {
         name: server.name(),
         store: Arc::new(store),

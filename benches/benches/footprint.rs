@@ -129,7 +129,7 @@ fn main() {
         ..Figure::default()
     });
 
-    let intact = runtime.block_on(count_intact(&store));
+    let intact = runtime.block_on(count_intact(&*store, RECORDS, result_json));
     report::check_eq(
         BENCH,
         "sampled records completed with their result",
@@ -240,20 +240,7 @@ async fn redis_footprint() {
         ..Figure::default()
     });
 
-    let mut intact = 0;
-    for draw in 0..SAMPLE.min(records) {
-        let i = mix(draw ^ 0x5eed) % records;
-        let record = store
-            .get(&request_key(i))
-            .await
-            .unwrap_or_else(|e| panic!("get record {i}: {e}"));
-        if let Some(record) = record
-            && record.state == RecordState::Completed
-            && record.result.as_deref() == Some(&redis_result(i)[..])
-        {
-            intact += 1;
-        }
-    }
+    let intact = count_intact(&*store, records, redis_result).await;
     report::check_eq(
         BENCH,
         "sampled records completed with their result",
@@ -434,17 +421,17 @@ async fn fill(store: &Arc<MemoryStore>, records: u64) {
 
 /// How many of [`SAMPLE`] random records read back completed with the
 /// result written.
-async fn count_intact(store: &MemoryStore) -> u64 {
+async fn count_intact(store: &dyn RequestStore, records: u64, result: fn(u64) -> Bytes) -> u64 {
     let mut intact = 0;
-    for draw in 0..SAMPLE {
-        let i = mix(draw ^ 0x5eed) % RECORDS;
+    for draw in 0..SAMPLE.min(records) {
+        let i = mix(draw ^ 0x5eed) % records;
         let record = store
             .get(&request_key(i))
             .await
             .unwrap_or_else(|e| panic!("get record {i}: {e}"));
         if let Some(record) = record
             && record.state == RecordState::Completed
-            && record.result == Some(result_json(i))
+            && record.result == Some(result(i))
         {
             intact += 1;
         }

@@ -158,10 +158,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     eprintln!("xtask: {}", summary.line());
     for figure in &written.records.figures {
         if figure.verdict() == Some(report::Verdict::Misses) {
+            // A figure judged by a limit shows its own value, one judged by
+            // a ratio target its ratio.
+            let measured = match (figure.target, figure.limit) {
+                (None, Some(_)) => format!("{} {}", report::number(figure.ours), figure.unit),
+                _ => format!("{:.2}", figure.ratio().unwrap_or(f64::NAN)),
+            };
             eprintln!(
-                "xtask:   misses: {} ({:.2}, target {})",
+                "xtask:   misses: {} ({measured}, target {})",
                 figure.label(),
-                figure.ratio().unwrap_or(f64::NAN),
                 figure
                     .target_text
                     .clone()
