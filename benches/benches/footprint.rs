@@ -14,6 +14,15 @@
 //!
 //! Criterion measures one small thing on the filled store, a `get` of a
 //! random existing key, so that the target is a real criterion bench.
+//!
+//! Then the Redis store: the growth of Redis's own `used_memory` (its
+//! allocator's count, exact and free of this process's noise) per record,
+//! for completed records with a 100-byte result (at most 400 bytes each)
+//! and for records in flight (at most 300 bytes each), beside bare keys
+//! written with `SET … PX`: one holding the same 100-byte value, and one
+//! holding a token, as a hand-written lock would. The store's prefix is as
+//! long as its default (`onceflight:`), so that the figures read as a
+//! production deployment's.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -22,9 +31,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use onceflight_benches::report::{self, Figure};
-use onceflight_benches::{criterion, runtime};
+use onceflight_benches::{criterion, quick, runtime, stores};
 use onceflight_core::{Claim, ClaimOptions, Kind, RecordState, RequestKey, RequestStore};
 use onceflight_store_memory::{MemoryConfig, MemoryStore};
+use onceflight_store_redis::{RedisConfig, RedisStore};
 
 const BENCH: &str = "footprint";
 const STORE: &str = "memory";
@@ -119,7 +129,7 @@ fn main() {
         ..Figure::default()
     });
 
-    let intact = runtime.block_on(count_intact(&store));
+    let intact = runtime.block_on(count_intact(&*store, RECORDS, result_json));
     report::check_eq(
         BENCH,
         "sampled records completed with their result",
@@ -129,7 +139,243 @@ fn main() {
         &format!("{SAMPLE} keys of the {RECORDS} drawn at random and read back with get"),
     );
 
+    runtime.block_on(redis_footprint());
+
     criterion.final_summary();
+}
+
+/// The length of every result in the Redis footprint.
+const REDIS_RESULT_BYTES: usize = 100;
+
+/// The most a completed Redis record may take, bytes.
+const REDIS_COMPLETED_LIMIT: f64 = 400.0;
+
+/// The most a Redis record in flight may take, bytes.
+const REDIS_IN_FLIGHT_LIMIT: f64 = 300.0;
+
+/// Records of each kind in the Redis footprint.
+fn redis_records() -> u64 {
+    if quick() { 20_000 } else { 100_000 }
+}
+
+/// Bytes per record of each kind on Redis (see the module's docs), and a
+/// check that the completed records read back with their results.
+async fn redis_footprint() {
+    let Some(url) = stores::backend_url("REDIS_URL") else {
+        return;
+    };
+    // As long as the default `onceflight:`, and unique to this run.
+    let prefix = format!(
+        "of{:08x}:",
+        mix(u64::from(std::process::id()) ^ now_nanos()) as u32
+    );
+    let store = Arc::new(
+        RedisStore::connect(RedisConfig::new(&url).with_prefix(&prefix))
+            .await
+            .expect("connect to REDIS_URL"),
+    );
+    let mut conn = redis::Client::open(url)
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to REDIS_URL");
+    let records = redis_records();
+    let retention_ms = u64::try_from(onceflight_core::DEFAULT_RETENTION.as_millis())
+        .expect("retention in milliseconds");
+
+    let before = used_memory(&mut conn).await;
+    set_keys(&mut conn, &format!("{prefix}v:"), records, |i| {
+        redis_result(i).to_vec()
+    })
+    .await;
+    let value_keys = used_memory(&mut conn).await;
+    set_keys(&mut conn, &format!("{prefix}l:"), records, |i| {
+        mix(i).to_string().into_bytes()
+    })
+    .await;
+    let lock_keys = used_memory(&mut conn).await;
+    fill_redis(&store, 0..records, true).await;
+    let completed = used_memory(&mut conn).await;
+    fill_redis(&store, records..2 * records, false).await;
+    let in_flight = used_memory(&mut conn).await;
+
+    let per = |after: u64, before: u64| per_record(after, before, records);
+    let note = format!(
+        "growth of Redis's used_memory (INFO memory) over {records} records with \
+         {KEY_BYTES}-byte keys under an {}-byte prefix, written through the store \
+         (claim_or_get, then complete with a {REDIS_RESULT_BYTES}-byte result for completed \
+         ones); baseline keys with the same names and a TTL (PX {retention_ms}) written first",
+        prefix.len()
+    );
+    report::figure(&Figure {
+        bench: BENCH,
+        group: "Redis store footprint".to_owned(),
+        name: "bytes per completed record".to_owned(),
+        store: "redis".to_owned(),
+        unit: "bytes/record",
+        higher_is_better: false,
+        ours: per(completed, lock_keys),
+        baseline: Some(per(value_keys, before)),
+        baseline_name: Some(format!(
+            "bare SET … PX of the key and the same {REDIS_RESULT_BYTES}-byte value"
+        )),
+        limit: Some(REDIS_COMPLETED_LIMIT),
+        target_text: Some(format!("≤ {REDIS_COMPLETED_LIMIT} bytes per record")),
+        note: Some(note.clone()),
+        ..Figure::default()
+    });
+    report::figure(&Figure {
+        bench: BENCH,
+        group: "Redis store footprint".to_owned(),
+        name: "bytes per record in flight".to_owned(),
+        store: "redis".to_owned(),
+        unit: "bytes/record",
+        higher_is_better: false,
+        ours: per(in_flight, completed),
+        baseline: Some(per(lock_keys, value_keys)),
+        baseline_name: Some("bare SET … PX of the key and a token (a lock)".to_owned()),
+        limit: Some(REDIS_IN_FLIGHT_LIMIT),
+        target_text: Some(format!("≤ {REDIS_IN_FLIGHT_LIMIT} bytes per record")),
+        note: Some(note),
+        ..Figure::default()
+    });
+
+    let intact = count_intact(&*store, records, redis_result).await;
+    report::check_eq(
+        BENCH,
+        "sampled records completed with their result",
+        "redis",
+        intact as f64,
+        SAMPLE.min(records) as f64,
+        "keys drawn at random from the completed records and read back with get",
+    );
+    remove_keys(&mut conn, &prefix).await;
+}
+
+/// Writes `count` keys `<prefix><key_text(i)>` holding `value(i)`, with the
+/// store's retention as their time to live, a thousand to a pipeline.
+async fn set_keys(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    count: u64,
+    value: impl Fn(u64) -> Vec<u8>,
+) {
+    let retention_ms = u64::try_from(onceflight_core::DEFAULT_RETENTION.as_millis())
+        .expect("retention in milliseconds");
+    let mut pipe = redis::pipe();
+    for i in 0..count {
+        pipe.cmd("SET")
+            .arg(format!("{prefix}{}", key_text(i)))
+            .arg(value(i))
+            .arg("PX")
+            .arg(retention_ms)
+            .ignore();
+        if (i + 1) % 1_000 == 0 || i + 1 == count {
+            let () = pipe.query_async(conn).await.expect("SET the baseline keys");
+            pipe.clear();
+        }
+    }
+}
+
+/// Claims the records of `range` through the store, 64 at a time, and
+/// completes each with its result when `complete`.
+async fn fill_redis(store: &Arc<RedisStore>, range: std::ops::Range<u64>, complete: bool) {
+    let options = ClaimOptions::new(Kind::parse("image").expect("a valid kind"))
+        .with_lease_ttl(Duration::from_secs(3_600))
+        .expect("a valid lease");
+    let all: Vec<u64> = range.collect();
+    for batch in all.chunks(64) {
+        let done = batch.iter().map(|&i| {
+            let (store, options) = (Arc::clone(store), options.clone());
+            async move {
+                let key = request_key(i);
+                let claim = store
+                    .claim_or_get(&key, &options)
+                    .await
+                    .unwrap_or_else(|e| panic!("claim {key}: {e}"));
+                let Claim::Acquired(lease) = claim else {
+                    panic!("a fresh key is acquired, {key} was {}", claim.state_name());
+                };
+                if complete {
+                    store
+                        .complete(&key, lease.token, redis_result(i))
+                        .await
+                        .unwrap_or_else(|e| panic!("complete {key}: {e}"));
+                }
+            }
+        });
+        futures::future::join_all(done).await;
+    }
+}
+
+/// Redis's `used_memory`, bytes.
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .expect("INFO memory");
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("used_memory:"))
+        .and_then(|bytes| bytes.parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
+/// Unlinks every key under `prefix`: the footprint's records are not worth
+/// keeping for a day on a server someone else may use.
+async fn remove_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(conn)
+            .await
+            .expect("SCAN");
+        if !keys.is_empty() {
+            let _: u64 = redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async(conn)
+                .await
+                .expect("UNLINK");
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
+/// The `i`th result of the Redis footprint: JSON of exactly
+/// [`REDIS_RESULT_BYTES`] bytes.
+fn redis_result(i: u64) -> Bytes {
+    let mut json = String::with_capacity(REDIS_RESULT_BYTES);
+    write!(
+        json,
+        r#"{{"url":"s3://img/{:016x}.png","meta":""#,
+        mix(i ^ 0x4444)
+    )
+    .expect("writing to a String");
+    while json.len() < REDIS_RESULT_BYTES - 2 {
+        json.push('x');
+    }
+    json.push_str(r#""}"#);
+    assert_eq!(
+        json.len(),
+        REDIS_RESULT_BYTES,
+        "results are {REDIS_RESULT_BYTES} bytes"
+    );
+    Bytes::from(json.into_bytes())
+}
+
+/// Nanoseconds since the epoch, to make the prefix unique per run.
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The bare minimum a cache keeps: each key and its result, allocated to
@@ -175,17 +421,17 @@ async fn fill(store: &Arc<MemoryStore>, records: u64) {
 
 /// How many of [`SAMPLE`] random records read back completed with the
 /// result written.
-async fn count_intact(store: &MemoryStore) -> u64 {
+async fn count_intact(store: &dyn RequestStore, records: u64, result: fn(u64) -> Bytes) -> u64 {
     let mut intact = 0;
-    for draw in 0..SAMPLE {
-        let i = mix(draw ^ 0x5eed) % RECORDS;
+    for draw in 0..SAMPLE.min(records) {
+        let i = mix(draw ^ 0x5eed) % records;
         let record = store
             .get(&request_key(i))
             .await
             .unwrap_or_else(|e| panic!("get record {i}: {e}"));
         if let Some(record) = record
             && record.state == RecordState::Completed
-            && record.result == Some(result_json(i))
+            && record.result == Some(result(i))
         {
             intact += 1;
         }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode};
 use onceflight_benches::load::{self, Series};
 use onceflight_benches::report::{self, Figure};
+use onceflight_benches::stores::Pg;
 use onceflight_benches::{criterion, runtime, stores};
 use onceflight_core::{Bytes, ClaimOptions, Coordinator, Kind, RequestKey, RequestStore};
 use parking_lot::Mutex;
@@ -284,6 +285,7 @@ fn herd_figure(store: &str, ours: &mut HerdStats, polling: Option<&mut HerdStats
             "the polling approach: check, check, insert (23505), poll every 500 ms".to_owned()
         }),
         target: None,
+        limit: None,
         target_text: None,
         p50_us: p50(ours),
         p99_us: p99(ours),
@@ -447,6 +449,7 @@ fn throughput(c: &mut Criterion, rt: &Runtime, store: Arc<dyn RequestStore>, poo
         baseline: Some(polling.throughput()),
         baseline_name: Some("the polling approach (5 statements, no lease)".to_owned()),
         target: None,
+        limit: None,
         target_text: None,
         p50_us: ours.percentile_us(0.5),
         p99_us: ours.percentile_us(0.99),
@@ -473,6 +476,13 @@ fn main() {
         let mut polling = measure_polling(&mut c, &rt, &pool);
         herd_figure("postgres", &mut ours, Some(&mut polling));
         throughput(&mut c, &rt, store, &pool);
+    }
+
+    // The herd on the server with production durability: one claim and one
+    // complete write, so it costs about what it does on the other server.
+    if let Some(pg) = rt.block_on(stores::postgres_on(Pg::Durable, stores::PG_POOL)) {
+        let mut ours = measure_ours(&mut c, &rt, Pg::Durable.name(), Arc::new(pg));
+        herd_figure(Pg::Durable.name(), &mut ours, None);
     }
 
     if let Some(redis) = rt.block_on(stores::redis()) {

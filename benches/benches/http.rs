@@ -158,6 +158,7 @@ fn claims(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
             baseline: Some(bare_series.throughput()),
             baseline_name: Some(BASELINE.to_owned()),
             target: target.then_some(0.5),
+            limit: None,
             target_text: target.then(|| "≥ 0.5 × bare route (§9)".to_owned()),
             p50_us: series.percentile_us(0.5),
             p99_us: series.percentile_us(0.99),

@@ -39,6 +39,9 @@ pub struct Figure {
     pub baseline_name: Option<String>,
     /// The §9 target as a minimum ratio, if §9 sets one.
     pub target: Option<f64>,
+    /// An absolute bound on `ours` (the most when lower is better, the
+    /// least otherwise), for figures judged by size, not against a baseline.
+    pub limit: Option<f64>,
     /// The target in words.
     pub target_text: Option<String>,
     /// Our median latency, µs.

@@ -50,9 +50,16 @@ pub struct Options {
     pub tls: bool,
     /// Whether a commit waits for its WAL to reach the kernel before it is
     /// acknowledged. Off by default (faster); a test that crashes the
-    /// server and counts on what was acknowledged turns it on. `fsync` is
-    /// off either way: it only matters when the machine itself crashes.
+    /// server and counts on what was acknowledged turns it on. Without
+    /// [`Options::durable`], `fsync` is off either way: it only matters when
+    /// the machine itself crashes.
     pub synchronous_commit: bool,
+    /// A production server's durability: `fsync`, `synchronous_commit` and
+    /// `full_page_writes` all on, so that every commit waits for its WAL to
+    /// reach the disk. Off by default (tests need no disk flushes); the
+    /// benchmarks measure both ways, since a commit's flush is what a
+    /// production write pays most.
+    pub durable: bool,
 }
 
 impl Postgres {
@@ -215,14 +222,12 @@ impl Postgres {
 
     fn try_start(&self) -> Result<()> {
         let options = format!(
-            "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit={sync} -c full_page_writes=off -c max_connections=300{tls}",
+            "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync={durable} \
+             -c synchronous_commit={sync} -c full_page_writes={durable} \
+             -c max_connections=300{tls}",
             port = self.port,
-            sync = if self.options.synchronous_commit {
-                "on"
-            } else {
-                "off"
-            },
+            durable = on_off(self.options.durable),
+            sync = on_off(self.options.synchronous_commit || self.options.durable),
             tls = if self.options.tls {
                 format!(
                     " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
@@ -382,6 +387,11 @@ fn find_bin_dir() -> Result<PathBuf> {
          PATH. Install them with `apt-get install postgresql`, or set DATABASE_URL to a \
          database the tests may use."
     )
+}
+
+/// A boolean setting as PostgreSQL spells it.
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
 }
 
 /// `15` → `[15]`, `9.6` → `[9, 6]`; anything else is not a version directory.

@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use anyhow::{Context, Result};
 
 use onceflight_test_support::pgbouncer::{self, PgBouncer};
-use onceflight_test_support::postgres::Postgres;
+use onceflight_test_support::postgres::{self, Postgres};
 use onceflight_test_support::redis::Redis;
 use onceflight_test_support::redis_cluster::RedisCluster;
 
@@ -19,6 +19,9 @@ use crate::process;
 /// Tells the tests and benchmarks that a missing backend is a failure, not
 /// a skip (conventions: "Tests"): under xtask, every backend is provided.
 pub(crate) use onceflight_test_support::env::REQUIRE_BACKENDS;
+
+/// The variable that names the PostgreSQL with production durability.
+pub(crate) const DURABLE_VAR: &str = "DATABASE_URL_DURABLE";
 
 /// Which servers a command needs. Starting one costs seconds (a PostgreSQL
 /// `initdb`, six Redis processes for a cluster), so commands ask only for
@@ -65,6 +68,7 @@ struct PgTls {
 #[derive(Default)]
 pub(crate) struct Backends {
     database_url: Option<String>,
+    database_url_durable: Option<String>,
     redis_url: Option<String>,
     redis_cluster_urls: Option<String>,
     pgbouncer_url: Option<String>,
@@ -76,6 +80,8 @@ pub(crate) struct Backends {
     redis: Option<Redis>,
     pgbouncer: Option<PgBouncer>,
     postgres: Option<Postgres>,
+    /// The PostgreSQL with production durability.
+    durable_postgres: Option<Postgres>,
     /// The PostgreSQL with TLS on.
     tls_postgres: Option<Postgres>,
 }
@@ -186,6 +192,40 @@ impl Backends {
         Ok(backends)
     }
 
+    /// Adds a second PostgreSQL with a production server's durability
+    /// (`fsync`, `synchronous_commit` and `full_page_writes` on), passed on
+    /// as `DATABASE_URL_DURABLE`: the caller's when that is set, else a
+    /// throw-away one. The first server has them off, as tests want; the
+    /// benchmarks measure both, since a commit's flush is what a production
+    /// write pays most.
+    pub(crate) fn add_durable_postgres(&mut self) -> Result<()> {
+        self.database_url_durable = Some(match env_url(DURABLE_VAR)? {
+            Some(url) => {
+                eprintln!(
+                    "xtask: using {DURABLE_VAR} from the environment: {}",
+                    process::redact_url(&url)
+                );
+                url
+            }
+            None => {
+                let postgres = Postgres::start_with(postgres::Options {
+                    durable: true,
+                    ..postgres::Options::default()
+                })?;
+                let url = postgres.url();
+                eprintln!(
+                    "xtask: started a throw-away PostgreSQL {} with fsync, \
+                     synchronous_commit and full_page_writes on at {url} (files in {})",
+                    postgres.version(),
+                    postgres.dir().display()
+                );
+                self.durable_postgres = Some(postgres);
+                url
+            }
+        });
+        Ok(())
+    }
+
     /// The TLS PostgreSQL: the caller's (`PG_TLS_URL` with both CA files),
     /// else a throw-away one of its own (the plain server has TLS off).
     fn start_pg_tls(&mut self) -> Result<PgTls> {
@@ -229,6 +269,7 @@ impl Backends {
         let tls = self.pg_tls.as_ref();
         [
             ("DATABASE_URL", self.database_url.as_deref()),
+            (DURABLE_VAR, self.database_url_durable.as_deref()),
             ("REDIS_URL", self.redis_url.as_deref()),
             ("REDIS_CLUSTER_URLS", self.redis_cluster_urls.as_deref()),
             ("PGBOUNCER_URL", self.pgbouncer_url.as_deref()),

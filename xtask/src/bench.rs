@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::backends::{Backends, Needs, REQUIRE_BACKENDS};
+use crate::backends::{Backends, DURABLE_VAR, Needs, REQUIRE_BACKENDS};
 use crate::process;
 use crate::report::{self, FIGURES_FILE, Meta};
 
@@ -41,6 +41,10 @@ const QUICK_VAR: &str = "ONCEFLIGHT_BENCH_QUICK";
 #[derive(Debug, PartialEq, Eq)]
 struct Options {
     quick: bool,
+    /// Whether Postgres is also measured on a server with production
+    /// durability (`fsync` and `synchronous_commit` on); `--no-durable`
+    /// leaves it out.
+    durable: bool,
     /// Arguments after `--`, for the bench binaries (criterion's filter and
     /// flags).
     bench_args: Vec<String>,
@@ -50,19 +54,22 @@ impl Options {
     fn parse(args: &[String]) -> Result<Self> {
         let mut options = Self {
             quick: false,
+            durable: true,
             bench_args: Vec::new(),
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => options.quick = true,
+                "--no-durable" => options.durable = false,
                 "--" => {
                     options.bench_args = args.cloned().collect();
                     break;
                 }
                 other => bail!(
-                    "`cargo xtask bench` takes `--quick` and, after `--`, arguments for the \
-                     bench binaries (e.g. `cargo xtask bench -- herd`), not `{other}`"
+                    "`cargo xtask bench` takes `--quick`, `--no-durable` and, after `--`, \
+                     arguments for the bench binaries (e.g. `cargo xtask bench -- herd`), not \
+                     `{other}`"
                 ),
             }
         }
@@ -98,13 +105,16 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 
     let bench_result = {
         // Stopped at the end of this block, before the report is written.
-        let backends = Backends::start(Needs {
+        let mut backends = Backends::start(Needs {
             postgres: true,
             redis: true,
             cluster: false,
             pgbouncer: true,
             pg_tls: false,
         })?;
+        if options.durable {
+            backends.add_durable_postgres()?;
+        }
         let mut cargo = process::cargo();
         cargo.args(["bench", "-p", BENCH_PACKAGE]);
         if !options.bench_args.is_empty() {
@@ -125,7 +135,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         process::run(&mut cargo)
     };
 
-    let meta = meta(options.quick);
+    let meta = meta(&options);
     if let Err(error) = bench_result {
         // What the benches recorded before failing can still explain the
         // failure; a report of it is a bonus, not a second error.
@@ -148,10 +158,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     eprintln!("xtask: {}", summary.line());
     for figure in &written.records.figures {
         if figure.verdict() == Some(report::Verdict::Misses) {
+            // A figure judged by a limit shows its own value, one judged by
+            // a ratio target its ratio.
+            let measured = match (figure.target, figure.limit) {
+                (None, Some(_)) => format!("{} {}", report::number(figure.ours), figure.unit),
+                _ => format!("{:.2}", figure.ratio().unwrap_or(f64::NAN)),
+            };
             eprintln!(
-                "xtask:   misses: {} ({:.2}, target {})",
+                "xtask:   misses: {} ({measured}, target {})",
                 figure.label(),
-                figure.ratio().unwrap_or(f64::NAN),
                 figure
                     .target_text
                     .clone()
@@ -218,7 +233,7 @@ pub(crate) fn build_binary(build: &[&str], profile_dir: &Path) -> Result<PathBuf
 
 /// Facts about this run for the report; each one best effort, because a
 /// report without the kernel version is still a report.
-fn meta(quick: bool) -> Meta {
+fn meta(options: &Options) -> Meta {
     let ask = |cmd: &mut Command| {
         process::output(cmd)
             .ok()
@@ -228,7 +243,8 @@ fn meta(quick: bool) -> Meta {
     };
     Meta {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        quick,
+        quick: options.quick,
+        postgres_servers: postgres_servers(options.durable),
         cpus: std::thread::available_parallelism().ok().map(usize::from),
         kernel: ask(Command::new("uname").arg("-r")),
         git_rev: ask(Command::new("git").current_dir(process::repo_root()).args([
@@ -238,6 +254,37 @@ fn meta(quick: bool) -> Meta {
             "--abbrev=12",
         ])),
     }
+}
+
+/// What the report says of the Postgres servers, one line each: the store
+/// name its figures carry and how durable the server is.
+fn postgres_servers(durable: bool) -> Vec<String> {
+    let described = |var: &str, started: &str| {
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            format!("the server of `{var}` (its own settings)")
+        } else {
+            started.to_owned()
+        }
+    };
+    let mut servers = vec![format!(
+        "`postgres`: {}",
+        described(
+            "DATABASE_URL",
+            "a throw-away server with fsync, synchronous_commit and full_page_writes off \
+             (a test server's settings: commits wait for no disk)"
+        )
+    )];
+    if durable {
+        servers.push(format!(
+            "`postgres-durable`: {}",
+            described(
+                DURABLE_VAR,
+                "a throw-away server with fsync, synchronous_commit and full_page_writes on \
+                 (production settings: every commit waits for its WAL to reach the disk)"
+            )
+        ));
+    }
+    servers
 }
 
 #[cfg(test)]
@@ -254,17 +301,44 @@ mod tests {
             Options::parse(&[]).expect("no arguments"),
             Options {
                 quick: false,
+                durable: true,
                 bench_args: Vec::new()
             },
-            "defaults"
+            "defaults: both Postgres servers"
         );
         assert_eq!(
             Options::parse(&args(&["--quick", "--", "herd", "--quick"])).expect("valid"),
             Options {
                 quick: true,
+                durable: true,
                 bench_args: args(&["herd", "--quick"])
             },
             "everything after -- goes to the bench binaries"
+        );
+        assert_eq!(
+            Options::parse(&args(&["--no-durable", "--quick", "--", "--no-durable"]))
+                .expect("valid"),
+            Options {
+                quick: true,
+                durable: false,
+                bench_args: args(&["--no-durable"])
+            },
+            "--no-durable before -- leaves the durable server out, after it goes to the benches"
+        );
+    }
+
+    #[test]
+    fn the_report_names_each_postgres_server_it_measured() {
+        let both = super::postgres_servers(true);
+        assert_eq!(both.len(), 2, "fast and durable: {both:?}");
+        assert!(
+            both[0].starts_with("`postgres`") && both[1].starts_with("`postgres-durable`"),
+            "store names first: {both:?}"
+        );
+        assert_eq!(
+            super::postgres_servers(false).len(),
+            1,
+            "without the durable server, one line"
         );
     }
 

@@ -43,6 +43,11 @@ pub(crate) struct Figure {
     pub(crate) baseline_name: Option<String>,
     /// The least acceptable ratio (see [`Figure::ratio`]), e.g. `0.8`.
     pub(crate) target: Option<f64>,
+    /// An absolute bound on `ours` in its own unit, for figures judged by
+    /// size rather than against a baseline (e.g. bytes per record): the
+    /// most `ours` may be when lower is better, the least otherwise. A
+    /// figure with both a ratio target and a limit must meet both.
+    pub(crate) limit: Option<f64>,
     /// How §9 states the target, for readers.
     pub(crate) target_text: Option<String>,
     pub(crate) p50_us: Option<f64>,
@@ -99,10 +104,26 @@ impl Figure {
         (denominator > 0.0 && ratio.is_finite()).then_some(ratio)
     }
 
-    /// Whether the ratio reaches the target; `None` without either.
+    /// Whether the ratio reaches the target and `ours` is within the limit;
+    /// `None` when there is neither a ratio and a target nor a limit.
     pub(crate) fn verdict(&self) -> Option<Verdict> {
-        let (ratio, target) = (self.ratio()?, self.target?);
-        Some(if ratio + RATIO_EPSILON >= target {
+        let by_ratio = match (self.ratio(), self.target) {
+            (Some(ratio), Some(target)) => Some(ratio + RATIO_EPSILON >= target),
+            _ => None,
+        };
+        let by_limit = self.limit.map(|limit| {
+            if self.higher_is_better {
+                self.ours + RATIO_EPSILON >= limit
+            } else {
+                self.ours <= limit + RATIO_EPSILON
+            }
+        });
+        let meets = match (by_ratio, by_limit) {
+            (None, None) => return None,
+            (Some(ok), None) | (None, Some(ok)) => ok,
+            (Some(a), Some(b)) => a && b,
+        };
+        Some(if meets {
             Verdict::Meets
         } else {
             Verdict::Misses
@@ -258,6 +279,9 @@ pub(crate) struct Meta {
     /// RFC 3339, UTC.
     pub(crate) generated_at: String,
     pub(crate) quick: bool,
+    /// One line per Postgres server measured: its store name in the
+    /// figures and its durability settings.
+    pub(crate) postgres_servers: Vec<String>,
     pub(crate) cpus: Option<usize>,
     /// `uname -r`, or "unknown".
     pub(crate) kernel: String,
@@ -332,6 +356,12 @@ pub(crate) fn markdown(records: &Records, meta: &Meta) -> String {
     let _ = writeln!(out, "- Mode: {mode}");
     let _ = writeln!(out, "- Machine: {cpus} CPUs, Linux {}", meta.kernel);
     let _ = writeln!(out, "- Revision: `{}`", meta.git_rev);
+    if !meta.postgres_servers.is_empty() {
+        let _ = writeln!(out, "- Postgres servers:");
+        for server in &meta.postgres_servers {
+            let _ = writeln!(out, "  - {}", one_line(server));
+        }
+    }
     let _ = writeln!(out, "- Summary: {}\n", summary.line());
 
     for (group, figures) in records.groups() {
@@ -368,22 +398,28 @@ pub(crate) fn markdown(records: &Records, meta: &Meta) -> String {
 }
 
 /// The table of one group's figures. The p50/p99 column is left out when no
-/// figure of the group has latencies.
+/// figure of the group has latencies; a "measuring" column is added when
+/// the group's figures measure more than one thing (e.g. the server-side
+/// cost of several operations), since the header names them all.
 pub(crate) fn figure_table(figures: &[&Figure]) -> String {
+    let several_names = figures.iter().any(|f| f.name != figures[0].name);
     let with_latency = figures.iter().any(|f| {
         [f.p50_us, f.p99_us, f.baseline_p50_us, f.baseline_p99_us]
             .iter()
             .any(Option::is_some)
     });
-    let mut columns = vec![
-        ("store", Align::Left),
+    let mut columns = vec![("store", Align::Left)];
+    if several_names {
+        columns.push(("measuring", Align::Left));
+    }
+    columns.extend([
         ("callers", Align::Right),
         ("ours", Align::Right),
         ("baseline", Align::Left),
         ("ratio", Align::Right),
         ("§9 target", Align::Left),
         ("verdict", Align::Left),
-    ];
+    ]);
     if with_latency {
         columns.push(("p50 / p99", Align::Left));
     }
@@ -392,8 +428,11 @@ pub(crate) fn figure_table(figures: &[&Figure]) -> String {
     let rows = figures
         .iter()
         .map(|f| {
-            let mut row = vec![
-                f.store.clone(),
+            let mut row = vec![f.store.clone()];
+            if several_names {
+                row.push(f.name.clone());
+            }
+            row.extend([
                 f.concurrency.map_or_else(dash, |c| c.to_string()),
                 format!("{} {}", number(f.ours), f.unit),
                 match (f.baseline, &f.baseline_name) {
@@ -402,13 +441,19 @@ pub(crate) fn figure_table(figures: &[&Figure]) -> String {
                     (None, _) => dash(),
                 },
                 f.ratio().map_or_else(dash, |ratio| format!("{ratio:.2}")),
-                match (&f.target_text, f.target) {
-                    (Some(text), _) => text.clone(),
-                    (None, Some(target)) => format!("≥ {target}"),
-                    (None, None) => dash(),
+                match (&f.target_text, f.target, f.limit) {
+                    (Some(text), _, _) => text.clone(),
+                    (None, Some(target), _) => format!("≥ {target}"),
+                    (None, None, Some(limit)) => format!(
+                        "{} {} {}",
+                        if f.higher_is_better { "≥" } else { "≤" },
+                        number(limit),
+                        f.unit
+                    ),
+                    (None, None, None) => dash(),
                 },
                 f.verdict().map_or_else(dash, |v| v.as_str().to_owned()),
-            ];
+            ]);
             if with_latency {
                 let mut cell = latency_pair(f.p50_us, f.p99_us);
                 if f.baseline_p50_us.is_some() || f.baseline_p99_us.is_some() {
@@ -646,6 +691,7 @@ pub(crate) mod tests {
             baseline,
             baseline_name: None,
             target: None,
+            limit: None,
             target_text: None,
             p50_us: None,
             p99_us: None,
@@ -659,6 +705,10 @@ pub(crate) mod tests {
         Meta {
             generated_at: "2025-01-02T03:04:05Z".into(),
             quick: true,
+            postgres_servers: vec![
+                "`postgres`: fsync off".into(),
+                "`postgres-durable`: fsync on".into(),
+            ],
             cpus: Some(2),
             kernel: "6.1.0".into(),
             git_rev: "abc123".into(),
@@ -760,6 +810,45 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_limit_judges_the_figure_itself() {
+        // Bytes per record: at most 400, no baseline needed.
+        let mut f = figure("footprint", "redis", 350.0, None);
+        f.higher_is_better = false;
+        f.unit = "bytes/record".into();
+        f.limit = Some(400.0);
+        assert_eq!(f.verdict(), Some(Verdict::Meets), "350 ≤ 400");
+        f.ours = 400.0;
+        assert_eq!(f.verdict(), Some(Verdict::Meets), "exactly on the limit");
+        f.ours = 401.0;
+        assert_eq!(f.verdict(), Some(Verdict::Misses), "401 > 400");
+
+        // With a baseline and a ratio target as well, both must hold.
+        f.ours = 300.0;
+        f.baseline = Some(100.0);
+        f.target = Some(0.5);
+        assert_eq!(
+            f.verdict(),
+            Some(Verdict::Misses),
+            "within the limit, ratio 0.33"
+        );
+        f.target = Some(0.3);
+        assert_eq!(f.verdict(), Some(Verdict::Meets), "both hold");
+
+        // Higher is better: the limit is a floor.
+        let mut g = figure("g", "memory", 5.0, None);
+        g.limit = Some(10.0);
+        assert_eq!(g.verdict(), Some(Verdict::Misses), "5 < 10");
+
+        f.target = None;
+        f.target_text = None;
+        let table = figure_table(&[&f]);
+        assert!(
+            table.contains("| ≤ 400 bytes/record |"),
+            "an untitled limit is written out: {table}"
+        );
+    }
+
+    #[test]
     fn no_baseline_means_no_ratio_or_verdict() {
         let mut f = figure("g", "memory", 10.0, None);
         f.target = Some(0.5);
@@ -811,6 +900,25 @@ pub(crate) mod tests {
 ";
         assert_eq!(table, expected, "rendered table");
 
+        let mut wal = figure("cost", "postgres", 120.0, Some(100.0));
+        wal.name = "complete".into();
+        wal.unit = "WAL bytes/op".into();
+        wal.higher_is_better = false;
+        let mut fresh = wal.clone();
+        fresh.name = "claim_or_get (fresh key)".into();
+        fresh.store = "postgres-durable".into();
+        let table = figure_table(&[&wal, &fresh]);
+        assert!(
+            table.starts_with("| store | measuring | callers |")
+                && table.contains("| postgres | complete | — | 120 WAL bytes/op |")
+                && table.contains("| postgres-durable | claim_or_get (fresh key) |"),
+            "a group measuring several things names each row's: {table}"
+        );
+        assert!(
+            !figure_table(&[&with_all, &missing]).contains("measuring"),
+            "no such column when every figure measures the same thing"
+        );
+
         let without_latency = figure_table(&[&bare]);
         assert!(
             !without_latency.contains("p50"),
@@ -839,6 +947,12 @@ pub(crate) mod tests {
         assert!(report.contains("Mode: quick"), "quick mode:\n{report}");
         assert!(report.contains("2 CPUs, Linux 6.1.0"), "machine:\n{report}");
         assert!(report.contains("`abc123`"), "revision:\n{report}");
+        assert!(
+            report.contains(
+                "- Postgres servers:\n  - `postgres`: fsync off\n  - `postgres-durable`: fsync on\n"
+            ),
+            "both Postgres servers, one line each:\n{report}"
+        );
         assert!(report.contains("| passed |"), "check passed:\n{report}");
         assert!(
             report.contains("## How to read this"),
