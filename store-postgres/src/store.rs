@@ -497,13 +497,16 @@ fn claim(row: &PgRow, key: &RequestKey, options: &ClaimOptions) -> Result<Claim>
         "completed" => {
             let result: Vec<u8> = get::<Option<Vec<u8>>>(row, "result")?
                 .ok_or_else(|| missing("a completed record without a result"))?;
-            Claim::Completed(Completed::new(
-                key.clone(),
-                token,
-                attempt,
-                Bytes::from(result),
-                get(row, "completed_at")?,
-            ))
+            Claim::Completed(
+                Completed::new(
+                    key.clone(),
+                    token,
+                    attempt,
+                    Bytes::from(result),
+                    get(row, "completed_at")?,
+                )
+                .with_retention_remaining(remaining(get(row, "expires_at")?, now)),
+            )
         }
         "failed" => {
             let error =
@@ -562,7 +565,9 @@ fn record(row: &PgRow, key: &RequestKey) -> Result<Record> {
         .map(|at| remaining(at, now));
     record.updated_at = get(row, "updated_at")?;
     record.completed_at = get(row, "completed_at")?;
-    record.expires_at = Some(get(row, "expires_at")?);
+    let expires_at = get(row, "expires_at")?;
+    record.expires_at = Some(expires_at);
+    record.retention_remaining = Some(remaining(expires_at, now));
     Ok(record)
 }
 
