@@ -14,6 +14,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Receives what a [`ChangeFeed`] delivers.
@@ -37,6 +38,9 @@ struct Shared {
     /// feed is always confirmed.
     in_process: bool,
     state: Mutex<State>,
+    /// Signalled when a listener asks for confirmations (or for more
+    /// frequent ones), so that the store probes at once.
+    asked: Notify,
 }
 
 #[derive(Default)]
@@ -68,6 +72,7 @@ impl ChangeFeed {
             shared: Arc::new(Shared {
                 in_process,
                 state: Mutex::new(State::default()),
+                asked: Notify::new(),
             }),
         }
     }
@@ -120,6 +125,14 @@ impl ChangeFeed {
         self.lock().confirm_every
     }
 
+    /// Resolves when a cache starts listening or asks for more frequent
+    /// confirmations than before: the store should probe its channel now
+    /// rather than at its next usual time. A request made while nobody
+    /// awaited this is kept for the next call.
+    pub async fn confirm_asked(&self) {
+        self.shared.asked.notified().await;
+    }
+
     /// Whether a cache with staleness bound `max_stale` may serve at `now`:
     /// the last confirmation is at most `max_stale` old.
     pub(crate) fn fresh(&self, now: Instant, max_stale: Duration) -> bool {
@@ -141,6 +154,8 @@ impl ChangeFeed {
                 .confirm_every
                 .map_or(confirm_every, |d| d.min(confirm_every)),
         );
+        drop(state);
+        self.shared.asked.notify_one();
     }
 }
 

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use onceflight_core::backend::check_lease_ttl;
 use onceflight_core::backend::waiters::{Waiters, wait_pushed};
 use onceflight_core::{
-    Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
+    ChangeFeed, Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
     Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -22,7 +22,7 @@ use crate::config::{PgConfig, PgPooler};
 use crate::connect;
 use crate::error::{BACKEND, TimedOut, map};
 use crate::sql::{Arg, Statement, Statements};
-use crate::waiters::{Watch, spawn_listener};
+use crate::waiters::{Fanout, Watch, spawn_listener};
 
 /// The embedded migrations (`migrations/`), applied by [`PgStore::migrate`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -61,6 +61,8 @@ pub struct PgStore {
     /// string (see [`server_timeout`]).
     local_timeouts: String,
     waiters: Arc<Waiters>,
+    /// Fed by the LISTEN connection: deletions, for result caches.
+    feed: ChangeFeed,
     listener: JoinHandle<()>,
 }
 
@@ -204,10 +206,14 @@ impl PgStore {
             ping_after: config.listen_ping.max(Duration::from_millis(10)),
             timeout: operation_timeout,
         };
+        let feed = ChangeFeed::new();
         let listener = spawn_listener(
             session_options.clone(),
-            &config.schema,
-            Arc::clone(&waiters),
+            Fanout {
+                prefix: format!("{}:", config.schema),
+                waiters: Arc::clone(&waiters),
+                feed: feed.clone(),
+            },
             watch,
         )
         .await
@@ -228,6 +234,7 @@ impl PgStore {
                 ms = server_timeout.as_millis()
             ),
             waiters,
+            feed,
             listener,
         })
     }
@@ -702,5 +709,12 @@ impl RequestStore for PgStore {
                 return Ok(swept);
             }
         }
+    }
+
+    /// Deletions arrive over the store's LISTEN connection (a delete
+    /// notifies its key whether or not anyone waits), confirmed by probes
+    /// the connection sends itself while a cache listens.
+    fn change_feed(&self) -> Option<ChangeFeed> {
+        Some(self.feed.clone())
     }
 }

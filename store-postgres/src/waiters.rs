@@ -1,5 +1,6 @@
 //! LISTEN/NOTIFY fan-out: one listening connection per store instance wakes
-//! any number of in-process waiters.
+//! any number of in-process waiters, and tells result caches which keys
+//! changed ([`ChangeFeed`]).
 //!
 //! The connection is watched: a connection that fails, or that stops
 //! answering (a half-open TCP connection after a network failover, a host
@@ -7,15 +8,23 @@
 //! listens is lost, so once the new connection listens, every waiter is
 //! woken to re-read its record — in that order: woken before the LISTEN, a
 //! waiter could re-read, go back to sleep, and miss a change notified just
-//! before the LISTEN took effect.
+//! before the LISTEN took effect. Caches are emptied as soon as the
+//! connection is given up.
+//!
+//! While a cache listens, the connection confirms its feed by notifying
+//! itself on a channel of its own: Postgres keeps one queue of
+//! notifications for all channels, in commit order, so when that probe comes
+//! back every change committed before it was sent has been delivered.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use onceflight_core::ChangeFeed;
 use onceflight_core::backend::waiters::Waiters;
 use sqlx::Executor;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// The channel every onceflight schema notifies on; payloads are
 /// `<schema>:<key>`.
@@ -39,41 +48,59 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 /// Longest the first LISTEN may take at start-up, at least.
 const FIRST_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts the listening task: LISTEN on [`CHANNEL`] with `options` and wake
-/// the waiters of each notified key of `schema`. The first LISTEN happens
-/// before this returns, so no wait can start before notifications flow.
+/// Where notifications go: the waiters, and the caches, of one schema.
+pub(crate) struct Fanout {
+    /// `<schema>:`, the prefix of this schema's payloads.
+    pub(crate) prefix: String,
+    pub(crate) waiters: Arc<Waiters>,
+    pub(crate) feed: ChangeFeed,
+}
+
+/// Starts the listening task: LISTEN on [`CHANNEL`] with `options`, wake
+/// the waiters of each notified key of the schema and tell the feed. The
+/// first LISTEN happens before this returns, so no wait can start before
+/// notifications flow.
 pub(crate) async fn spawn_listener(
     options: PgConnectOptions,
-    schema: &str,
-    waiters: Arc<Waiters>,
+    fanout: Fanout,
     watch: Watch,
 ) -> Result<JoinHandle<()>, sqlx::Error> {
     let listener = tokio::time::timeout(watch.timeout.max(FIRST_LISTEN_TIMEOUT), listen(&options))
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)??;
-    let prefix = format!("{schema}:");
     Ok(tokio::spawn(async move {
         let mut listener = listener;
         loop {
-            receive(&mut listener, &prefix, &waiters, watch).await;
+            receive(&mut listener, &fanout, watch).await;
+            // Changes may go unseen from now on: caches forget everything
+            // and serve nothing until the next connection confirms.
+            fanout.feed.lost();
             // Dropping the listener lets go of its connection.
             drop(listener);
             listener = reconnect(&options, watch).await;
             tracing::info!("LISTEN connection restored");
             // Only now that the new connection listens: anything notified
             // while none did is lost, so every waiter re-reads its record.
-            waiters.wake_all();
+            fanout.waiters.wake_all();
         }
     }))
 }
 
-/// A new connection that listens on [`CHANNEL`].
+/// A listening connection, and the channel of its own probes.
+struct Listening {
+    listener: PgListener,
+    /// `onceflight_probe_<backend pid>`: nobody else listens there.
+    probes: String,
+}
+
+/// A new connection that listens on [`CHANNEL`] and on a channel of its own
+/// for its probes.
 ///
 /// Each connection gets a pool of its own: a connection given up as
 /// unresponsive goes back to the pool it came from, which may hold it a
 /// while (sqlx checks a returned connection with a ping), and must not stand
 /// in the way of its replacement.
-async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
+async fn listen(options: &PgConnectOptions) -> Result<Listening, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .connect_lazy_with(options.clone());
@@ -82,12 +109,17 @@ async fn listen(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
     // waiter; sqlx's own would listen again without saying when.
     listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
-    Ok(listener)
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut listener)
+        .await?;
+    let probes = format!("onceflight_probe_{pid}");
+    listener.listen(&probes).await?;
+    Ok(Listening { listener, probes })
 }
 
 /// Reconnects and listens again, retrying with a growing pause until it
 /// succeeds.
-async fn reconnect(options: &PgConnectOptions, watch: Watch) -> PgListener {
+async fn reconnect(options: &PgConnectOptions, watch: Watch) -> Listening {
     let mut pause = FIRST_PAUSE;
     loop {
         match tokio::time::timeout(watch.timeout, listen(options)).await {
@@ -103,33 +135,106 @@ async fn reconnect(options: &PgConnectOptions, watch: Watch) -> PgListener {
     }
 }
 
-/// Wakes the waiters of each notification until the connection fails or
-/// stops answering a ping.
-async fn receive(listener: &mut PgListener, prefix: &str, waiters: &Waiters, watch: Watch) {
+/// What the listening connection does next when nothing arrives.
+enum Event {
+    Received(Result<Option<PgNotification>, sqlx::Error>),
+    /// Time to probe (a cache listens) or ping (quiet for a while).
+    Due,
+    /// A cache started listening, or asked for more frequent probes.
+    Asked,
+    /// A probe went unanswered for longer than the watch allows.
+    ProbeLost,
+}
+
+/// A probe sent and not yet back.
+struct Sent {
+    payload: String,
+    at: Instant,
+}
+
+/// Wakes the waiters of each notification and tells the feed, probing the
+/// connection — a ping while quiet, and while a cache listens, a probe
+/// that confirms the feed every [`ChangeFeed::confirm_every`] — until the
+/// connection fails or stops answering.
+async fn receive(listening: &mut Listening, fanout: &Fanout, watch: Watch) {
+    let Listening { listener, probes: channel } = listening;
+    let mut quiet_since = Instant::now();
+    let mut last_probe: Option<Instant> = None;
+    let mut sent: Option<Sent> = None;
+    let mut probes = 0u64;
     loop {
+        let due = match fanout.feed.confirm_every() {
+            Some(every) => match &sent {
+                // One probe at a time.
+                Some(sent) => sent.at + watch.timeout,
+                None => last_probe.map_or_else(Instant::now, |at| at + every),
+            },
+            None => quiet_since + watch.ping_after,
+        };
+        let lost_at = sent.as_ref().map(|sent| sent.at + watch.timeout);
         // `try_recv` is cancel-safe: a timeout never loses a notification.
-        match tokio::time::timeout(watch.ping_after, listener.try_recv()).await {
-            Ok(Ok(Some(notification))) => {
-                if let Some(key) = notification.payload().strip_prefix(prefix) {
-                    waiters.wake(key);
+        let event = tokio::select! {
+            biased;
+            received = listener.try_recv() => Event::Received(received),
+            () = fanout.feed.confirm_asked() => Event::Asked,
+            () = tokio::time::sleep_until(lost_at.unwrap_or(due)), if lost_at.is_some() => Event::ProbeLost,
+            () = tokio::time::sleep_until(due) => Event::Due,
+        };
+        match event {
+            Event::Received(Ok(Some(notification))) => {
+                quiet_since = Instant::now();
+                let payload = notification.payload();
+                if notification.channel() == channel.as_str() {
+                    if sent.as_ref().is_some_and(|sent| sent.payload == payload) {
+                        if let Some(sent) = sent.take() {
+                            fanout.feed.confirmed(sent.at);
+                        }
+                    }
+                } else if let Some(key) = payload.strip_prefix(fanout.prefix.as_str()) {
+                    fanout.waiters.wake(key);
+                    fanout.feed.changed(key);
                 }
             }
-            Ok(Ok(None)) => {
+            Event::Received(Ok(None)) => {
                 tracing::warn!("LISTEN connection lost; reconnecting");
                 return;
             }
-            Ok(Err(error)) => {
+            Event::Received(Err(error)) => {
                 tracing::warn!(%error, "LISTEN connection failed; reconnecting");
                 return;
             }
-            // Quiet for a while: check that the connection still answers. A
-            // notification that arrives meanwhile is kept for the next
-            // `try_recv`.
-            Err(_) => {
-                match tokio::time::timeout(watch.timeout, (&mut *listener).execute("SELECT 1"))
+            Event::Asked => last_probe = None,
+            Event::ProbeLost => {
+                tracing::warn!(
+                    timeout = ?watch.timeout,
+                    "LISTEN connection did not deliver its own probe; reconnecting"
+                );
+                return;
+            }
+            Event::Due if sent.is_some() => {}
+            Event::Due => {
+                // A notification that arrives meanwhile is kept for the next
+                // `try_recv`.
+                let at = Instant::now();
+                let (query, probe) = if fanout.feed.confirm_every().is_some() {
+                    probes += 1;
+                    let payload = probes.to_string();
+                    let query = format!("SELECT pg_notify('{channel}', '{payload}')");
+                    (query, Some(Sent { payload, at }))
+                } else {
+                    ("SELECT 1".to_owned(), None)
+                };
+                let sql = sqlx::AssertSqlSafe(query);
+                match tokio::time::timeout(watch.timeout, (&mut *listener).execute(sqlx::raw_sql(sql)))
                     .await
                 {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => {
+                        quiet_since = Instant::now();
+                        if probe.is_some() {
+                            last_probe = Some(at);
+                            sent = probe;
+                        }
+                    }
                     Ok(Err(error)) => {
                         tracing::warn!(%error, "LISTEN connection failed a ping; reconnecting");
                         return;

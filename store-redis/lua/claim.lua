@@ -2,14 +2,28 @@
 -- args: kind, fingerprint ('' = none), and the rest of the claim, read only
 --       when it writes: '<lease ms> <max attempts> <backoff ms> <retention
 --       ms> <token floor> <owner>', the floor being the highest token the
---       calling store has seen ('0' = none), the owner possibly empty.
+--       calling store has seen ('0' = none), the owner possibly empty; then,
+--       optionally, '1' when a result cache in front of the store wants the
+--       retention left of a completed record.
 -- Replies, each with only what its answer needs:
 --   { 'acquired', token, attempt, lease end, lease ms, takeover (1 | 0) }
 --   { 'in_flight', token, attempt, lease end, lease left, owner }
---   { 'completed', token, attempt, completed at, retention end, result }
+--   { 'completed', token, attempt, completed at, retention left (ms, or
+--     false when not asked), result }
 --   { 'failed', token, attempt, error, retryable (1 | 0), retry after ms }
 --   { 'mismatch', the record's kind }
 --   { 'refused' } (claim_ro only: this claim would write)
+
+-- The retention left (ms) of the completed record at keys[1], when the
+-- claim asks for it (args[4]): its key's own expiry. It costs a PTTL, so
+-- only a store with a result cache asks.
+local function retention_left(keys, args)
+    if args[4] ~= '1' then
+        return false
+    end
+    local left = redis.call('PTTL', keys[1])
+    return left > 0 and left
+end
 
 -- Whether a record of `kind` with fingerprint `fp` (false: none) answers a
 -- claim with `args`.
@@ -19,8 +33,8 @@ end
 
 -- The answer to a claim on the record `r` (nil: none) that only reads, or
 -- nil when the claim writes: a new lease, or a record turned failed. Also
--- Redis's clock, when it was read.
-local function decide(r, args)
+-- Redis's clock, when it was read. `keys` are the claim's.
+local function decide(keys, r, args)
     if not r then
         return nil
     end
@@ -29,7 +43,7 @@ local function decide(r, args)
     end
     local state = r[STATE]
     if state == 'c' then
-        return { 'completed', r[TOKEN], r[ATTEMPT], r[DONE], r[EXP], r[RESULT] }
+        return { 'completed', r[TOKEN], r[ATTEMPT], r[DONE], retention_left(keys, args), r[RESULT] }
     end
     local now_us, now = clock()
     if state == 'p' and not r[REL] and r[LEXP] > now then
@@ -48,14 +62,14 @@ register('claim', {}, function(keys, args)
         -- The hottest path, a completed record, decodes only the values it
         -- answers with (they come first) and reads no clock: its retention
         -- is the key's own expiry, so a record Redis still holds is kept.
-        local _, format, state, kind, fp, token, attempt, done, exp, result =
+        local _, format, state, kind, fp, token, attempt, done, _, result =
             cmsgpack.unpack_limit(packed, 9, HEADER)
         if state == 'c' and format == FORMAT and matches(kind, fp, args) then
-            return { 'completed', token, attempt, done, exp, result }
+            return { 'completed', token, attempt, done, retention_left(keys, args), result }
         end
     end
     local r = decode(keys[1], packed)
-    local reply, now_us, now = decide(r, args)
+    local reply, now_us, now = decide(keys, r, args)
     if reply then
         return reply
     end
@@ -109,5 +123,5 @@ end)
 -- answers the claims that only read, and refuses the rest, having written
 -- nothing.
 register('claim_ro', { 'no-writes' }, function(keys, args)
-    return decide(load(keys[1]), args) or { 'refused' }
+    return decide(keys, load(keys[1]), args) or { 'refused' }
 end)

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use onceflight_core::backend::waiters::{Waiters, wait_pushed};
 use onceflight_core::backend::{check_lease_ttl, redact_url};
 use onceflight_core::{
+    ChangeFeed,
     Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
     Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
 };
@@ -65,6 +66,9 @@ pub struct RedisStore {
     retention_ms: u64,
     wait_fallback: Duration,
     waiters: Arc<Waiters>,
+    /// Fed by the pub/sub connection: deletions, for result caches. `None`
+    /// in a cluster.
+    feed: Option<ChangeFeed>,
     listener: JoinHandle<()>,
     /// The highest token this store has seen in any reply: the floor of
     /// every token it asks Redis to grant (see the crate docs).
@@ -305,11 +309,18 @@ impl RedisStore {
         let channel = format!("{}wake", config.prefix);
         let waiters = Arc::new(Waiters::default());
         let pubsub = subscribe(&clients, &channel).await.map_err(map)?;
+        // A cluster forwards a PUBLISH to the other nodes over its bus, so
+        // an answered PING on one node confirms nothing of the others: no
+        // feed, and no result cache, there.
+        let feed = (!config.cluster).then(ChangeFeed::new);
         let listener = tokio::spawn(listen(
             pubsub,
             clients,
             channel,
-            Arc::clone(&waiters),
+            Fanout {
+                waiters: Arc::clone(&waiters),
+                feed: feed.clone(),
+            },
             Probe {
                 every: config.pubsub_ping.max(Duration::from_millis(10)),
                 timeout: config.response_timeout,
@@ -322,6 +333,7 @@ impl RedisStore {
             retention_ms: ms(config.retention.min(MAX_RETENTION)),
             wait_fallback: config.wait_fallback.max(Duration::from_millis(10)),
             waiters,
+            feed,
             listener,
             high_water: AtomicU64::new(0),
             clock_warned: AtomicU64::new(0),
@@ -607,18 +619,57 @@ struct Probe {
     timeout: Duration,
 }
 
-/// The listening task: wakes the waiters of each published key, and PINGs
-/// the connection every `probe.every` so that a half-open connection (no
-/// error, no messages ever again) is noticed. When the subscription drops
-/// or a PING goes unanswered, it subscribes again on a new connection,
-/// backing off while Redis is away, and only then wakes everyone: messages
-/// may have been lost, so each waiter re-reads its record, and any change
-/// after that re-read is published to a subscription already in place.
+/// Where published keys go: the waiters, and the caches, of one store.
+struct Fanout {
+    waiters: Arc<Waiters>,
+    /// `None` in a cluster (see [`RedisStore`]'s `change_feed`).
+    feed: Option<ChangeFeed>,
+}
+
+impl Fanout {
+    fn published(&self, message: &redis::Msg) {
+        if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
+            self.waiters.wake(key);
+            if let Some(feed) = &self.feed {
+                feed.changed(key);
+            }
+        }
+    }
+
+    /// How often the connection is probed: every `probe.every`, and more
+    /// often while a cache asks for confirmations.
+    fn every(&self, probe: Probe) -> Duration {
+        self.feed
+            .as_ref()
+            .and_then(ChangeFeed::confirm_every)
+            .map_or(probe.every, |every| every.min(probe.every))
+    }
+
+    /// Resolves when a cache asks for a confirmation now.
+    async fn asked(&self) {
+        match &self.feed {
+            Some(feed) => feed.confirm_asked().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The listening task: wakes the waiters of each published key and tells
+/// the caches, and PINGs the connection every `probe.every` (or more often
+/// while a cache listens) so that a half-open connection (no error, no
+/// messages ever again) is noticed. Redis answers a PING after every message
+/// it published to this connection before, so an answered PING confirms the
+/// feed up to when it was sent. When the subscription drops or a PING goes
+/// unanswered, caches are emptied at once; the task subscribes again on a
+/// new connection, backing off while Redis is away, and only then wakes
+/// everyone: messages may have been lost, so each waiter re-reads its
+/// record, and any change after that re-read is published to a subscription
+/// already in place.
 async fn listen(
     first: PubSub,
     clients: Vec<Client>,
     channel: String,
-    waiters: Arc<Waiters>,
+    fanout: Fanout,
     probe: Probe,
 ) {
     let mut pubsub = Some(first);
@@ -631,7 +682,7 @@ async fn listen(
                     tracing::info!("Redis pub/sub subscription restored");
                     pause = Duration::from_millis(100);
                     // Anything published while we were away is lost.
-                    waiters.wake_all();
+                    fanout.waiters.wake_all();
                     subscription
                 }
                 Err(error) => {
@@ -642,39 +693,68 @@ async fn listen(
                 }
             },
         };
-        let (mut sink, mut messages) = subscription.split();
-        let mut ticks = tokio::time::interval(probe.every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the subscription was just confirmed.
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                message = messages.next() => match message {
-                    Some(message) => {
-                        if let Ok(key) = std::str::from_utf8(message.get_payload_bytes()) {
-                            waiters.wake(key);
+        receive(subscription, &fanout, probe).await;
+        if let Some(feed) = &fanout.feed {
+            feed.lost();
+        }
+    }
+}
+
+/// Receives on one subscription until it drops or a PING goes unanswered.
+async fn receive(subscription: PubSub, fanout: &Fanout, probe: Probe) {
+    let (mut sink, mut messages) = subscription.split();
+    // The subscription was just confirmed; the feed is not, until a PING
+    // comes back.
+    let mut last_probe: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    if fanout
+        .feed
+        .as_ref()
+        .is_some_and(|feed| feed.confirm_every().is_some())
+    {
+        last_probe = None;
+    }
+    loop {
+        let due = last_probe.map_or_else(tokio::time::Instant::now, |at| at + fanout.every(probe));
+        tokio::select! {
+            biased;
+            message = messages.next() => match message {
+                Some(message) => fanout.published(&message),
+                None => {
+                    tracing::warn!("Redis pub/sub connection lost; reconnecting");
+                    return;
+                }
+            },
+            () = fanout.asked() => last_probe = None,
+            () = tokio::time::sleep_until(due) => {
+                let sent_at = tokio::time::Instant::now();
+                last_probe = Some(sent_at);
+                match tokio::time::timeout(probe.timeout, sink.ping::<Value>()).await {
+                    Ok(Ok(_)) => {
+                        // Messages published before the PING are already
+                        // queued here: hand them out before confirming.
+                        while let Some(message) = messages.next().now_or_never() {
+                            match message {
+                                Some(message) => fanout.published(&message),
+                                None => {
+                                    tracing::warn!("Redis pub/sub connection lost; reconnecting");
+                                    return;
+                                }
+                            }
+                        }
+                        if let Some(feed) = &fanout.feed {
+                            feed.confirmed(sent_at);
                         }
                     }
-                    None => {
-                        tracing::warn!("Redis pub/sub connection lost; reconnecting");
-                        break;
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "Redis pub/sub PING failed; reconnecting");
+                        return;
                     }
-                },
-                _ = ticks.tick() => {
-                    match tokio::time::timeout(probe.timeout, sink.ping::<Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "Redis pub/sub PING failed; reconnecting");
-                            break;
-                        }
-                        Err(_) => {
-                            tracing::warn!(
-                                timeout = ?probe.timeout,
-                                "Redis pub/sub PING unanswered (half-open connection); \
-                                 reconnecting"
-                            );
-                            break;
-                        }
+                    Err(_) => {
+                        tracing::warn!(
+                            timeout = ?probe.timeout,
+                            "Redis pub/sub PING unanswered (half-open connection); reconnecting"
+                        );
+                        return;
                     }
                 }
             }
@@ -892,20 +972,25 @@ impl Reply {
                     .map_err(|e| corrupt(e.to_string()))?;
                 Claim::InFlight(in_flight)
             }
-            // Element 4, the retention's end, is for a result cache in
-            // front of the store; the claim itself does not carry it.
-            "completed" => Claim::Completed(Completed::new(
-                key.clone(),
-                token()?,
-                self.count(2, "attempt")?,
-                self.bytes(5, "result")?.ok_or_else(|| {
-                    corrupt(format!(
-                        "a completed record without a result for {:?}",
-                        key.as_str()
-                    ))
-                })?,
-                instant(self.required_int(3, "completed at")?)?,
-            )),
+            "completed" => {
+                let completed = Completed::new(
+                    key.clone(),
+                    token()?,
+                    self.count(2, "attempt")?,
+                    self.bytes(5, "result")?.ok_or_else(|| {
+                        corrupt(format!(
+                            "a completed record without a result for {:?}",
+                            key.as_str()
+                        ))
+                    })?,
+                    instant(self.required_int(3, "completed at")?)?,
+                );
+                // Element 4: the retention left, when the store asked.
+                Claim::Completed(match self.int(4, "retention left")? {
+                    Some(left) if left > 0 => completed.with_retention_remaining(millis(left)),
+                    _ => completed,
+                })
+            }
             "failed" => Claim::Failed(Failed::new(
                 key.clone(),
                 token()?,
@@ -944,22 +1029,27 @@ impl RequestStore for RedisStore {
             self.retention_ms,
             options.owner().map_or("", Owner::as_str),
         );
-        let args: [&[u8]; 3] = [
+        // A cache in front of the store keeps completed results only as
+        // long as their retention: ask for it then (it costs a PTTL).
+        let cached = self.feed.as_ref().is_some_and(|f| f.confirm_every().is_some());
+        let args: [&[u8]; 4] = [
             options.kind().as_str().as_bytes(),
             options
                 .fingerprint()
                 .map_or("", Fingerprint::as_str)
                 .as_bytes(),
             rest.as_bytes(),
+            b"1",
         ];
+        let args = &args[..if cached { 4 } else { 3 }];
         let reply = match self
-            .call(&self.library.claim, Access::Write, key, &args)
+            .call(&self.library.claim, Access::Write, key, args)
             .await
         {
             Ok(value) => Reply::parse(value)?,
             // Refused whole for want of memory, before it ran.
             Err(error) if error.code() == Some("OOM") => {
-                self.claim_out_of_memory(key, &args, error).await?
+                self.claim_out_of_memory(key, args, error).await?
             }
             Err(error) => return Err(map(error)),
         };
@@ -1067,6 +1157,14 @@ impl RequestStore for RedisStore {
     /// leases included, by their own expiry.
     async fn sweep(&self) -> Result<u64> {
         Ok(0)
+    }
+
+    /// Deletions arrive on the store's pub/sub connection (every delete
+    /// publishes its key), confirmed by PINGs on it. `None` in a cluster:
+    /// a PUBLISH reaches the other nodes over the cluster bus, in no order
+    /// a PING on one node can confirm.
+    fn change_feed(&self) -> Option<ChangeFeed> {
+        self.feed.clone()
     }
 }
 
