@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use onceflight_core::RequestStore;
+use onceflight_core::{CachedStore, HitCacheConfig, HitCacheStats, RequestStore};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -118,7 +118,9 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct Inner {
-    store: InstrumentedStore,
+    /// The instrumented store, behind the hit cache when there is one.
+    store: Arc<dyn RequestStore>,
+    hit_cache: Option<Arc<CachedStore>>,
     tokens: Tokens,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -131,9 +133,52 @@ impl AppState {
     /// `limits`.
     pub fn new(store: Arc<dyn RequestStore>, tokens: Tokens, limits: Limits) -> Self {
         let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(InstrumentedStore::new(
+            store,
+            Arc::clone(&metrics),
+            limits.store_timeout,
+        ));
+        Self::build(store, None, tokens, limits, metrics)
+    }
+
+    /// State serving `store` as [`AppState::new`] does, with repeated claims
+    /// of completed records answered from a [`CachedStore`] in process
+    /// (timed apart from the store's operations). Fails when the store has
+    /// no push channel to keep the cache true (a Redis Cluster), or with a
+    /// zero staleness bound.
+    pub fn with_hit_cache(
+        store: Arc<dyn RequestStore>,
+        tokens: Tokens,
+        limits: Limits,
+        config: HitCacheConfig,
+    ) -> onceflight_core::Result<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let store: Arc<dyn RequestStore> = Arc::new(InstrumentedStore::new(
+            store,
+            Arc::clone(&metrics),
+            limits.store_timeout,
+        ));
+        let cache = Arc::new(CachedStore::new(store, config)?);
+        Ok(Self::build(
+            Arc::clone(&cache) as Arc<dyn RequestStore>,
+            Some(cache),
+            tokens,
+            limits,
+            metrics,
+        ))
+    }
+
+    fn build(
+        store: Arc<dyn RequestStore>,
+        hit_cache: Option<Arc<CachedStore>>,
+        tokens: Tokens,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store: InstrumentedStore::new(store, Arc::clone(&metrics), limits.store_timeout),
+                store,
+                hit_cache,
                 tokens,
                 limits,
                 metrics,
@@ -143,9 +188,23 @@ impl AppState {
         }
     }
 
-    /// The store, timed for metrics.
+    /// The store, timed for metrics (behind the hit cache, if any).
     pub fn store(&self) -> &dyn RequestStore {
-        &self.inner.store
+        &*self.inner.store
+    }
+
+    /// The hit cache's counters, when there is a hit cache.
+    pub fn hit_cache_stats(&self) -> Option<HitCacheStats> {
+        self.inner.hit_cache.as_ref().map(|cache| cache.stats())
+    }
+
+    /// The Prometheus text exposition of the service's metrics, the hit
+    /// cache's counters read now.
+    pub fn render_metrics(&self) -> String {
+        if let Some(stats) = self.hit_cache_stats() {
+            self.inner.metrics.observe_hit_cache(stats);
+        }
+        self.inner.metrics.render()
     }
 
     /// The configured bearer tokens.

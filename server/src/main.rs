@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use onceflight_core::{DEFAULT_RETENTION, RequestStore};
+use onceflight_core::{DEFAULT_RETENTION, HitCacheConfig, RequestStore};
 use onceflight_server::auth::Tokens;
 use onceflight_server::stores::{self, StoreOptions, redact_url};
 use onceflight_server::{AppState, DEFAULT_MAX_SMALL_BODY_BYTES, Limits, serve};
@@ -196,6 +196,23 @@ struct ServeArgs {
     #[arg(long, env = "ONCEFLIGHT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
 
+    /// Answer repeated claims of completed records from memory, without a
+    /// store round trip: a deletion on another server goes unseen at most
+    /// this long, in milliseconds (the store's push channel is probed a few
+    /// times within it, and while it is down nothing is served from
+    /// memory). Not for a Redis Cluster [default: off].
+    #[arg(long, env = "ONCEFLIGHT_HIT_CACHE_MAX_STALE_MS", value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    hit_cache_max_stale_ms: Option<u64>,
+
+    /// Most results the hit cache holds (with --hit-cache-max-stale-ms).
+    #[arg(long, env = "ONCEFLIGHT_HIT_CACHE_ENTRIES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    hit_cache_entries: u64,
+
+    /// Largest result the hit cache holds, in bytes (with
+    /// --hit-cache-max-stale-ms); larger ones are always read from the store.
+    #[arg(long, env = "ONCEFLIGHT_HIT_CACHE_MAX_RESULT_BYTES", default_value_t = 1024 * 1024)]
+    hit_cache_max_result_bytes: usize,
+
     /// Seconds between sweeps of records past retention (housekeeping only).
     #[arg(long, env = "ONCEFLIGHT_SWEEP_SECS", default_value_t = 60)]
     sweep_secs: u64,
@@ -314,7 +331,17 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     limits.max_headers = usize::try_from(args.max_headers)?;
     limits.max_connections = args.max_connections.map(usize::try_from).transpose()?;
     let authenticated = !tokens.is_empty();
-    let state = AppState::new(store, tokens, limits);
+    let hit_cache = args.hit_cache_max_stale_ms.map(|ms| {
+        HitCacheConfig::default()
+            .with_max_stale(Duration::from_millis(ms))
+            .with_max_entries(usize::try_from(args.hit_cache_entries).unwrap_or(usize::MAX))
+            .with_max_result_bytes(args.hit_cache_max_result_bytes)
+    });
+    let state = match hit_cache {
+        Some(config) => AppState::with_hit_cache(store, tokens, limits, config)
+            .context("--hit-cache-max-stale-ms")?,
+        None => AppState::new(store, tokens, limits),
+    };
     let listener = TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("binding {}", args.bind))?;
@@ -322,6 +349,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         address = %listener.local_addr()?,
         store = %args.store.describe(),
         authenticated,
+        hit_cache_max_stale_ms = args.hit_cache_max_stale_ms,
         "onceflight listening"
     );
     serve(listener, state, shutdown_signal()).await?;

@@ -9,6 +9,11 @@
 //! `process_open_fds`, `process_max_fds` and `process_resident_memory_bytes`
 //! (read from `/proc/self` at scrape time, with the names Prometheus's own
 //! process collectors use, so existing dashboards and alerts apply).
+//!
+//! With a hit cache, `onceflight_hit_cache_{hits,misses,invalidations}_total`
+//! count claims answered in process, claims that went to the store, and
+//! results forgotten because the store said they changed (or its push
+//! channel broke); `onceflight_hit_cache_entries` is what it holds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +21,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use onceflight_core::{
-    Claim, ClaimOptions, Error, JobError, Record, Renewal, RequestKey, RequestStore, Result, Token,
+    ChangeFeed, Claim, ClaimOptions, Error, HitCacheStats, JobError, Record, Renewal, RequestKey,
+    RequestStore, Result, Token,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -62,8 +68,58 @@ pub struct Metrics {
     store_seconds: Family<StoreLabels, Histogram, fn() -> Histogram>,
     waits_in_progress: Gauge,
     alive_tasks: Gauge,
+    hit_cache: HitCacheMetrics,
     /// Unprefixed process gauges (`process_*`), filled in at scrape time.
     process: ProcessGauges,
+}
+
+/// The hit cache's counters, copied from [`HitCacheStats`] at scrape time.
+#[derive(Debug, Default)]
+struct HitCacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    invalidations: Counter,
+    entries: Gauge,
+}
+
+impl HitCacheMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "hit_cache_hits",
+            "Claims answered from the hit cache, without a store round trip",
+            metrics.hits.clone(),
+        );
+        registry.register(
+            "hit_cache_misses",
+            "Claims that went past the hit cache to the store",
+            metrics.misses.clone(),
+        );
+        registry.register(
+            "hit_cache_invalidations",
+            "Results the hit cache forgot because the store said they changed or its push channel broke",
+            metrics.invalidations.clone(),
+        );
+        registry.register(
+            "hit_cache_entries",
+            "Results the hit cache holds",
+            metrics.entries.clone(),
+        );
+        metrics
+    }
+
+    /// Brings the counters up to `stats` (which only grow).
+    fn observe(&self, stats: HitCacheStats) {
+        for (counter, now) in [
+            (&self.hits, stats.hits),
+            (&self.misses, stats.misses),
+            (&self.invalidations, stats.invalidations),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        self.entries
+            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+    }
 }
 
 /// The `process_*` gauges of Prometheus's process collectors, in their own
@@ -204,8 +260,10 @@ impl Default for Metrics {
             "Tasks alive in the tokio runtime: one per open client connection, plus the store's and the service's own",
             alive_tasks.clone(),
         );
+        let hit_cache = HitCacheMetrics::register(&mut registry);
         Self {
             registry,
+            hit_cache,
             claims,
             fenced_rejected,
             waits,
@@ -257,6 +315,11 @@ impl Metrics {
         self.store_seconds
             .get_or_create(&StoreLabels { operation, backend })
             .observe(took.as_secs_f64());
+    }
+
+    /// Copies the hit cache's counters, to be rendered next.
+    pub fn observe_hit_cache(&self, stats: HitCacheStats) {
+        self.hit_cache.observe(stats);
     }
 
     /// The Prometheus text exposition of every metric. The gauges of the
@@ -386,5 +449,8 @@ impl RequestStore for InstrumentedStore {
     }
     async fn sweep(&self) -> Result<u64> {
         self.timed("sweep", self.inner.sweep()).await
+    }
+    fn change_feed(&self) -> Option<ChangeFeed> {
+        self.inner.change_feed()
     }
 }

@@ -4,13 +4,20 @@
 
 mod common;
 
-use onceflight_core::testkit::{ModelCheckConfig, check_against_model};
+use onceflight_core::HitCacheConfig;
+use onceflight_core::testkit::{ModelCheckConfig, ThroughHitCache, check_against_model};
 use onceflight_test_support::backend_available;
 
-/// Every answer of the Postgres store matches the reference model.
+/// Every answer of the Postgres store matches the reference model; and
+/// through a result cache in front of it (one after the other, so that
+/// neither competes with the other's timing).
 #[test]
 fn postgres_store_matches_the_model() {
     if backend_available("DATABASE_URL") {
         check_against_model(common::setup, ModelCheckConfig::real());
+        check_against_model(
+            ThroughHitCache::new(common::setup, HitCacheConfig::default()),
+            ModelCheckConfig::real(),
+        );
     }
 }

@@ -4,15 +4,22 @@
 
 mod common;
 
-use onceflight_core::testkit::{Expiry, ModelCheckConfig, check_against_model};
+use onceflight_core::HitCacheConfig;
+use onceflight_core::testkit::{Expiry, ModelCheckConfig, ThroughHitCache, check_against_model};
 use onceflight_test_support::backend_available;
 
-/// Every answer of the Redis store matches the reference model.
+/// Every answer of the Redis store matches the reference model; and
+/// through a result cache in front of it (one after the other, so that
+/// neither competes with the other's timing).
 #[test]
 fn redis_store_matches_the_model() {
     if backend_available("REDIS_URL") {
         check_against_model(
             common::setup,
+            ModelCheckConfig::real().with_expiry(Expiry::ByStorage),
+        );
+        check_against_model(
+            ThroughHitCache::new(common::setup, HitCacheConfig::default()),
             ModelCheckConfig::real().with_expiry(Expiry::ByStorage),
         );
     }
