@@ -18,6 +18,10 @@
 //!   completed and every held request must be answered with the completed
 //!   record: the time from `complete` to each answer is recorded too.
 //!
+//! - Hits through a hit cache: a server on Postgres (`DATABASE_URL`) with
+//!   `--hit-cache-max-stale-ms`, hot claims beside `GET /healthz` of that
+//!   server (§9's HTTP target for cached hits: ≥ 0.9 × the bare route).
+//!
 //! Without `ONCEFLIGHT_BIN` the benchmark is skipped loudly, unless
 //! `ONCEFLIGHT_REQUIRE_BACKENDS=1` (`cargo xtask bench` builds the binary
 //! and sets both).
@@ -81,6 +85,11 @@ fn main() {
     let server = runtime.block_on(start_server(&binary));
     claims(&mut criterion, &runtime, &server);
     drop(server);
+
+    if let Some(server) = runtime.block_on(start_cached_server(&binary)) {
+        cached_hits(&mut criterion, &runtime, &server);
+        drop(server);
+    }
 
     // A fresh server, so that memory the claims freed cannot hide what the
     // waiters cost.
@@ -198,6 +207,103 @@ fn claims(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
             BENCH,
             what,
             STORE,
+            endpoint.wrong.load(Ordering::Relaxed) as f64,
+            0.0,
+            &format!(
+                "of {} requests (criterion's warm-up included)",
+                endpoint.sent.load(Ordering::Relaxed)
+            ),
+        );
+    }
+}
+
+/// The store of the hit-cache figures and its label, from `DATABASE_URL`.
+const CACHED_STORE: &str = "http (postgres, hit cache)";
+
+/// `onceflight serve` on Postgres (`DATABASE_URL`, a fresh schema) with a
+/// hit cache, or `None` after saying loudly that the figure is skipped.
+async fn start_cached_server(binary: &Path) -> Option<Server> {
+    let database = stores::Pg::Fast.url()?;
+    let schema = stores::unique("http_cache");
+    Some(
+        Launch::new(binary)
+            .args(&[
+                "--store",
+                &database,
+                "--pg-schema",
+                &schema,
+                "--hit-cache-max-stale-ms",
+                "1000",
+            ])
+            .env("RUST_LOG", "warn")
+            .ready_when("/readyz", STARTUP)
+            .start()
+            .await,
+    )
+}
+
+/// Hot claims through a server whose store is Postgres, answered from its
+/// hit cache, beside `GET /healthz` of the same server: the HTTP layer is
+/// all that is left of a hit.
+fn cached_hits(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CALLERS)
+        .pool_idle_timeout(Duration::from_secs(4))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
+    runtime.block_on(complete_hot_key(&client, server));
+    let hot_url = server.url(&format!("/v1/requests/{HOT_KEY}/claim"));
+    let hot = Endpoint::new(&client, server, Method::POST, StatusCode::OK, move |_| {
+        hot_url.clone()
+    });
+    let bare_url = server.url("/healthz");
+    let bare = Endpoint::new(&client, server, Method::GET, StatusCode::OK, move |_| {
+        bare_url.clone()
+    });
+    let (hot_series, bare_series) = (load::series(), load::series());
+    let mut group = criterion.benchmark_group("http_claims_hit_cache");
+    for (name, endpoint, series) in [
+        ("hot completed key: POST claim", &hot, &hot_series),
+        ("GET /healthz (baseline)", &bare, &bare_series),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| runtime.block_on(endpoint.load(iters, series)));
+        });
+    }
+    group.finish();
+    let (mut ours, mut base) = (hot_series.lock(), bare_series.lock());
+    report::figure(&Figure {
+        bench: BENCH,
+        group: CLAIMS_GROUP.to_owned(),
+        name: "claim, hot completed key, hit cache".to_owned(),
+        store: CACHED_STORE.to_owned(),
+        concurrency: Some(CALLERS),
+        unit: "req/s",
+        higher_is_better: true,
+        ours: ours.throughput(),
+        baseline: Some(base.throughput()),
+        baseline_name: Some(BASELINE.to_owned()),
+        target: Some(0.9),
+        target_text: Some("≥ 0.9 × bare route: hits answered in process".to_owned()),
+        p50_us: ours.percentile_us(0.5),
+        p99_us: ours.percentile_us(0.99),
+        baseline_p50_us: base.percentile_us(0.5),
+        baseline_p99_us: base.percentile_us(0.99),
+        note: Some(format!(
+            "the server on Postgres with --hit-cache-max-stale-ms 1000, by {CALLERS} callers \
+             over one keep-alive reqwest client"
+        )),
+        ..Figure::default()
+    });
+    for (what, endpoint) in [
+        ("hit-cache claims not answered 200", &hot),
+        ("GET /healthz not answered 200", &bare),
+    ] {
+        report::check_eq(
+            BENCH,
+            what,
+            CACHED_STORE,
             endpoint.wrong.load(Ordering::Relaxed) as f64,
             0.0,
             &format!(

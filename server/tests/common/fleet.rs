@@ -123,3 +123,88 @@ pub(crate) async fn a_long_poll_on_one_server_wakes_on_completion_through_the_ot
         "answered {after_complete:?} after B's complete: not woken by a notification"
     );
 }
+
+/// The staleness bound the fleet's hit caches are started with
+/// (`--hit-cache-max-stale-ms`).
+pub(crate) const HIT_CACHE_MAX_STALE: Duration = Duration::from_millis(300);
+
+/// The flag that starts a server with a hit cache of [`HIT_CACHE_MAX_STALE`].
+pub(crate) const HIT_CACHE_FLAGS: [&str; 2] = ["--hit-cache-max-stale-ms", "300"];
+
+/// One of `server`'s Prometheus counters (0 when absent).
+async fn counter(server: &Server, name: &str) -> f64 {
+    let response = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    let text = response.text().await.expect("the metrics' text");
+    text.lines()
+        .find_map(|line| {
+            let (metric, value) = line.split_once(' ')?;
+            (metric == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Servers `a` and `b` run with hit caches ([`HIT_CACHE_FLAGS`]): a result
+/// completed through `a` is served by `b` from memory (its metrics count
+/// the hit); deleted through `a`, it is never served by `b` once the bound
+/// has passed since the delete was answered, and `b` counts the
+/// invalidation.
+pub(crate) async fn a_delete_on_one_server_reaches_the_hit_cache_of_the_other(
+    a: &Server,
+    b: &Server,
+) {
+    let http = client();
+    let key = "image%7Ccached";
+    let claim_at = |server: &Server| server.url(&format!("/v1/requests/{key}/claim"));
+    let claim = call(&http, Method::POST, &claim_at(a), Some(json!({"kind": "image"})), None).await;
+    claim.expect(StatusCode::CREATED);
+    call(
+        &http,
+        Method::POST,
+        &a.url(&format!("/v1/requests/{key}/complete")),
+        Some(json!({"token": claim.token(), "result": {"url": "https://cdn/cached.png"}})),
+        None,
+    )
+    .await
+    .expect(StatusCode::OK);
+
+    // B serves the result from memory once its store's channel confirmed.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        call(&http, Method::POST, &claim_at(b), Some(json!({"kind": "image"})), None)
+            .await
+            .expect(StatusCode::OK);
+        if counter(b, "onceflight_hit_cache_hits_total").await > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < give_up, "B never served the result from memory");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let deletion = call(&http, Method::DELETE, &a.url(&format!("/v1/requests/{key}")), None, None)
+        .await;
+    assert_eq!(deletion.status, StatusCode::NO_CONTENT, "{deletion:?}");
+    let deleted = Instant::now();
+    loop {
+        let reply =
+            call(&http, Method::POST, &claim_at(b), Some(json!({"kind": "image"})), None).await;
+        let elapsed = deleted.elapsed();
+        if reply.status == StatusCode::CREATED {
+            break;
+        }
+        reply.expect(StatusCode::OK);
+        assert!(
+            elapsed <= HIT_CACHE_MAX_STALE,
+            "B served a result deleted through A {elapsed:?} ago, past its bound of \
+             {HIT_CACHE_MAX_STALE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        counter(b, "onceflight_hit_cache_invalidations_total").await >= 1.0,
+        "B counts the deletion it heard of"
+    );
+}

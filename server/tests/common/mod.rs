@@ -95,11 +95,26 @@ pub(crate) fn own_redis(test: &str, append_only: bool) -> Option<Redis> {
 /// ephemeral loopback port, for as long as the test's runtime lives. Returns
 /// the service's base URL.
 pub(crate) async fn serve_in_process(store: impl RequestStore, tokens: Tokens) -> String {
+    serve_in_process_with(store, tokens, None).await
+}
+
+/// [`serve_in_process`], with a hit cache configured as `hit_cache` when
+/// given.
+pub(crate) async fn serve_in_process_with(
+    store: impl RequestStore,
+    tokens: Tokens,
+    hit_cache: Option<onceflight_core::HitCacheConfig>,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
     let address = listener.local_addr().expect("the bound address");
-    let state = AppState::new(Arc::new(store), tokens, Limits::default());
+    let store: Arc<dyn RequestStore> = Arc::new(store);
+    let state = match hit_cache {
+        Some(config) => AppState::with_hit_cache(store, tokens, Limits::default(), config)
+            .expect("a store with a push channel"),
+        None => AppState::new(store, tokens, Limits::default()),
+    };
     tokio::spawn(onceflight_server::serve(
         listener,
         state,

@@ -14,7 +14,7 @@ use onceflight_server::auth::Tokens;
 use onceflight_server::client::HttpStore;
 use onceflight_store_memory::{MemoryConfig, MemoryStore};
 
-use crate::common::serve_in_process;
+use crate::common::{serve_in_process, serve_in_process_with};
 
 /// Serves a fresh memory store configured as `config` demands, with `tokens`,
 /// on an ephemeral loopback port, for as long as the test's runtime lives.
@@ -38,6 +38,8 @@ struct MemoryOverHttp {
     tokens: fn() -> Tokens,
     bearer: Option<&'static str>,
     namespace: Option<&'static str>,
+    /// The service's hit cache, if any.
+    hit_cache: Option<onceflight_core::HitCacheConfig>,
     served: Mutex<Vec<Arc<MemoryStore>>>,
 }
 
@@ -47,6 +49,7 @@ impl MemoryOverHttp {
             tokens: Tokens::default,
             bearer: None,
             namespace: None,
+            hit_cache: None,
             served: Mutex::new(Vec::new()),
         }
     }
@@ -63,9 +66,9 @@ impl Setup for MemoryOverHttp {
             .lock()
             .expect("the served stores")
             .push(Arc::clone(&store));
-        let (tokens, bearer) = ((self.tokens)(), self.bearer);
+        let (tokens, bearer, hit_cache) = ((self.tokens)(), self.bearer, self.hit_cache);
         Box::pin(async move {
-            let base = serve_in_process(store, tokens).await;
+            let base = serve_in_process_with(store, tokens, hit_cache).await;
             let client = HttpStore::new(&base).expect("a valid base URL");
             match bearer {
                 Some(bearer) => client.with_bearer_token(bearer),
@@ -124,6 +127,22 @@ mod namespaced {
     }
 
     onceflight_core::conformance_tests!(setup());
+
+    /// Every case through a namespace and the service's hit cache: hits
+    /// answered from the server's memory are the store's answers, in the
+    /// namespace's keys.
+    mod through_hit_cache {
+        use super::*;
+
+        fn cached() -> MemoryOverHttp {
+            MemoryOverHttp {
+                hit_cache: Some(onceflight_core::HitCacheConfig::default()),
+                ..setup()
+            }
+        }
+
+        onceflight_core::conformance_tests!(cached());
+    }
 
     /// One key in two namespaces is two independent records; a wrong token
     /// is refused as a `Backend` error (retrying will not fix it).

@@ -191,22 +191,47 @@ fn pooled_urls() -> Option<(String, String)> {
 }
 
 /// Two servers on one transaction-mode pooler (each its operations through
-/// PgBouncer, its LISTEN and migrations on the direct URL): a herd over both
-/// gets one lease, and a long-poll on one is woken by a complete on the
-/// other, through NOTIFY.
+/// PgBouncer, its LISTEN and migrations on the direct URL, and a hit
+/// cache): a herd over both gets one lease, a long-poll on one is woken by a
+/// complete on the other, through NOTIFY, and a delete through one reaches
+/// the other's cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_pooler_share_leases_and_wake_each_other() {
     let Some((pooled, direct)) = pooled_urls() else {
         return;
     };
     let schema = unique_name(SCHEMA);
-    let flags = ["--pg-pooler", "transaction", "--pg-listen-url", &direct];
+    let [cache, max_stale] = fleet::HIT_CACHE_FLAGS;
+    let flags = [
+        "--pg-pooler",
+        "transaction",
+        "--pg-listen-url",
+        &direct,
+        cache,
+        max_stale,
+    ];
     let mut a = pg_server(&pooled, &schema, &flags).spawn();
     let mut b = pg_server(&pooled, &schema, &flags).spawn();
     a.wait_ready().await;
     b.wait_ready().await;
     fleet::a_herd_over_two_servers_gets_one_lease(&a, &b).await;
     fleet::a_long_poll_on_one_server_wakes_on_completion_through_the_other(&a, &b).await;
+    fleet::a_delete_on_one_server_reaches_the_hit_cache_of_the_other(&a, &b).await;
+}
+
+/// Two servers with hit caches on one schema: a result served from B's
+/// memory and deleted through A is never served by B past the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_server_reaches_the_hit_cache_of_another() {
+    let Some(database) = database_url() else {
+        return;
+    };
+    let schema = unique_name(SCHEMA);
+    let mut a = pg_server(&database, &schema, &fleet::HIT_CACHE_FLAGS).spawn();
+    let mut b = pg_server(&database, &schema, &fleet::HIT_CACHE_FLAGS).spawn();
+    a.wait_ready().await;
+    b.wait_ready().await;
+    fleet::a_delete_on_one_server_reaches_the_hit_cache_of_the_other(&a, &b).await;
 }
 
 /// Through a pooler the server was not told about, `migrate` and `serve`

@@ -33,14 +33,31 @@ fn redis_server(redis: &str, prefix: &str) -> Launch {
         .ready_when("/readyz", STARTUP)
 }
 
-/// Two servers on `redis` under one fresh prefix, both ready.
-async fn two_servers(redis: &str) -> (Server, Server) {
+/// Two servers on `redis` under one fresh prefix, both ready, with `extra`
+/// arguments.
+async fn two_servers_with(redis: &str, extra: &[&str]) -> (Server, Server) {
     let prefix = format!("{}:", unique_name("t_srv"));
-    let mut a = redis_server(redis, &prefix).spawn();
-    let mut b = redis_server(redis, &prefix).spawn();
+    let mut a = redis_server(redis, &prefix).args(extra).spawn();
+    let mut b = redis_server(redis, &prefix).args(extra).spawn();
     a.wait_ready().await;
     b.wait_ready().await;
     (a, b)
+}
+
+/// Two servers on `redis` under one fresh prefix, both ready.
+async fn two_servers(redis: &str) -> (Server, Server) {
+    two_servers_with(redis, &[]).await
+}
+
+/// Two servers with hit caches on one prefix: a result served from B's
+/// memory and deleted through A is never served by B past the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_server_reaches_the_hit_cache_of_another() {
+    let Some(redis) = redis_url() else {
+        return;
+    };
+    let (a, b) = two_servers_with(&redis, &fleet::HIT_CACHE_FLAGS).await;
+    fleet::a_delete_on_one_server_reaches_the_hit_cache_of_the_other(&a, &b).await;
 }
 
 /// Horizontal scale on Redis: a herd spread over two servers under one
