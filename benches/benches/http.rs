@@ -102,24 +102,8 @@ fn main() {
 
 /// Claims on a hot completed key and on fresh keys, beside `GET /healthz`.
 fn claims(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
-    // Idle connections are dropped before the server's header timeout
-    // (10 s) closes them, which could fail a request sent at that moment.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CALLERS)
-        .pool_idle_timeout(Duration::from_secs(4))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client");
-    runtime.block_on(complete_hot_key(&client, server));
-
-    let hot_url = server.url(&format!("/v1/requests/{HOT_KEY}/claim"));
-    let hot = Endpoint::new(&client, server, Method::POST, StatusCode::OK, move |_| {
-        hot_url.clone()
-    });
-    let bare_url = server.url("/healthz");
-    let bare = Endpoint::new(&client, server, Method::GET, StatusCode::OK, move |_| {
-        bare_url.clone()
-    });
+    let client = claims_client();
+    let (hot, bare) = runtime.block_on(hot_and_bare(&client, server));
     let (fresh_url, run) = (
         server.url("/v1/requests/bench-fresh-"),
         stores::unique("run"),
@@ -246,21 +230,8 @@ async fn start_cached_server(binary: &Path) -> Option<Server> {
 /// hit cache, beside `GET /healthz` of the same server: the HTTP layer is
 /// all that is left of a hit.
 fn cached_hits(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CALLERS)
-        .pool_idle_timeout(Duration::from_secs(4))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client");
-    runtime.block_on(complete_hot_key(&client, server));
-    let hot_url = server.url(&format!("/v1/requests/{HOT_KEY}/claim"));
-    let hot = Endpoint::new(&client, server, Method::POST, StatusCode::OK, move |_| {
-        hot_url.clone()
-    });
-    let bare_url = server.url("/healthz");
-    let bare = Endpoint::new(&client, server, Method::GET, StatusCode::OK, move |_| {
-        bare_url.clone()
-    });
+    let client = claims_client();
+    let (hot, bare) = runtime.block_on(hot_and_bare(&client, server));
     let (hot_series, bare_series) = (load::series(), load::series());
     let mut group = criterion.benchmark_group("http_claims_hit_cache");
     for (name, endpoint, series) in [
@@ -312,6 +283,33 @@ fn cached_hits(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
             ),
         );
     }
+}
+
+/// The client of the claims figures: keep-alive connections for every
+/// caller. Idle connections are dropped before the server's header timeout
+/// (10 s) closes them, which could fail a request sent at that moment.
+fn claims_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(CALLERS)
+        .pool_idle_timeout(Duration::from_secs(4))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Completes the hot key on `server`; then its claims (answered 200) and
+/// the bare route `GET /healthz`.
+async fn hot_and_bare(client: &reqwest::Client, server: &Server) -> (Endpoint, Endpoint) {
+    complete_hot_key(client, server).await;
+    let hot_url = server.url(&format!("/v1/requests/{HOT_KEY}/claim"));
+    let hot = Endpoint::new(client, server, Method::POST, StatusCode::OK, move |_| {
+        hot_url.clone()
+    });
+    let bare_url = server.url("/healthz");
+    let bare = Endpoint::new(client, server, Method::GET, StatusCode::OK, move |_| {
+        bare_url.clone()
+    });
+    (hot, bare)
 }
 
 /// Claims `bench-hot` and completes it, then checks that a claim answers

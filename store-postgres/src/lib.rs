@@ -34,13 +34,21 @@
 //!   it is replaced, and as soon as the new one listens every waiter
 //!   re-reads its record. A bounded fallback re-read covers a lost
 //!   notification meanwhile.
+//! - The same connection feeds result caches ([`onceflight_core::RequestStore::change_feed`]):
+//!   the deletions it hears of, and while a cache listens, a probe every
+//!   third of the cache's staleness bound — a NOTIFY the connection sends to
+//!   itself on a channel of its own. Postgres delivers notifications of all
+//!   channels in commit order, so the probe's return confirms that every
+//!   delete committed before it was sent has arrived. When the connection
+//!   fails, caches are emptied at once.
 //! - Only writes on a key someone waits for notify. A transaction that
 //!   notifies takes a lock of the whole cluster at commit and holds it
 //!   through its WAL flush, so notifying commits happen one at a time.
 //!   Each read of a waiter registers its key, until it will read again, in
 //!   an UNLOGGED table (written without a WAL flush at commit); complete,
-//!   fail, release, delete and a claim that fails an exhausted lease notify
-//!   only a key registered there. A transaction-level advisory lock per
+//!   fail, release and a claim that fails an exhausted lease notify only a
+//!   key registered there. A delete always notifies: result caches on
+//!   other servers must forget the record, and deletes are rare. A transaction-level advisory lock per
 //!   key, shared by waiters and exclusive for writers, orders a waiter's
 //!   registration and read against a write's check, so no wake-up is lost
 //!   between them. A crash or failover empties the table, and also breaks

@@ -31,6 +31,16 @@
 //!   only then has every waiter re-read its record, so no change falls
 //!   between the re-read and the new subscription; a bounded fallback
 //!   re-read covers a lost message.
+//! - The same subscription feeds result caches
+//!   ([`onceflight_core::RequestStore::change_feed`]): every delete
+//!   publishes its key, and while a cache listens the subscription is PINGed
+//!   every third of the cache's staleness bound. Redis answers a PING after
+//!   every message published to the connection before it, so an answered
+//!   PING confirms that every earlier delete has arrived. Claims then also
+//!   ask for a completed record's retention left (its key's PTTL), which
+//!   the cache must not outlive. A Redis Cluster forwards messages between
+//!   nodes over its bus, in no order a PING on one node confirms: there the
+//!   store offers no feed, and a cache over it is refused.
 //!
 //! # Fencing tokens
 //!
