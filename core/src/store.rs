@@ -94,7 +94,10 @@ pub trait RequestStore: Send + Sync + Debug + 'static {
     /// terminal record, an expired lease).
     ///
     /// The store pushes the wake-up; any polling is a bounded fallback.
-    /// Read-only.
+    /// Changes no record: a store may note that someone waits on the key,
+    /// so that writes on keys nobody waits for notify no one (Postgres
+    /// registers the key in an unlogged table for as long as the waiter may
+    /// sleep).
     async fn wait(&self, key: &RequestKey, timeout: Duration) -> Result<Option<Record>>;
 
     /// Forgets the record (invalidates a cached result) and wakes its

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use onceflight_core::backend::check_lease_ttl;
 use onceflight_core::backend::waiters::{Waiters, wait_pushed};
 use onceflight_core::{
-    ChangeFeed, Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
-    Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
+    ChangeFeed, Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError,
+    Kind, Lease, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};

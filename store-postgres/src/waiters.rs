@@ -157,7 +157,10 @@ struct Sent {
 /// that confirms the feed every [`ChangeFeed::confirm_every`] — until the
 /// connection fails or stops answering.
 async fn receive(listening: &mut Listening, fanout: &Fanout, watch: Watch) {
-    let Listening { listener, probes: channel } = listening;
+    let Listening {
+        listener,
+        probes: channel,
+    } = listening;
     let mut quiet_since = Instant::now();
     let mut last_probe: Option<Instant> = None;
     let mut sent: Option<Sent> = None;
@@ -225,8 +228,11 @@ async fn receive(listening: &mut Listening, fanout: &Fanout, watch: Watch) {
                     ("SELECT 1".to_owned(), None)
                 };
                 let sql = sqlx::AssertSqlSafe(query);
-                match tokio::time::timeout(watch.timeout, (&mut *listener).execute(sqlx::raw_sql(sql)))
-                    .await
+                match tokio::time::timeout(
+                    watch.timeout,
+                    (&mut *listener).execute(sqlx::raw_sql(sql)),
+                )
+                .await
                 {
                     Ok(Ok(_)) => {
                         quiet_since = Instant::now();

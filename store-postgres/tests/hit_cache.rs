@@ -8,7 +8,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use onceflight_core::testkit::{ThroughHitCache, check_cut_channel, check_delete_reaches_other_cache};
+use onceflight_core::testkit::{
+    ThroughHitCache, check_cut_channel, check_delete_reaches_other_cache,
+};
 use onceflight_core::{HitCacheConfig, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgStore};
 use onceflight_test_support::backend_available;
@@ -58,7 +60,11 @@ async fn a_silent_listen_connection_stops_the_cache_within_the_bound() {
     }
     let direct = common::database_url();
     let (proxy, through_proxy) = Proxy::in_front_of(&direct, 5432).await;
-    let separator = if through_proxy.contains('?') { '&' } else { '?' };
+    let separator = if through_proxy.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     let schema = common::fresh_schema();
     let a = common::store_with(&schema, RETENTION).await;
     let b = PgStore::connect(

@@ -13,9 +13,8 @@ use futures::{FutureExt, StreamExt};
 use onceflight_core::backend::waiters::{Waiters, wait_pushed};
 use onceflight_core::backend::{check_lease_ttl, redact_url};
 use onceflight_core::{
-    ChangeFeed,
-    Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
-    Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
+    ChangeFeed, Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError,
+    Kind, Lease, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::ClusterClientBuilder;
@@ -1031,7 +1030,10 @@ impl RequestStore for RedisStore {
         );
         // A cache in front of the store keeps completed results only as
         // long as their retention: ask for it then (it costs a PTTL).
-        let cached = self.feed.as_ref().is_some_and(|f| f.confirm_every().is_some());
+        let cached = self
+            .feed
+            .as_ref()
+            .is_some_and(|f| f.confirm_every().is_some());
         let args: [&[u8]; 4] = [
             options.kind().as_str().as_bytes(),
             options

@@ -96,7 +96,13 @@ async fn a_cache_over_a_cluster_is_refused() {
     let refused = CachedStore::new(Arc::new(store), HitCacheConfig::default())
         .expect_err("no cache over a cluster");
     assert!(
-        matches!(&refused, Error::InvalidInput { field: "hit_cache", .. }),
+        matches!(
+            &refused,
+            Error::InvalidInput {
+                field: "hit_cache",
+                ..
+            }
+        ),
         "{refused:?}"
     );
 }

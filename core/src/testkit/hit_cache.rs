@@ -112,7 +112,9 @@ pub async fn check_delete_reaches_other_cache(
     let options = ClaimOptions::new(Kind::parse("image").expect("a valid kind"));
     complete_through(&*a, &key, &options, "first").await;
     served_from_memory(&cache, &key, &options).await;
-    a.delete(&key).await.expect("delete through the other server");
+    a.delete(&key)
+        .await
+        .expect("delete through the other server");
     let deleted = Instant::now();
     loop {
         let claim = cache
@@ -127,7 +129,11 @@ pub async fn check_delete_reaches_other_cache(
                  ({:?}), past the staleness bound of {max_stale:?}",
                 stale.result
             ),
-            _ => return Invalidation { seen_after: elapsed },
+            _ => {
+                return Invalidation {
+                    seen_after: elapsed,
+                };
+            }
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -163,7 +169,9 @@ pub async fn check_cut_channel(
         served_from_memory(&cache, key, &options).await;
     }
     cut();
-    a.delete(&deleted).await.expect("delete through the other server");
+    a.delete(&deleted)
+        .await
+        .expect("delete through the other server");
     tokio::time::sleep(max_stale + Duration::from_millis(1)).await;
     let claim = cache
         .claim_or_get(&deleted, &options)

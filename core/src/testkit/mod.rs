@@ -39,7 +39,9 @@ pub mod model;
 mod model_check;
 
 pub use concurrency::{ConcurrencyConfig, check_concurrent_history};
-pub use hit_cache::{Invalidation, ThroughHitCache, check_cut_channel, check_delete_reaches_other_cache};
+pub use hit_cache::{
+    Invalidation, ThroughHitCache, check_cut_channel, check_delete_reaches_other_cache,
+};
 pub use model_check::{ModelCheckConfig, check_against_model};
 
 /// What a fresh store under test must be configured with.

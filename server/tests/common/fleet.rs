@@ -159,7 +159,14 @@ pub(crate) async fn a_delete_on_one_server_reaches_the_hit_cache_of_the_other(
     let http = client();
     let key = "image%7Ccached";
     let claim_at = |server: &Server| server.url(&format!("/v1/requests/{key}/claim"));
-    let claim = call(&http, Method::POST, &claim_at(a), Some(json!({"kind": "image"})), None).await;
+    let claim = call(
+        &http,
+        Method::POST,
+        &claim_at(a),
+        Some(json!({"kind": "image"})),
+        None,
+    )
+    .await;
     claim.expect(StatusCode::CREATED);
     call(
         &http,
@@ -174,23 +181,44 @@ pub(crate) async fn a_delete_on_one_server_reaches_the_hit_cache_of_the_other(
     // B serves the result from memory once its store's channel confirmed.
     let give_up = Instant::now() + Duration::from_secs(30);
     loop {
-        call(&http, Method::POST, &claim_at(b), Some(json!({"kind": "image"})), None)
-            .await
-            .expect(StatusCode::OK);
+        call(
+            &http,
+            Method::POST,
+            &claim_at(b),
+            Some(json!({"kind": "image"})),
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
         if counter(b, "onceflight_hit_cache_hits_total").await > 0.0 {
             break;
         }
-        assert!(Instant::now() < give_up, "B never served the result from memory");
+        assert!(
+            Instant::now() < give_up,
+            "B never served the result from memory"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let deletion = call(&http, Method::DELETE, &a.url(&format!("/v1/requests/{key}")), None, None)
-        .await;
+    let deletion = call(
+        &http,
+        Method::DELETE,
+        &a.url(&format!("/v1/requests/{key}")),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(deletion.status, StatusCode::NO_CONTENT, "{deletion:?}");
     let deleted = Instant::now();
     loop {
-        let reply =
-            call(&http, Method::POST, &claim_at(b), Some(json!({"kind": "image"})), None).await;
+        let reply = call(
+            &http,
+            Method::POST,
+            &claim_at(b),
+            Some(json!({"kind": "image"})),
+            None,
+        )
+        .await;
         let elapsed = deleted.elapsed();
         if reply.status == StatusCode::CREATED {
             break;
