@@ -188,10 +188,8 @@ async fn receive(listening: &mut Listening, fanout: &Fanout, watch: Watch) {
                 quiet_since = Instant::now();
                 let payload = notification.payload();
                 if notification.channel() == channel.as_str() {
-                    if sent.as_ref().is_some_and(|sent| sent.payload == payload) {
-                        if let Some(sent) = sent.take() {
-                            fanout.feed.confirmed(sent.at);
-                        }
+                    if let Some(probe) = sent.take_if(|probe| probe.payload == payload) {
+                        fanout.feed.confirmed(probe.at);
                     }
                 } else if let Some(key) = payload.strip_prefix(fanout.prefix.as_str()) {
                     fanout.waiters.wake(key);
