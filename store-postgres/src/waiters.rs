@@ -135,7 +135,7 @@ async fn reconnect(options: &PgConnectOptions, watch: Watch) -> Listening {
     }
 }
 
-/// What the listening connection does next when nothing arrives.
+/// What woke the listening task.
 enum Event {
     Received(Result<Option<PgNotification>, sqlx::Error>),
     /// Time to probe (a cache listens) or ping (quiet for a while).
