@@ -11,6 +11,7 @@
 //! that bound, even when the channel breaks silently.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -37,6 +38,15 @@ struct Shared {
     /// Changes are made in this process and delivered as they happen: the
     /// feed is always confirmed.
     in_process: bool,
+    /// The instant `confirmed` counts from.
+    epoch: Instant,
+    /// Every change committed before `epoch` plus this many nanoseconds,
+    /// less one, has been delivered; 0 while the channel is down (or before
+    /// it first confirmed). An atomic, so that a cache hit takes no lock
+    /// here; written with release and read with acquire ordering, so that a
+    /// hit that sees a confirmation also sees every deletion delivered
+    /// before it.
+    confirmed: AtomicU64,
     state: Mutex<State>,
     /// Signalled when a listener asks for confirmations (or for more
     /// frequent ones), so that the store probes at once.
@@ -45,9 +55,6 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Every change committed before this instant has been delivered;
-    /// `None` while the channel is down (or before it first confirmed).
-    confirmed: Option<Instant>,
     /// How often the store is asked to confirm: the tightest interval any
     /// listener asked for.
     confirm_every: Option<Duration>,
@@ -71,6 +78,8 @@ impl ChangeFeed {
         Self {
             shared: Arc::new(Shared {
                 in_process,
+                epoch: Instant::now(),
+                confirmed: AtomicU64::new(0),
                 state: Mutex::new(State::default()),
                 asked: Notify::new(),
             }),
@@ -102,9 +111,23 @@ impl ChangeFeed {
     /// sent a probe on its push channel at `sent_at` and the answer came
     /// back after everything queued before it. Called by the store.
     pub fn confirmed(&self, sent_at: Instant) {
-        let mut state = self.lock();
-        if state.confirmed.is_none_or(|at| at < sent_at) {
-            state.confirmed = Some(sent_at);
+        // A probe sent before the feed existed cannot be told apart from
+        // one sent at its creation: ignoring it only serves less.
+        let Some(since) = sent_at.checked_duration_since(self.shared.epoch) else {
+            return;
+        };
+        let stamp = u64::try_from(since.as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .min(u64::MAX - 1)
+            + 1;
+        self.shared.confirmed.fetch_max(stamp, Ordering::AcqRel);
+    }
+
+    /// The instant of the last confirmation, if the channel is confirmed.
+    fn last_confirmed(&self) -> Option<Instant> {
+        match self.shared.confirmed.load(Ordering::Acquire) {
+            0 => None,
+            stamp => Some(self.shared.epoch + Duration::from_nanos(stamp - 1)),
         }
     }
 
@@ -112,7 +135,7 @@ impl ChangeFeed {
     /// caches forget everything and serve nothing until the next
     /// [`ChangeFeed::confirmed`]. Called by the store.
     pub fn lost(&self) {
-        self.lock().confirmed = None;
+        self.shared.confirmed.store(0, Ordering::Release);
         for listener in self.listeners() {
             listener.reset();
         }
@@ -139,8 +162,7 @@ impl ChangeFeed {
         if self.shared.in_process {
             return true;
         }
-        self.lock()
-            .confirmed
+        self.last_confirmed()
             .is_some_and(|at| now.saturating_duration_since(at) <= max_stale)
     }
 
@@ -170,7 +192,7 @@ impl fmt::Debug for ChangeFeed {
         let state = self.lock();
         f.debug_struct("ChangeFeed")
             .field("in_process", &self.shared.in_process)
-            .field("confirmed", &state.confirmed)
+            .field("confirmed", &self.last_confirmed())
             .field("listeners", &state.listeners.len())
             .finish()
     }

@@ -59,12 +59,14 @@ commands:
   lint                    `cargo fmt --check`, then clippy with -D warnings for
                           every feature set CI checks.
   ci                      lint, then test: what to run before landing a commit.
-  bench [--quick] [-- args]
+  bench [--quick] [--no-durable] [-- args]
                           build the server binary, then run the criterion
                           benchmarks (docs/protocol.md §9) against PostgreSQL (directly
                           and through PgBouncer in transaction mode) and Redis
                           (DATABASE_URL / PGBOUNCER_URL / REDIS_URL when set,
-                          otherwise throw-away servers) and write report.md
+                          otherwise throw-away servers), PostgreSQL also on a
+                          second server with fsync on (DATABASE_URL_DURABLE, or
+                          a throw-away one; --no-durable skips it), and write report.md
                           and results.json to
                           <target dir>/onceflight-bench/ (criterion's own
                           plots are under <target dir>/criterion/). --quick takes short,
