@@ -22,7 +22,9 @@
 //! written with `SET … PX`: one holding the same 100-byte value, and one
 //! holding a token, as a hand-written lock would. The store's prefix is as
 //! long as its default (`onceflight:`), so that the figures read as a
-//! production deployment's.
+//! production deployment's. It runs on a Redis of its own when
+//! `redis-server` is installed (else on `REDIS_URL`, saying so), since keys
+//! expiring on a shared server would shrink the growth it measures.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -161,9 +163,21 @@ fn redis_records() -> u64 {
 /// Bytes per record of each kind on Redis (see the module's docs), and a
 /// check that the completed records read back with their results.
 async fn redis_footprint() {
-    let Some(url) = stores::backend_url("REDIS_URL") else {
+    let Some(shared_url) = stores::backend_url("REDIS_URL") else {
         return;
     };
+    // A Redis of its own when redis-server is installed: on a shared one,
+    // keys of other benchmarks (or other users) expiring meanwhile would
+    // shrink the growth measured here.
+    let own = onceflight_test_support::redis::Redis::start()
+        .map_err(|error| {
+            eprintln!(
+                "the Redis footprint is measured on REDIS_URL, shared ({error}): keys expiring \
+                 there meanwhile make its figures low"
+            );
+        })
+        .ok();
+    let url = own.as_ref().map_or(shared_url, |own| own.url());
     // As long as the default `onceflight:`, and unique to this run.
     let prefix = format!(
         "of{:08x}:",
