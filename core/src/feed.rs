@@ -11,7 +11,7 @@
 //! that bound, even when the channel breaks silently.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ struct Shared {
     /// hit that sees a confirmation also sees every deletion delivered
     /// before it.
     confirmed: AtomicU64,
+    /// Whether a cache ever listened: read on claim paths, so kept apart
+    /// from the lock.
+    listened: AtomicBool,
     state: Mutex<State>,
     /// Signalled when a listener asks for confirmations (or for more
     /// frequent ones), so that the store probes at once.
@@ -80,6 +83,7 @@ impl ChangeFeed {
                 in_process,
                 epoch: Instant::now(),
                 confirmed: AtomicU64::new(0),
+                listened: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
                 asked: Notify::new(),
             }),
@@ -148,6 +152,13 @@ impl ChangeFeed {
         self.lock().confirm_every
     }
 
+    /// Whether a cache listens (has ever listened) to this feed: a store
+    /// may then fetch what only a cache needs, such as a result's retention
+    /// left. Takes no lock.
+    pub fn listened(&self) -> bool {
+        self.shared.listened.load(Ordering::Relaxed)
+    }
+
     /// Resolves when a cache starts listening or asks for more frequent
     /// confirmations than before: the store should probe its channel now
     /// rather than at its next usual time. A request made while nobody
@@ -177,6 +188,7 @@ impl ChangeFeed {
                 .map_or(confirm_every, |d| d.min(confirm_every)),
         );
         drop(state);
+        self.shared.listened.store(true, Ordering::Relaxed);
         self.shared.asked.notify_one();
     }
 }

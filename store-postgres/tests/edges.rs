@@ -14,7 +14,6 @@ use std::time::Duration;
 use onceflight_core::{Bytes, Claim, Error, JobError, RecordState, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 use onceflight_test_support::backend_available;
-use onceflight_test_support::proxy::Proxy;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::time::Instant;
@@ -330,16 +329,10 @@ async fn a_silent_listening_connection_is_replaced() {
     if !backend_available("DATABASE_URL") {
         return;
     }
-    let direct = common::database_url();
-    let (proxy, through_proxy) = Proxy::in_front_of(&direct, 5432).await;
-    let separator = if through_proxy.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let mut config = PgConfig::new(&direct)
+    let (proxy, through_proxy) = common::database_through_proxy().await;
+    let mut config = PgConfig::new(common::database_url())
         .with_schema(common::fresh_schema())
-        .with_listen_url(format!("{through_proxy}{separator}sslmode=disable"))
+        .with_listen_url(through_proxy)
         .with_pool_size(2);
     config.wait_fallback = Duration::from_secs(60);
     config.listen_ping = Duration::from_millis(200);

@@ -14,7 +14,6 @@ use onceflight_core::testkit::{
 use onceflight_core::{HitCacheConfig, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgStore};
 use onceflight_test_support::backend_available;
-use onceflight_test_support::proxy::Proxy;
 
 /// The conformance suite through a cache: whatever it answers from memory
 /// is what the store would answer.
@@ -58,19 +57,13 @@ async fn a_silent_listen_connection_stops_the_cache_within_the_bound() {
     if !backend_available("DATABASE_URL") {
         return;
     }
-    let direct = common::database_url();
-    let (proxy, through_proxy) = Proxy::in_front_of(&direct, 5432).await;
-    let separator = if through_proxy.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
+    let (proxy, through_proxy) = common::database_through_proxy().await;
     let schema = common::fresh_schema();
     let a = common::store_with(&schema, RETENTION).await;
     let b = PgStore::connect(
-        PgConfig::new(&direct)
+        PgConfig::new(common::database_url())
             .with_schema(&schema)
-            .with_listen_url(format!("{through_proxy}{separator}sslmode=disable"))
+            .with_listen_url(through_proxy)
             .with_pool_size(2)
             .with_operation_timeout(Duration::from_secs(2)),
     )

@@ -1030,10 +1030,7 @@ impl RequestStore for RedisStore {
         );
         // A cache in front of the store keeps completed results only as
         // long as their retention: ask for it then (it costs a PTTL).
-        let cached = self
-            .feed
-            .as_ref()
-            .is_some_and(|f| f.confirm_every().is_some());
+        let cached = self.feed.as_ref().is_some_and(ChangeFeed::listened);
         let args: [&[u8]; 4] = [
             options.kind().as_str().as_bytes(),
             options

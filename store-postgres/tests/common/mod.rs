@@ -42,6 +42,16 @@ pub(crate) async fn store_with(schema: &str, retention: Duration) -> PgStore {
     .await
 }
 
+/// A proxy in front of the test database, and the database's URL through
+/// it, TLS off (the proxy only passes bytes), for tests that break the path
+/// of one connection, such as the LISTEN connection.
+pub(crate) async fn database_through_proxy() -> (onceflight_test_support::proxy::Proxy, String) {
+    let (proxy, url) =
+        onceflight_test_support::proxy::Proxy::in_front_of(&database_url(), 5432).await;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    (proxy, format!("{url}{separator}sslmode=disable"))
+}
+
 /// The conformance suite's setup.
 pub(crate) async fn setup(config: SuiteConfig) -> PgStore {
     store_with(&fresh_schema(), config.retention).await
