@@ -11,16 +11,18 @@
 //!   query. Connections are not pinged before use; sqlx checks each one
 //!   with an empty Sync when it goes back into the pool, after the caller
 //!   has its answer.
-//! - `claim_or_get` reads first and answers hits (a live lease, a result, a
-//!   final failure) from a plain snapshot read: no row lock, no transaction
-//!   id, no WAL, and only the columns the answer needs (plus the record's
-//!   retention end), not the whole record. Only a due write (fresh record,
-//!   takeover, retry) locks the row. Claims that find no live record take
-//!   the key's creation lock (a transaction-level advisory lock: no
-//!   transaction id) and read again, so the loser of a race to create a
-//!   record waits for the winner's commit and reads its record like any
-//!   hit; `ON CONFLICT DO NOTHING` still makes any other race a re-read,
-//!   never an error.
+//! - `claim_or_get` answers a hit on a completed result with a plain SQL
+//!   read of the columns the answer needs (a fraction of the cost of a
+//!   plpgsql call), and calls `onceflight_claim_v2` in the same statement
+//!   only when that read found no such hit. The function answers the other
+//!   hits (a live lease, a final failure) from a plain snapshot read too: no
+//!   row lock, no transaction id, no WAL. Only a due write (fresh record,
+//!   takeover, retry) locks the row. A claim that finds no record inserts
+//!   with `ON CONFLICT DO NOTHING`, so the loser of a race to create it
+//!   waits for the winner's commit, inserts nothing and reads the winner's
+//!   record like any hit; a record past retention is taken over under the
+//!   key's creation lock (a transaction-level advisory lock), so its racing
+//!   claimants take turns. No race ever reaches the caller as an error.
 //! - Renewals and completions are HOT updates: the only index is the
 //!   primary key, and pages keep room for new row versions (fillfactor
 //!   85). `sweep` therefore walks the primary key, a bounded batch per
