@@ -117,18 +117,17 @@ fn claims(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
     );
     let (hot_series, bare_series, fresh_series) = (load::series(), load::series(), load::series());
 
-    let mut group = criterion.benchmark_group("http_claims");
-    for (name, endpoint, series) in [
-        ("hot completed key: POST claim", &hot, &hot_series),
-        ("GET /healthz (baseline)", &bare, &bare_series),
-        // Last: every fresh claim leaves a record in the server.
-        ("fresh keys: POST claim", &fresh, &fresh_series),
-    ] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| runtime.block_on(endpoint.load(iters, series)));
-        });
-    }
-    group.finish();
+    bench_endpoints(
+        criterion,
+        runtime,
+        "http_claims",
+        &[
+            ("hot completed key: POST claim", &hot, &hot_series),
+            ("GET /healthz (baseline)", &bare, &bare_series),
+            // Last: every fresh claim leaves a record in the server.
+            ("fresh keys: POST claim", &fresh, &fresh_series),
+        ],
+    );
 
     let mut bare_series = bare_series.lock();
     let (bare_p50, bare_p99) = (
@@ -182,23 +181,14 @@ fn claims(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
          each time, answered 201 acquired (the leases are left to expire)",
     );
 
-    for (what, endpoint) in [
-        ("hot-key claims not answered 200", &hot),
-        ("GET /healthz not answered 200", &bare),
-        ("fresh-key claims not answered 201", &fresh),
-    ] {
-        report::check_eq(
-            BENCH,
-            what,
-            STORE,
-            endpoint.wrong.load(Ordering::Relaxed) as f64,
-            0.0,
-            &format!(
-                "of {} requests (criterion's warm-up included)",
-                endpoint.sent.load(Ordering::Relaxed)
-            ),
-        );
-    }
+    check_answered(
+        STORE,
+        &[
+            ("hot-key claims not answered 200", &hot),
+            ("GET /healthz not answered 200", &bare),
+            ("fresh-key claims not answered 201", &fresh),
+        ],
+    );
 }
 
 /// The store of the hit-cache figures and its label, from `DATABASE_URL`.
@@ -233,16 +223,15 @@ fn cached_hits(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
     let client = claims_client();
     let (hot, bare) = runtime.block_on(hot_and_bare(&client, server));
     let (hot_series, bare_series) = (load::series(), load::series());
-    let mut group = criterion.benchmark_group("http_claims_hit_cache");
-    for (name, endpoint, series) in [
-        ("hot completed key: POST claim", &hot, &hot_series),
-        ("GET /healthz (baseline)", &bare, &bare_series),
-    ] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| runtime.block_on(endpoint.load(iters, series)));
-        });
-    }
-    group.finish();
+    bench_endpoints(
+        criterion,
+        runtime,
+        "http_claims_hit_cache",
+        &[
+            ("hot completed key: POST claim", &hot, &hot_series),
+            ("GET /healthz (baseline)", &bare, &bare_series),
+        ],
+    );
     let (mut ours, mut base) = (hot_series.lock(), bare_series.lock());
     report::figure(&Figure {
         bench: BENCH,
@@ -267,14 +256,38 @@ fn cached_hits(criterion: &mut Criterion, runtime: &Runtime, server: &Server) {
         )),
         ..Figure::default()
     });
-    for (what, endpoint) in [
-        ("hit-cache claims not answered 200", &hot),
-        ("GET /healthz not answered 200", &bare),
-    ] {
+    check_answered(
+        CACHED_STORE,
+        &[
+            ("hit-cache claims not answered 200", &hot),
+            ("GET /healthz not answered 200", &bare),
+        ],
+    );
+}
+
+/// Times each endpoint's load as a function of criterion's `group`.
+fn bench_endpoints(
+    criterion: &mut Criterion,
+    runtime: &Runtime,
+    group: &str,
+    endpoints: &[(&str, &Endpoint, &Shared)],
+) {
+    let mut group = criterion.benchmark_group(group);
+    for &(name, endpoint, series) in endpoints {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| runtime.block_on(endpoint.load(iters, series)));
+        });
+    }
+    group.finish();
+}
+
+/// Checks that every request each endpoint sent was answered as expected.
+fn check_answered(store: &str, endpoints: &[(&str, &Endpoint)]) {
+    for &(what, endpoint) in endpoints {
         report::check_eq(
             BENCH,
             what,
-            CACHED_STORE,
+            store,
             endpoint.wrong.load(Ordering::Relaxed) as f64,
             0.0,
             &format!(

@@ -263,7 +263,10 @@ mod tests {
         waiters.wake("k");
         let late = waiters.subscribe("k");
         let (id, _) = shared.cell.get().expect("the shared read");
-        assert_ne!(*id, late.id, "the late waiter must not take the shared read");
+        assert_ne!(
+            *id, late.id,
+            "the late waiter must not take the shared read"
+        );
         assert_eq!(*id, reader.id);
     }
 }

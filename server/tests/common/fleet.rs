@@ -147,6 +147,37 @@ async fn counter(server: &Server, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Claims the fresh `key` (as it goes in a URL) on `server` with `body`
+/// and completes it with `result`; returns the lease's token.
+pub(crate) async fn claim_and_complete(
+    http: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    body: serde_json::Value,
+    result: &serde_json::Value,
+) -> u64 {
+    let claim = call(
+        http,
+        Method::POST,
+        &server.url(&format!("/v1/requests/{key}/claim")),
+        Some(body),
+        None,
+    )
+    .await;
+    claim.expect(StatusCode::CREATED);
+    let token = claim.token();
+    call(
+        http,
+        Method::POST,
+        &server.url(&format!("/v1/requests/{key}/complete")),
+        Some(json!({"token": token, "result": result})),
+        None,
+    )
+    .await
+    .expect(StatusCode::OK);
+    token
+}
+
 /// Servers `a` and `b` run with hit caches ([`HIT_CACHE_FLAGS`]): a result
 /// completed through `a` is served by `b` from memory (its metrics count
 /// the hit); deleted through `a`, it is never served by `b` once the bound
@@ -159,24 +190,14 @@ pub(crate) async fn a_delete_on_one_server_reaches_the_hit_cache_of_the_other(
     let http = client();
     let key = "image%7Ccached";
     let claim_at = |server: &Server| server.url(&format!("/v1/requests/{key}/claim"));
-    let claim = call(
+    claim_and_complete(
         &http,
-        Method::POST,
-        &claim_at(a),
-        Some(json!({"kind": "image"})),
-        None,
+        a,
+        key,
+        json!({"kind": "image"}),
+        &json!({"url": "https://cdn/cached.png"}),
     )
     .await;
-    claim.expect(StatusCode::CREATED);
-    call(
-        &http,
-        Method::POST,
-        &a.url(&format!("/v1/requests/{key}/complete")),
-        Some(json!({"token": claim.token(), "result": {"url": "https://cdn/cached.png"}})),
-        None,
-    )
-    .await
-    .expect(StatusCode::OK);
 
     // B serves the result from memory once its store's channel confirmed.
     let give_up = Instant::now() + Duration::from_secs(30);

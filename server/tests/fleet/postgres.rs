@@ -14,7 +14,7 @@ use onceflight_test_support::{backend_available, unique_name};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::common::{Launch, call, client, fleet, onceflight};
+use crate::common::{Launch, Server, call, client, fleet, onceflight};
 
 /// How long a server may take to answer `/readyz` after it is spawned
 /// (connecting and migrating included).
@@ -38,6 +38,17 @@ fn database_url() -> Option<String> {
 /// `onceflight serve` on a free loopback port, on `database` in `schema`,
 /// with `extra` arguments and info logs; ready once `/readyz` answers 200
 /// (the store answers) within [`STARTUP`].
+/// Two servers on one fresh schema, started (and migrating) at once, as a
+/// fleet does; `extra` goes to both.
+async fn two_servers(database: &str, extra: &[&str]) -> (Server, Server) {
+    let schema = unique_name(SCHEMA);
+    let mut a = pg_server(database, &schema, extra).spawn();
+    let mut b = pg_server(database, &schema, extra).spawn();
+    a.wait_ready().await;
+    b.wait_ready().await;
+    (a, b)
+}
+
 fn pg_server(database: &str, schema: &str, extra: &[&str]) -> Launch {
     crate::common::launch()
         .args(&[
@@ -97,25 +108,14 @@ async fn completed_results_survive_a_restart() {
     let result = json!({"url": "https://cdn/restart.png", "n": [1, 2, 3]});
 
     let mut first = pg_server(&database, &schema, &[]).start().await;
-    let claim = call(
+    let token = fleet::claim_and_complete(
         &http,
-        Method::POST,
-        &first.url(&format!("/v1/requests/{key}/claim")),
-        Some(json!({"kind": "image", "owner": "w1"})),
-        None,
+        &first,
+        key,
+        json!({"kind": "image", "owner": "w1"}),
+        &result,
     )
     .await;
-    claim.expect(StatusCode::CREATED);
-    let token = claim.token();
-    call(
-        &http,
-        Method::POST,
-        &first.url(&format!("/v1/requests/{key}/complete")),
-        Some(json!({"token": token, "result": result})),
-        None,
-    )
-    .await
-    .expect(StatusCode::OK);
     first.terminate().await;
     drop(first);
 
@@ -155,12 +155,7 @@ async fn two_servers_on_one_schema_grant_one_lease() {
     let Some(database) = database_url() else {
         return;
     };
-    let schema = unique_name(SCHEMA);
-    // Both start (and migrate) at once, as a fleet does.
-    let mut a = pg_server(&database, &schema, &[]).spawn();
-    let mut b = pg_server(&database, &schema, &[]).spawn();
-    a.wait_ready().await;
-    b.wait_ready().await;
+    let (a, b) = two_servers(&database, &[]).await;
     fleet::a_herd_over_two_servers_gets_one_lease(&a, &b).await;
 }
 
@@ -172,11 +167,7 @@ async fn a_long_poll_wakes_when_another_server_completes() {
     let Some(database) = database_url() else {
         return;
     };
-    let schema = unique_name(SCHEMA);
-    let mut a = pg_server(&database, &schema, &[]).spawn();
-    let mut b = pg_server(&database, &schema, &[]).spawn();
-    a.wait_ready().await;
-    b.wait_ready().await;
+    let (a, b) = two_servers(&database, &[]).await;
     fleet::a_long_poll_on_one_server_wakes_on_completion_through_the_other(&a, &b).await;
 }
 
@@ -226,11 +217,7 @@ async fn a_delete_on_one_server_reaches_the_hit_cache_of_another() {
     let Some(database) = database_url() else {
         return;
     };
-    let schema = unique_name(SCHEMA);
-    let mut a = pg_server(&database, &schema, &fleet::HIT_CACHE_FLAGS).spawn();
-    let mut b = pg_server(&database, &schema, &fleet::HIT_CACHE_FLAGS).spawn();
-    a.wait_ready().await;
-    b.wait_ready().await;
+    let (a, b) = two_servers(&database, &fleet::HIT_CACHE_FLAGS).await;
     fleet::a_delete_on_one_server_reaches_the_hit_cache_of_the_other(&a, &b).await;
 }
 
@@ -374,24 +361,14 @@ async fn migrate_then_serve_without_migrating() {
         .start()
         .await;
     let http = client();
-    let claim = call(
+    fleet::claim_and_complete(
         &http,
-        Method::POST,
-        &server.url("/v1/requests/image%7Cmigrated/claim"),
-        Some(json!({"kind": "image"})),
-        None,
+        &server,
+        "image%7Cmigrated",
+        json!({"kind": "image"}),
+        &json!("done"),
     )
     .await;
-    claim.expect(StatusCode::CREATED);
-    call(
-        &http,
-        Method::POST,
-        &server.url("/v1/requests/image%7Cmigrated/complete"),
-        Some(json!({"token": claim.token(), "result": "done"})),
-        None,
-    )
-    .await
-    .expect(StatusCode::OK);
     drop(server);
 
     let mut unmigrated = pg_server(&database, &unique_name(SCHEMA), &["--no-migrate"]).spawn();
