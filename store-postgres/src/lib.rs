@@ -14,15 +14,18 @@
 //! - `claim_or_get` answers a hit on a completed result with a plain SQL
 //!   read of the columns the answer needs (a fraction of the cost of a
 //!   plpgsql call), and calls `onceflight_claim_v2` in the same statement
-//!   only when that read found no such hit. The function answers the other
+//!   only when that read found no such hit (through a transaction-mode
+//!   pooler, where every statement is sent unprepared and planned anew, the
+//!   claim is the function call alone). The function answers the other
 //!   hits (a live lease, a final failure) from a plain snapshot read too: no
 //!   row lock, no transaction id, no WAL. Only a due write (fresh record,
-//!   takeover, retry) locks the row. A claim that finds no record inserts
-//!   with `ON CONFLICT DO NOTHING`, so the loser of a race to create it
-//!   waits for the winner's commit, inserts nothing and reads the winner's
-//!   record like any hit; a record past retention is taken over under the
-//!   key's creation lock (a transaction-level advisory lock), so its racing
-//!   claimants take turns. No race ever reaches the caller as an error.
+//!   takeover, retry) locks the row. A claim that finds no record tries the
+//!   key's creation lock (a transaction-level advisory lock) without
+//!   waiting and, holding it, inserts at once; a claim that finds the lock
+//!   held waits for the winner's commit and reads its record like any hit,
+//!   without a row lock or a transaction id. A record past retention is
+//!   taken over under the same lock, after reading again. `ON CONFLICT DO
+//!   NOTHING` makes any other race a re-read: none reaches the caller.
 //! - Renewals and completions are HOT updates: the only index is the
 //!   primary key, and pages keep room for new row versions (fillfactor
 //!   85). `sweep` therefore walks the primary key, a bounded batch per

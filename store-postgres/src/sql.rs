@@ -172,6 +172,11 @@ fn literal(out: &mut String, arg: Arg<'_>) -> Result<()> {
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub(crate) claim: Statement,
+    /// `claim` for a transaction-mode pooler, which sends every statement
+    /// unprepared: the function call alone, whose own plans the server
+    /// connection keeps, where `claim`'s joins would be planned anew each
+    /// time.
+    pub(crate) claim_unprepared: Statement,
     pub(crate) renew: Statement,
     pub(crate) complete: Statement,
     pub(crate) fail: Statement,
@@ -221,6 +226,9 @@ impl Statements {
                  LEFT JOIN LATERAL ( \
                      SELECT {schema}.onceflight_claim_v2($1, $2, $3, $4, $5, $6, $7, $8) AS c \
                      WHERE h.token IS NULL OFFSET 0) f ON true"),
+            claim_unprepared: s(
+                "SELECT * FROM {schema}.onceflight_claim_v2($1, $2, $3, $4, $5, $6, $7, $8)",
+            ),
             renew: s(
                 "SELECT outcome, db_now, (rec).* FROM {schema}.onceflight_renew($1, $2, $3, $4)",
             ),

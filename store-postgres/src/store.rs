@@ -604,7 +604,11 @@ impl RequestStore for PgStore {
             Arg::BigInt(ms(options.retry_backoff())),
             Arg::BigInt(self.retention_ms),
         ];
-        let row = self.fetch_one(&self.statements.claim, &args).await?;
+        let statement = match self.pooler {
+            PgPooler::None => &self.statements.claim,
+            PgPooler::Transaction => &self.statements.claim_unprepared,
+        };
+        let row = self.fetch_one(statement, &args).await?;
         claim(&row, key, options)
     }
 

@@ -1,18 +1,16 @@
--- A claim of a key with no record inserts at once.
+-- A claim of a key with no record inserts without reading twice.
 --
--- `onceflight_claim_v2` used to take the key's creation lock (an advisory
--- lock) before inserting, so that the losers of a race to create a record
--- waited for the winner and then read its record like any hit. INSERT …
--- ON CONFLICT DO NOTHING gives them the same without the extra lock and
--- read: its look at the primary key finds the winner's row, waits for the
--- winner's commit and inserts nothing, and the loop then reads the
--- winner's record. A loser takes no row lock. It does draw a token it
--- never uses (sequence values only need to grow), and so, once in the 32
--- draws after which Postgres logs the sequence, a transaction id; a loser
--- whose look came before the winner's row existed also writes a row it
--- then discards. Both are rare next to the read and lock saved on every
--- fresh claim. The creation lock stays for the rarer race over a record
--- past retention, which an UPDATE settles.
+-- `onceflight_claim_v2` took the key's creation lock (an advisory lock)
+-- and then read the key again before inserting, so that the losers of a
+-- race to create a record waited for the winner and then read its record
+-- like any hit. Now a claim that finds no record tries the creation lock
+-- without waiting: when nobody else holds it, it inserts at once, and the
+-- read after the lock is skipped. A claim that finds the lock held (another
+-- claim is creating the record) waits for it and reads the winner's record
+-- as before: no row lock, no transaction id, no token drawn. A record past
+-- retention is still taken over after waiting for the lock and reading
+-- again. ON CONFLICT DO NOTHING still settles the rare race with a claim
+-- that finished creating between this claim's read and its try.
 --
 -- Same signature and outcomes as before; servers of the previous release
 -- call the same function.
@@ -48,14 +46,21 @@ BEGIN
         db_now := v_now;
 
         IF NOT v_found OR r.expires_at <= v_now THEN
-            -- A record past retention is taken over under the key's
-            -- creation lock (racing claims take turns and the losers read
-            -- the winner's record); a missing one is inserted at once.
-            IF v_found AND NOT v_creating AND NOT v_locked THEN
-                PERFORM pg_advisory_xact_lock(onceflight_lock_id(2, p_key));
-                v_creating := true;
-                v_locked := false;
-                CONTINUE;
+            IF NOT v_creating AND NOT (v_found AND v_locked) THEN
+                -- No record, and no other claim creating one: create it
+                -- at once, holding the creation lock.
+                IF NOT v_found
+                   AND pg_try_advisory_xact_lock(onceflight_lock_id(2, p_key)) THEN
+                    v_creating := true;
+                ELSE
+                    -- Another claim is creating it (or the record is past
+                    -- retention): wait for the creation lock, then read
+                    -- what the holder left.
+                    PERFORM pg_advisory_xact_lock(onceflight_lock_id(2, p_key));
+                    v_creating := true;
+                    v_locked := false;
+                    CONTINUE;
+                END IF;
             END IF;
             IF v_found THEN
                 -- Past retention: the record starts over.
