@@ -19,13 +19,12 @@
 //!   claim is the function call alone). The function answers the other
 //!   hits (a live lease, a final failure) from a plain snapshot read too: no
 //!   row lock, no transaction id, no WAL. Only a due write (fresh record,
-//!   takeover, retry) locks the row. A claim that finds no record tries the
-//!   key's creation lock (a transaction-level advisory lock) without
-//!   waiting and, holding it, inserts at once; a claim that finds the lock
-//!   held waits for the winner's commit and reads its record like any hit,
-//!   without a row lock or a transaction id. A record past retention is
-//!   taken over under the same lock, after reading again. `ON CONFLICT DO
-//!   NOTHING` makes any other race a re-read: none reaches the caller.
+//!   takeover, retry) locks the row. Claims that find no live record take
+//!   the key's creation lock (a transaction-level advisory lock: no
+//!   transaction id) and read again, so the loser of a race to create a
+//!   record waits for the winner's commit and reads its record like any
+//!   hit; `ON CONFLICT DO NOTHING` still makes any other race a re-read,
+//!   never an error.
 //! - Renewals and completions are HOT updates: the only index is the
 //!   primary key, and pages keep room for new row versions (fillfactor
 //!   85). `sweep` therefore walks the primary key, a bounded batch per
