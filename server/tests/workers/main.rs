@@ -45,9 +45,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::history::{self, History, Line};
-use common::{Launch, Server, call, client};
+use common::{Launch, Server, checked_json, client};
 use libtest_mimic::{Arguments, Failed, Trial};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::runtime::Handle;
@@ -69,6 +69,9 @@ const SCENARIO_BOUND: Duration = Duration::from_secs(90);
 /// Slack on top of one lease TTL for a killed worker's key to be taken over
 /// (§5.6): scheduling, process start-up and HTTP on a loaded CI machine.
 const TAKEOVER_SLACK: Duration = Duration::from_secs(6);
+/// How long a read after the run may still find the store unavailable (503)
+/// after an outage ended.
+const STORE_BACK: Duration = Duration::from_secs(15);
 
 /// Scenarios run at once (each is mostly sleeping processes).
 const PARALLEL: usize = 4;
@@ -219,15 +222,33 @@ async fn final_records(server: &Server, keys: &[String]) -> BTreeMap<String, Val
     let http = client();
     let mut records = BTreeMap::new();
     for key in keys {
-        let reply = call(
-            &http,
-            Method::GET,
-            &server.url(&format!("/v1/requests/{key}")),
-            None,
-            None,
-        )
-        .await;
-        records.insert(key.clone(), reply.expect(StatusCode::OK).clone());
+        let url = server.url(&format!("/v1/requests/{key}"));
+        // A store just back from an outage may still answer 503
+        // `store_unavailable` (with `Retry-After`) while its pool replaces
+        // connections the outage left behind: such a read is retried for a
+        // bounded time, as the API asks of clients. Any other 5xx, or a 503
+        // past the bound, fails.
+        let give_up = Instant::now() + STORE_BACK;
+        let record = loop {
+            let reply = http
+                .get(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            let status = reply.status();
+            let text = reply
+                .text()
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"));
+            if status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let json = checked_json(&format!("GET {url}"), status.as_u16(), &text);
+            assert_eq!(status, StatusCode::OK, "GET {url}: {text}");
+            break json;
+        };
+        records.insert(key.clone(), record);
     }
     records
 }
