@@ -25,6 +25,17 @@
 //! production deployment's. It runs on a Redis of its own when
 //! `redis-server` is installed (else on `REDIS_URL`, saying so), since keys
 //! expiring on a shared server would shrink the growth it measures.
+//!
+//! Redis's key tables (one for the keys, one for their expiries) double
+//! their bucket arrays when they fill: a doubling that fell inside one
+//! measured phase would charge that phase's records with the whole new
+//! array (8 bytes a bucket, twice), tens of bytes each, depending only on
+//! where the table happened to stand. So before measuring, padding keys
+//! grow both tables past the size the measured keys will need, and every
+//! phase measures what its records themselves add, baselines alike. Over a
+//! server's life the bucket arrays add about 11 bytes per key per table on
+//! average (8 bytes a bucket, tables between half full and full), for a
+//! bare `SET` as for a record.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -197,6 +208,7 @@ async fn redis_footprint() {
     let retention_ms = u64::try_from(onceflight_core::DEFAULT_RETENTION.as_millis())
         .expect("retention in milliseconds");
 
+    grow_key_tables(&mut conn, &format!("{prefix}pad:"), 4 * records).await;
     let before = used_memory(&mut conn).await;
     set_keys(&mut conn, &format!("{prefix}v:"), records, |i| {
         redis_result(i).to_vec()
@@ -264,6 +276,50 @@ async fn redis_footprint() {
         "keys drawn at random from the completed records and read back with get",
     );
     remove_keys(&mut conn, &prefix).await;
+}
+
+/// Keys beyond those present that Redis's key tables hold before they
+/// double next: padding keys are written until this is at least `room`.
+const TABLE_SLACK: u64 = 1_000;
+
+/// Writes padding keys under `prefix` until Redis's key tables (keys and
+/// expiries) have grown to a size that holds `room` more keys without
+/// doubling again, then waits for Redis to finish moving keys into the
+/// grown tables. A table of 2^n buckets doubles when it holds 2^n keys, so
+/// once it has doubled past holding `2^(n-1)` keys and 2^n > `present` +
+/// `room` + slack, none of the next `room` keys makes it double.
+async fn grow_key_tables(conn: &mut redis::aio::MultiplexedConnection, prefix: &str, room: u64) {
+    let present: u64 = redis::cmd("DBSIZE")
+        .query_async(conn)
+        .await
+        .expect("DBSIZE");
+    let mut buckets = 4_u64;
+    while buckets <= 2 * (present + room + TABLE_SLACK) {
+        buckets *= 2;
+    }
+    // Past half of `buckets` keys, the table has doubled to `buckets`.
+    let padding = (buckets / 2 + TABLE_SLACK).saturating_sub(present);
+    let peak = used_memory(conn).await;
+    set_keys(conn, prefix, padding, |_| b"1".to_vec()).await;
+    // Redis moves keys into a grown table a bucket at a time (on each
+    // command, and for a millisecond ten times a second) and frees the old
+    // array when done: for the last doubling, `buckets / 2` pointers in
+    // each of the two tables. Wait for that to be freed, so that it does
+    // not happen inside a measured phase.
+    let old_arrays = buckets * 8;
+    let mut peak = peak.max(used_memory(conn).await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = used_memory(conn).await;
+        if now + old_arrays <= peak {
+            return;
+        }
+        peak = peak.max(now);
+    }
+    eprintln!(
+        "footprint: Redis did not free its old key tables within 30 s; a phase may read low"
+    );
 }
 
 /// Writes `count` keys `<prefix><key_text(i)>` holding `value(i)`, with the

@@ -64,8 +64,10 @@
 //!   waiting for a lock, holding a connection, or commits after its caller
 //!   was told `Unavailable`.
 //! - Statements name their schema (`"onceflight".onceflight_claim(…)`) and
-//!   the functions pin their own `search_path`, so nothing depends on the
-//!   session's or the role's `search_path`.
+//!   the functions it calls pin their own `search_path` (the one helper
+//!   they share, `onceflight_lock_id`, does not, so that Postgres inlines
+//!   it into them), so nothing depends on the session's or the role's
+//!   `search_path`.
 //!
 //! # Connection
 //!

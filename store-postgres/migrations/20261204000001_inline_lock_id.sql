@@ -1,0 +1,15 @@
+-- Advisory lock ids computed in place.
+--
+-- `onceflight_lock_id` pinned its search_path like every onceflight
+-- function. A function with a setting is never inlined: each call saved and
+-- restored the setting and, in every new transaction, parsed and planned
+-- the function's body again. The creation lock of a fresh claim, the watch
+-- lock of every completion, failure and release, and that of every waiter's
+-- read paid it: about a fifth of a fresh claim's server time.
+--
+-- Without the setting the planner inlines the function into its callers'
+-- expressions. Its only callers are onceflight functions, which pin their
+-- search_path to their own schema, so `current_schema()` in it still names
+-- that schema and every id is the same as before: servers of the previous
+-- release, calling the same functions, take the same locks.
+ALTER FUNCTION onceflight_lock_id(integer, text) RESET search_path;
