@@ -14,7 +14,9 @@
 //! - `claim_or_get` answers a hit on a completed result with a plain SQL
 //!   read of the columns the answer needs (a fraction of the cost of a
 //!   plpgsql call), and calls `onceflight_claim_v2` in the same statement
-//!   only when that read found no such hit (through a transaction-mode
+//!   only when that read found no such hit, as an expression whose answer
+//!   comes back as one record column, so that a hit sets up no plan node
+//!   for the function (through a transaction-mode
 //!   pooler, where every statement is sent unprepared and planned anew, the
 //!   claim is the function call alone). The function answers the other
 //!   hits (a live lease, a final failure) from a plain snapshot read too: no
@@ -124,6 +126,7 @@
 //! not mix the clock into tokens: that would trade this hazard for another
 //! (a clock stepped back on the new primary) and spend the 2^53 range fast.
 
+mod answer;
 mod config;
 mod connect;
 mod error;

@@ -18,6 +18,7 @@ use sqlx::{Executor, Row};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::answer::ClaimAnswer;
 use crate::config::{PgConfig, PgPooler};
 use crate::connect;
 use crate::error::{BACKEND, TimedOut, map};
@@ -467,64 +468,71 @@ fn job_error(row: &PgRow) -> Result<Option<JobError>> {
     Ok(message.map(|m| JobError::new(m, retryable.unwrap_or(true))))
 }
 
-/// The claim answered by a row of `onceflight_claim_v2`, which holds only
-/// the columns its outcome needs.
-fn claim(row: &PgRow, key: &RequestKey, options: &ClaimOptions) -> Result<Claim> {
-    let outcome: String = get(row, "outcome")?;
-    if outcome == "mismatch" {
-        let kind = Kind::parse(get::<String>(row, "kind")?).map_err(|e| corrupt(e.to_string()))?;
+/// The claim of `answer`, the answer of `onceflight_claim_v2`, which holds
+/// only the fields its outcome needs.
+fn claim(answer: ClaimAnswer, key: &RequestKey, options: &ClaimOptions) -> Result<Claim> {
+    let missing = |what: &str| corrupt(format!("{what} for key {:?}", key.as_str()));
+    if answer.outcome == "mismatch" {
+        let kind = answer
+            .kind
+            .ok_or_else(|| missing("a mismatch without the record's kind"))?;
+        let kind = Kind::parse(kind).map_err(|e| corrupt(e.to_string()))?;
         return Err(Error::fingerprint_mismatch(key, &kind, options));
     }
-    let now: DateTime<Utc> = get(row, "db_now")?;
-    let missing = |what: &str| corrupt(format!("{what} for key {:?}", key.as_str()));
-    let token = token(get(row, "token")?)?;
-    let attempt = u32::try_from(get::<i32>(row, "attempt")?).unwrap_or(0);
-    let lease_end = |what: &str| {
-        get::<Option<DateTime<Utc>>>(row, "lease_expires_at")?.ok_or_else(|| missing(what))
-    };
-    Ok(match outcome.as_str() {
+    let now = answer.db_now;
+    let token = token(answer.token.ok_or_else(|| missing("an answer without a token"))?)?;
+    let attempt = u32::try_from(answer.attempt.unwrap_or(0)).unwrap_or(0);
+    let lease_end = |what: &str| answer.lease_expires_at.ok_or_else(|| missing(what));
+    Ok(match answer.outcome.as_str() {
         "acquired" => {
             let end = lease_end("a granted lease without an end")?;
-            let ttl = millis(get(row, "lease_ttl_ms")?);
+            let ttl = millis(
+                answer
+                    .lease_ttl_ms
+                    .ok_or_else(|| missing("a granted lease without a length"))?,
+            );
             Claim::Acquired(
                 Lease::new(key.clone(), token, attempt, ttl, end, remaining(end, now))
-                    .with_takeover(get(row, "takeover")?),
+                    .with_takeover(answer.takeover.unwrap_or(false)),
             )
         }
         "in_flight" => {
             let end = lease_end("a live lease without an end")?;
             let mut in_flight =
                 InFlight::new(key.clone(), token, attempt, end, remaining(end, now));
-            in_flight.owner = get::<Option<String>>(row, "owner")?
+            in_flight.owner = answer
+                .owner
                 .map(Owner::parse)
                 .transpose()
                 .map_err(|e| corrupt(e.to_string()))?;
             Claim::InFlight(in_flight)
         }
         "completed" => {
-            let result: Vec<u8> = get::<Option<Vec<u8>>>(row, "result")?
+            let result = answer
+                .result
                 .ok_or_else(|| missing("a completed record without a result"))?;
+            let completed_at = answer
+                .completed_at
+                .ok_or_else(|| missing("a completed record without its completion time"))?;
+            let expires_at = answer
+                .expires_at
+                .ok_or_else(|| missing("a completed record without its retention"))?;
             Claim::Completed(
-                Completed::new(
-                    key.clone(),
-                    token,
-                    attempt,
-                    Bytes::from(result),
-                    get(row, "completed_at")?,
-                )
-                .with_retention_remaining(remaining(get(row, "expires_at")?, now)),
+                Completed::new(key.clone(), token, attempt, Bytes::from(result), completed_at)
+                    .with_retention_remaining(remaining(expires_at, now)),
             )
         }
         "failed" => {
-            let error =
-                job_error(row)?.ok_or_else(|| missing("a failed record without an error"))?;
-            let retry_at: Option<DateTime<Utc>> = get(row, "retry_at")?;
+            let message = answer
+                .error_message
+                .ok_or_else(|| missing("a failed record without an error"))?;
+            let error = JobError::new(message, answer.error_retryable.unwrap_or(true));
             Claim::Failed(Failed::new(
                 key.clone(),
                 token,
                 attempt,
                 error,
-                retry_at.map(|at| remaining(at, now)),
+                answer.retry_at.map(|at| remaining(at, now)),
             ))
         }
         other => return Err(corrupt(format!("unknown claim outcome {other:?}"))),
@@ -604,12 +612,19 @@ impl RequestStore for PgStore {
             Arg::BigInt(ms(options.retry_backoff())),
             Arg::BigInt(self.retention_ms),
         ];
-        let statement = match self.pooler {
-            PgPooler::None => &self.statements.claim,
-            PgPooler::Transaction => &self.statements.claim_unprepared,
+        let answer = match self.pooler {
+            PgPooler::None => {
+                let row = self.fetch_one(&self.statements.claim, &args).await?;
+                ClaimAnswer::from_hit_or_decided(&row)?
+            }
+            PgPooler::Transaction => {
+                let row = self
+                    .fetch_one(&self.statements.claim_unprepared, &args)
+                    .await?;
+                ClaimAnswer::from_columns(&row)?
+            }
         };
-        let row = self.fetch_one(statement, &args).await?;
-        claim(&row, key, options)
+        claim(answer, key, options)
     }
 
     async fn renew(

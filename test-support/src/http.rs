@@ -2,7 +2,7 @@
 //! and [`call`], which holds every answer to the invariants of the API's
 //! errors (never a 5xx; every 4xx carries `{"error": {"code", "message"}}`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
@@ -98,10 +98,52 @@ pub async fn call(
     body: Option<Value>,
     bearer: Option<&str>,
 ) -> Reply {
+    let (what, status, headers, text) = send(client, method, url, body.as_ref(), bearer).await;
+    checked(what, status, headers, text)
+}
+
+/// As [`call`], except that a 503 (`store_unavailable`, the store not yet
+/// answering) is asked again every 200 ms until `bound` has passed, as the
+/// API asks of clients, for example while a store just back from an outage
+/// replaces the connections the outage broke. A 503 past the bound fails as
+/// any 5xx does.
+///
+/// # Panics
+///
+/// As [`call`].
+pub async fn call_until_available(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    body: Option<Value>,
+    bearer: Option<&str>,
+    bound: Duration,
+) -> Reply {
+    let give_up = Instant::now() + bound;
+    loop {
+        let (what, status, headers, text) =
+            send(client, method.clone(), url, body.as_ref(), bearer).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        return checked(what, status, headers, text);
+    }
+}
+
+/// Sends one request; returns it as `METHOD url`, and the answer's status,
+/// headers and body.
+async fn send(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    body: Option<&Value>,
+    bearer: Option<&str>,
+) -> (String, StatusCode, HeaderMap, String) {
     let what = format!("{method} {url}");
     let mut request = client.request(method, url);
     if let Some(body) = body {
-        request = request.json(&body);
+        request = request.json(body);
     }
     if let Some(bearer) = bearer {
         request = request.bearer_auth(bearer);
@@ -116,6 +158,11 @@ pub async fn call(
         .text()
         .await
         .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
+    (what, status, headers, text)
+}
+
+/// The [`Reply`] of an answer, held to the API's invariants ([`checked_json`]).
+fn checked(what: String, status: StatusCode, headers: HeaderMap, text: String) -> Reply {
     let json = checked_json(&what, status.as_u16(), &text);
     Reply {
         what,

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::{Server, call, client};
+use super::{Server, call, claim_and_complete, client};
 
 /// Claims in the herd.
 const HERD: usize = 40;
@@ -145,37 +145,6 @@ async fn counter(server: &Server, name: &str) -> f64 {
             (metric == name).then(|| value.trim().parse::<f64>().ok())?
         })
         .unwrap_or(0.0)
-}
-
-/// Claims the fresh `key` (as it goes in a URL) on `server` with `body`
-/// and completes it with `result`; returns the lease's token.
-pub(crate) async fn claim_and_complete(
-    http: &reqwest::Client,
-    server: &Server,
-    key: &str,
-    body: serde_json::Value,
-    result: &serde_json::Value,
-) -> u64 {
-    let claim = call(
-        http,
-        Method::POST,
-        &server.url(&format!("/v1/requests/{key}/claim")),
-        Some(body),
-        None,
-    )
-    .await;
-    claim.expect(StatusCode::CREATED);
-    let token = claim.token();
-    call(
-        http,
-        Method::POST,
-        &server.url(&format!("/v1/requests/{key}/complete")),
-        Some(json!({"token": token, "result": result})),
-        None,
-    )
-    .await
-    .expect(StatusCode::OK);
-    token
 }
 
 /// Servers `a` and `b` run with hit caches ([`HIT_CACHE_FLAGS`]): a result

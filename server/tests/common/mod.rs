@@ -22,10 +22,14 @@ use onceflight_core::RequestStore;
 use onceflight_server::auth::Tokens;
 use onceflight_server::{AppState, Limits};
 use onceflight_test_support::env;
-pub(crate) use onceflight_test_support::http::{Reply, call, checked_json, client};
+pub(crate) use onceflight_test_support::http::{
+    Reply, call, call_until_available, checked_json, client,
+};
 use onceflight_test_support::postgres::{self, Postgres};
 pub(crate) use onceflight_test_support::proxy::Proxy;
 use onceflight_test_support::redis::{self, Redis};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
 pub(crate) use onceflight_test_support::server::{Launch, STARTUP, Server};
 
 /// The binary under test.
@@ -121,4 +125,35 @@ pub(crate) async fn serve_in_process_with(
         std::future::pending(),
     ));
     format!("http://{address}")
+}
+
+/// Claims the fresh `key` (as it goes in a URL) on `server` with `body`
+/// and completes it with `result`; returns the lease's token.
+pub(crate) async fn claim_and_complete(
+    http: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    body: serde_json::Value,
+    result: &serde_json::Value,
+) -> u64 {
+    let claim = call(
+        http,
+        Method::POST,
+        &server.url(&format!("/v1/requests/{key}/claim")),
+        Some(body),
+        None,
+    )
+    .await;
+    claim.expect(StatusCode::CREATED);
+    let token = claim.token();
+    call(
+        http,
+        Method::POST,
+        &server.url(&format!("/v1/requests/{key}/complete")),
+        Some(json!({"token": token, "result": result})),
+        None,
+    )
+    .await
+    .expect(StatusCode::OK);
+    token
 }

@@ -32,7 +32,7 @@ mod paths;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, call, client};
+use common::{Server, call, claim_and_complete, client};
 use futures::future::join_all;
 use onceflight_test_support::unique_name;
 use reqwest::{Method, StatusCode};
@@ -182,24 +182,7 @@ async fn prepare(server: &Server) -> Before {
     let client = client();
     let done = unique_name("done");
     let result = json!({"url": "s3://bucket/done.png", "n": 7});
-    let token = call(
-        &client,
-        Method::POST,
-        &server.url(&format!("/v1/requests/{done}/claim")),
-        Some(claim_body(60_000)),
-        None,
-    )
-    .await
-    .token();
-    call(
-        &client,
-        Method::POST,
-        &server.url(&format!("/v1/requests/{done}/complete")),
-        Some(json!({"token": token, "result": result})),
-        None,
-    )
-    .await
-    .expect(StatusCode::OK);
+    claim_and_complete(&client, server, &done, claim_body(60_000), &result).await;
     let held = unique_name("held");
     let held_token = call(
         &client,

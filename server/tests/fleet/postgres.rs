@@ -14,7 +14,7 @@ use onceflight_test_support::{backend_available, unique_name};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::common::{Launch, Server, call, client, fleet, onceflight};
+use crate::common::{Launch, Server, call, claim_and_complete, client, fleet, onceflight};
 
 /// How long a server may take to answer `/readyz` after it is spawned
 /// (connecting and migrating included).
@@ -108,7 +108,7 @@ async fn completed_results_survive_a_restart() {
     let result = json!({"url": "https://cdn/restart.png", "n": [1, 2, 3]});
 
     let mut first = pg_server(&database, &schema, &[]).start().await;
-    let token = fleet::claim_and_complete(
+    let token = claim_and_complete(
         &http,
         &first,
         key,
@@ -361,7 +361,7 @@ async fn migrate_then_serve_without_migrating() {
         .start()
         .await;
     let http = client();
-    fleet::claim_and_complete(
+    claim_and_complete(
         &http,
         &server,
         "image%7Cmigrated",

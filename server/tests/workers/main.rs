@@ -45,9 +45,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::history::{self, History, Line};
-use common::{Launch, Server, checked_json, client};
+use common::{Launch, Server, call_until_available, client};
 use libtest_mimic::{Arguments, Failed, Trial};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::runtime::Handle;
@@ -228,26 +228,8 @@ async fn final_records(server: &Server, keys: &[String]) -> BTreeMap<String, Val
         // connections the outage left behind: such a read is retried for a
         // bounded time, as the API asks of clients. Any other 5xx, or a 503
         // past the bound, fails.
-        let give_up = Instant::now() + STORE_BACK;
-        let record = loop {
-            let reply = http
-                .get(&url)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-            let status = reply.status();
-            let text = reply
-                .text()
-                .await
-                .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"));
-            if status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < give_up {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            let json = checked_json(&format!("GET {url}"), status.as_u16(), &text);
-            assert_eq!(status, StatusCode::OK, "GET {url}: {text}");
-            break json;
-        };
+        let reply = call_until_available(&http, Method::GET, &url, None, None, STORE_BACK).await;
+        let record = reply.expect(StatusCode::OK).clone();
         records.insert(key.clone(), record);
     }
     records
