@@ -317,9 +317,7 @@ async fn grow_key_tables(conn: &mut redis::aio::MultiplexedConnection, prefix: &
         }
         peak = peak.max(now);
     }
-    eprintln!(
-        "footprint: Redis did not free its old key tables within 30 s; a phase may read low"
-    );
+    eprintln!("footprint: Redis did not free its old key tables within 30 s; a phase may read low");
 }
 
 /// Writes `count` keys `<prefix><key_text(i)>` holding `value(i)`, with the

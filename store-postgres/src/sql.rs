@@ -210,7 +210,8 @@ impl Statements {
             // is one column (`decided`, decoded by `answer`): a record
             // cannot be taken apart in SQL without calling the function
             // once per field.
-            claim: s("SELECT h.token, h.attempt, h.result, h.completed_at, h.expires_at, \
+            claim: s(
+                "SELECT h.token, h.attempt, h.result, h.completed_at, h.expires_at, \
                         h.db_now, \
                         CASE WHEN h.token IS NULL THEN \
                             {schema}.onceflight_claim_v2($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -224,7 +225,8 @@ impl Statements {
                      WHERE t.key = $1::text AND t.state = 'completed' \
                        AND t.expires_at > clock_timestamp() AND t.kind = $2::text \
                        AND (t.fingerprint IS NULL OR $3::text IS NULL \
-                            OR t.fingerprint = $3::text)) h ON true"),
+                            OR t.fingerprint = $3::text)) h ON true",
+            ),
             claim_unprepared: s(
                 "SELECT * FROM {schema}.onceflight_claim_v2($1, $2, $3, $4, $5, $6, $7, $8)",
             ),

@@ -480,7 +480,11 @@ fn claim(answer: ClaimAnswer, key: &RequestKey, options: &ClaimOptions) -> Resul
         return Err(Error::fingerprint_mismatch(key, &kind, options));
     }
     let now = answer.db_now;
-    let token = token(answer.token.ok_or_else(|| missing("an answer without a token"))?)?;
+    let token = token(
+        answer
+            .token
+            .ok_or_else(|| missing("an answer without a token"))?,
+    )?;
     let attempt = u32::try_from(answer.attempt.unwrap_or(0)).unwrap_or(0);
     let lease_end = |what: &str| answer.lease_expires_at.ok_or_else(|| missing(what));
     Ok(match answer.outcome.as_str() {
@@ -518,8 +522,14 @@ fn claim(answer: ClaimAnswer, key: &RequestKey, options: &ClaimOptions) -> Resul
                 .expires_at
                 .ok_or_else(|| missing("a completed record without its retention"))?;
             Claim::Completed(
-                Completed::new(key.clone(), token, attempt, Bytes::from(result), completed_at)
-                    .with_retention_remaining(remaining(expires_at, now)),
+                Completed::new(
+                    key.clone(),
+                    token,
+                    attempt,
+                    Bytes::from(result),
+                    completed_at,
+                )
+                .with_retention_remaining(remaining(expires_at, now)),
             )
         }
         "failed" => {

@@ -28,9 +28,9 @@ pub(crate) use onceflight_test_support::http::{
 use onceflight_test_support::postgres::{self, Postgres};
 pub(crate) use onceflight_test_support::proxy::Proxy;
 use onceflight_test_support::redis::{self, Redis};
+pub(crate) use onceflight_test_support::server::{Launch, STARTUP, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-pub(crate) use onceflight_test_support::server::{Launch, STARTUP, Server};
 
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_onceflight");
