@@ -278,8 +278,8 @@ async fn redis_footprint() {
     remove_keys(&mut conn, &prefix).await;
 }
 
-/// Keys beyond those present that Redis's key tables hold before they
-/// double next: padding keys are written until this is at least `room`.
+/// Keys of margin between the grown key tables and the next doubling,
+/// beyond the room asked for.
 const TABLE_SLACK: u64 = 1_000;
 
 /// Writes padding keys under `prefix` until Redis's key tables (keys and
@@ -299,7 +299,6 @@ async fn grow_key_tables(conn: &mut redis::aio::MultiplexedConnection, prefix: &
     }
     // Past half of `buckets` keys, the table has doubled to `buckets`.
     let padding = (buckets / 2 + TABLE_SLACK).saturating_sub(present);
-    let peak = used_memory(conn).await;
     set_keys(conn, prefix, padding, |_| b"1".to_vec()).await;
     // Redis moves keys into a grown table a bucket at a time (on each
     // command, and for a millisecond ten times a second) and frees the old
@@ -307,7 +306,7 @@ async fn grow_key_tables(conn: &mut redis::aio::MultiplexedConnection, prefix: &
     // each of the two tables. Wait for that to be freed, so that it does
     // not happen inside a measured phase.
     let old_arrays = buckets * 8;
-    let mut peak = peak.max(used_memory(conn).await);
+    let mut peak = used_memory(conn).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -15,9 +15,9 @@ use onceflight_core::Result;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::PgRecordDecoder;
 use sqlx::postgres::{PgRow, PgTypeInfo, PgValueRef, Postgres};
-use sqlx::{Decode, Row, Type};
+use sqlx::{Decode, Type};
 
-use crate::error::map;
+use crate::store::get;
 
 /// The fields of a claim's answer, in the function's order.
 #[derive(Debug)]
@@ -86,10 +86,6 @@ impl ClaimAnswer {
             expires_at: get(row, "expires_at")?,
         })
     }
-}
-
-fn get<'r, T: Decode<'r, Postgres> + Type<Postgres>>(row: &'r PgRow, column: &str) -> Result<T> {
-    row.try_get(column).map_err(map)
 }
 
 /// The function's answer as one anonymous record (type `record`).

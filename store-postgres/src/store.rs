@@ -446,7 +446,7 @@ fn corrupt(message: String) -> Error {
     }
 }
 
-fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
+pub(crate) fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
     row: &'r PgRow,
     column: &str,
 ) -> Result<T> {
@@ -485,7 +485,10 @@ fn claim(answer: ClaimAnswer, key: &RequestKey, options: &ClaimOptions) -> Resul
             .token
             .ok_or_else(|| missing("an answer without a token"))?,
     )?;
-    let attempt = u32::try_from(answer.attempt.unwrap_or(0)).unwrap_or(0);
+    let attempt = answer
+        .attempt
+        .ok_or_else(|| missing("an answer without an attempt"))?;
+    let attempt = u32::try_from(attempt).unwrap_or(0);
     let lease_end = |what: &str| answer.lease_expires_at.ok_or_else(|| missing(what));
     Ok(match answer.outcome.as_str() {
         "acquired" => {
@@ -497,7 +500,11 @@ fn claim(answer: ClaimAnswer, key: &RequestKey, options: &ClaimOptions) -> Resul
             );
             Claim::Acquired(
                 Lease::new(key.clone(), token, attempt, ttl, end, remaining(end, now))
-                    .with_takeover(answer.takeover.unwrap_or(false)),
+                    .with_takeover(
+                        answer
+                            .takeover
+                            .ok_or_else(|| missing("a granted lease without its takeover flag"))?,
+                    ),
             )
         }
         "in_flight" => {

@@ -98,8 +98,7 @@ pub async fn call(
     body: Option<Value>,
     bearer: Option<&str>,
 ) -> Reply {
-    let (what, status, headers, text) = send(client, method, url, body.as_ref(), bearer).await;
-    checked(what, status, headers, text)
+    call_until_available(client, method, url, body, bearer, Duration::ZERO).await
 }
 
 /// As [`call`], except that a 503 (`store_unavailable`, the store not yet
@@ -127,7 +126,14 @@ pub async fn call_until_available(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        return checked(what, status, headers, text);
+        let json = checked_json(&what, status.as_u16(), &text);
+        return Reply {
+            what,
+            status,
+            headers,
+            json,
+            text,
+        };
     }
 }
 
@@ -159,18 +165,6 @@ async fn send(
         .await
         .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"));
     (what, status, headers, text)
-}
-
-/// The [`Reply`] of an answer, held to the API's invariants ([`checked_json`]).
-fn checked(what: String, status: StatusCode, headers: HeaderMap, text: String) -> Reply {
-    let json = checked_json(&what, status.as_u16(), &text);
-    Reply {
-        what,
-        status,
-        headers,
-        json,
-        text,
-    }
 }
 
 /// The body of an answer as JSON (`Null` if it is none), after asserting
