@@ -19,7 +19,8 @@ use chrono::{DateTime, Utc};
 use onceflight_core::backend::check_lease_ttl;
 use onceflight_core::{
     Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
-    Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Timestamp, Token,
+    ListPage, ListQuery, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result,
+    StoreStats, Timestamp, Token,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
@@ -338,6 +339,19 @@ impl RequestStore for HttpStore {
     /// retention are treated as absent by every other operation).
     async fn sweep(&self) -> Result<u64> {
         Ok(0)
+    }
+
+    async fn list(&self, _query: &ListQuery) -> Result<ListPage> {
+        Err(Error::Backend {
+            backend: "http",
+            message: "listing is being written".to_owned(),
+        })
+    }
+    async fn counts(&self, _prefix: &str) -> Result<StoreStats> {
+        Err(Error::Backend {
+            backend: "http",
+            message: "counting is being written".to_owned(),
+        })
     }
 }
 

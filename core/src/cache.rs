@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use crate::claim::{Claim, Completed, Record, Renewal};
 use crate::error::{Error, Result};
 use crate::feed::{ChangeFeed, FeedListener};
+use crate::listing::{ListPage, ListQuery, StoreStats};
 use crate::store::RequestStore;
 use crate::types::{ClaimOptions, Fingerprint, JobError, Kind, RequestKey, Token};
 
@@ -224,6 +225,14 @@ impl RequestStore for CachedStore {
 
     async fn sweep(&self) -> Result<u64> {
         self.inner.sweep().await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        self.inner.list(query).await
+    }
+
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        self.inner.counts(prefix).await
     }
 
     fn change_feed(&self) -> Option<ChangeFeed> {

@@ -16,6 +16,7 @@ mod claim;
 mod coordinator;
 mod error;
 mod feed;
+mod listing;
 mod redact;
 mod store;
 mod types;
@@ -31,6 +32,10 @@ pub use claim::{
 pub use coordinator::{Coordinator, JobContext, Outcome, RunError, RunOptions, Source};
 pub use error::{Error, Result};
 pub use feed::ChangeFeed;
+pub use listing::{
+    DEFAULT_LIST_LIMIT, ListCursor, ListOrder, ListPage, ListQuery, MAX_LIST_LIMIT, StateCounts,
+    StateFilter, StoreStats,
+};
 pub use store::RequestStore;
 pub use types::{
     ClaimOptions, DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETENTION,

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crate::claim::{Claim, Record, Renewal};
 use crate::error::Result;
 use crate::feed::ChangeFeed;
+use crate::listing::{ListPage, ListQuery, StoreStats};
 use crate::types::{ClaimOptions, JobError, RequestKey, Token};
 
 /// A store of request records: the lifecycle of docs/protocol.md §3 and §4.
@@ -111,6 +112,29 @@ pub trait RequestStore: Send + Sync + Debug + 'static {
     /// absent, so correctness never depends on it running.
     async fn sweep(&self) -> Result<u64>;
 
+    /// One page of the records `query` selects, for operators: records
+    /// within retention, without their results, in the query's order.
+    ///
+    /// Read-only and never on the claim path. Not a snapshot: a record that
+    /// exists and matches the filter from the first page to the last appears
+    /// in some page; stores that keep an order (memory, Postgres) return it
+    /// exactly once and in order, stores that scan (Redis) may return it
+    /// twice and order each page only. A page may hold fewer records than the
+    /// limit while a cursor for the next one is returned.
+    ///
+    /// Errors: `InvalidInput` (field `cursor`) for a cursor this store did
+    /// not write.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage>;
+
+    /// Counts of the records within retention whose key starts with
+    /// `prefix` (empty: all), by state and kind, with the leases live and
+    /// run out, as one read of the store sees them.
+    ///
+    /// Read-only. Its cost grows with the records counted: callers that
+    /// serve it often (the server's `/v1/stats` and gauges) keep the answer
+    /// for a few seconds.
+    async fn counts(&self, prefix: &str) -> Result<StoreStats>;
+
     /// The store's push channel of record changes, for a [`crate::CachedStore`]
     /// in front of it; `None` (the default) when the store has none, and its
     /// results cannot be cached safely.
@@ -155,6 +179,12 @@ impl<T: RequestStore + ?Sized> RequestStore for Arc<T> {
     }
     async fn sweep(&self) -> Result<u64> {
         (**self).sweep().await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        (**self).list(query).await
+    }
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        (**self).counts(prefix).await
     }
     fn change_feed(&self) -> Option<ChangeFeed> {
         (**self).change_feed()

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use onceflight_core::{
-    ChangeFeed, Claim, ClaimOptions, Error, HitCacheStats, JobError, Record, Renewal, RequestKey,
-    RequestStore, Result, Token,
+    ChangeFeed, Claim, ClaimOptions, Error, HitCacheStats, JobError, ListPage, ListQuery, Record,
+    Renewal, RequestKey, RequestStore, Result, StoreStats, Token,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -449,6 +449,12 @@ impl RequestStore for InstrumentedStore {
     }
     async fn sweep(&self) -> Result<u64> {
         self.timed("sweep", self.inner.sweep()).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        self.timed("list", self.inner.list(query)).await
+    }
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        self.timed("counts", self.inner.counts(prefix)).await
     }
     fn change_feed(&self) -> Option<ChangeFeed> {
         self.inner.change_feed()

@@ -1,6 +1,6 @@
 //! The sharded in-process store.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use onceflight_core::backend::{backoff_after, check_lease_ttl, lease_expired_message};
 use onceflight_core::{
     ChangeFeed, Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError,
-    Kind, Lease, MAX_TOKEN, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result,
-    Token,
+    Kind, Lease, ListCursor, ListOrder, ListPage, ListQuery, MAX_TOKEN, Owner, Record, RecordState,
+    Renewal, RequestKey, RequestStore, Result, StoreStats, Token,
 };
 
 use crate::config::MemoryConfig;
@@ -531,7 +531,133 @@ impl RequestStore for MemoryStore {
         Ok(swept)
     }
 
+    /// Walks every shard, one lock at a time, keeping the page's records in
+    /// a heap bounded by the limit: memory proportional to the page, time to
+    /// the records held.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        let after = query.cursor().map(ListCursor::to_keyset).transpose()?;
+        let after = after.map(|(at, key)| (at.timestamp_micros(), key));
+        let newest_first = query.order() == ListOrder::NewestFirst;
+        let wanted = query.limit() as usize + 1;
+        // The heap's top is the worst record kept, dropped when a better one
+        // comes; "better" means earlier in the listing's order.
+        let mut page: BinaryHeap<Ranked> = BinaryHeap::with_capacity(wanted + 1);
+        for shard in self.shards.iter() {
+            let now = Instant::now();
+            let shard = shard.lock();
+            for (key, entry) in &shard.records {
+                if entry.expires_at <= now || !key.as_str().starts_with(query.prefix()) {
+                    continue;
+                }
+                let created = self.clock.wall(entry.created_at).timestamp_micros();
+                let rank = (created, key.as_str());
+                if let Some((at, last)) = &after {
+                    let past = (*at, last.as_str());
+                    if (newest_first && rank >= past) || (!newest_first && rank <= past) {
+                        continue;
+                    }
+                }
+                if page.len() == wanted && !Ranked::beats(rank, page.peek(), newest_first) {
+                    continue;
+                }
+                let mut record = entry.record(key, &self.clock, now);
+                if !query.accepts(&record) {
+                    continue;
+                }
+                record.result = None;
+                page.push(Ranked {
+                    created,
+                    newest_first,
+                    record,
+                });
+                if page.len() > wanted {
+                    page.pop();
+                }
+            }
+        }
+        let mut records: Vec<Record> = page
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.record)
+            .collect();
+        let next = if records.len() == wanted {
+            records.pop();
+            records
+                .last()
+                .map(|r| ListCursor::keyset(r.created_at, &r.key))
+        } else {
+            None
+        };
+        Ok(ListPage::new(records, next))
+    }
+
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        let mut stats = StoreStats::default();
+        for shard in self.shards.iter() {
+            let now = Instant::now();
+            let shard = shard.lock();
+            for (key, entry) in &shard.records {
+                if entry.expires_at > now && key.as_str().starts_with(prefix) {
+                    stats.add(&entry.record(key, &self.clock, now), self.clock.wall(now));
+                }
+            }
+        }
+        Ok(stats)
+    }
+
     fn change_feed(&self) -> Option<ChangeFeed> {
         Some(self.feed.clone())
+    }
+}
+
+/// A record kept for a listing's page, ordered so that the heap's top is
+/// the one furthest along the listing's order.
+struct Ranked {
+    /// The creation instant in microseconds, the precision of cursors.
+    created: i64,
+    newest_first: bool,
+    record: Record,
+}
+
+impl Ranked {
+    fn rank(&self) -> (i64, &str) {
+        (self.created, self.record.key.as_str())
+    }
+
+    /// Whether a record of `rank` comes before `worst` in the listing.
+    fn beats(rank: (i64, &str), worst: Option<&Ranked>, newest_first: bool) -> bool {
+        worst.is_none_or(|w| {
+            if newest_first {
+                rank > w.rank()
+            } else {
+                rank < w.rank()
+            }
+        })
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank() == other.rank()
+    }
+}
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    /// Later in the listing is greater.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let ascending = self.rank().cmp(&other.rank());
+        if self.newest_first {
+            ascending.reverse()
+        } else {
+            ascending
+        }
     }
 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onceflight_core::{
     Bytes, CachedStore, ChangeFeed, Claim, ClaimOptions, Error, Fingerprint, HitCacheConfig,
-    JobError, Kind, Record, Renewal, RequestKey, RequestStore, Result, Token,
+    JobError, Kind, ListPage, ListQuery, Record, Renewal, RequestKey, RequestStore, Result,
+    StoreStats, Token,
 };
 use onceflight_store_memory::{MemoryConfig, MemoryStore};
 use parking_lot::Mutex;
@@ -91,6 +92,12 @@ impl RequestStore for Pushed {
     }
     async fn sweep(&self) -> Result<u64> {
         self.inner.sweep().await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        self.inner.list(query).await
+    }
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        self.inner.counts(prefix).await
     }
     fn change_feed(&self) -> Option<ChangeFeed> {
         self.feed.clone()

@@ -11,7 +11,8 @@ use onceflight_core::backend::check_lease_ttl;
 use onceflight_core::backend::waiters::{Waiters, wait_pushed};
 use onceflight_core::{
     ChangeFeed, Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError,
-    Kind, Lease, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
+    Kind, Lease, ListPage, ListQuery, Owner, Record, RecordState, Renewal, RequestKey,
+    RequestStore, Result, StoreStats, Token,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
@@ -745,6 +746,20 @@ impl RequestStore for PgStore {
                 return Ok(swept);
             }
         }
+    }
+
+    async fn list(&self, _query: &ListQuery) -> Result<ListPage> {
+        Err(Error::Backend {
+            backend: "postgres",
+            message: "listing is being written".to_owned(),
+        })
+    }
+
+    async fn counts(&self, _prefix: &str) -> Result<StoreStats> {
+        Err(Error::Backend {
+            backend: "postgres",
+            message: "counting is being written".to_owned(),
+        })
     }
 
     /// Deletions arrive over the store's LISTEN connection (a delete

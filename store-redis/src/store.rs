@@ -14,7 +14,8 @@ use onceflight_core::backend::waiters::{Waiters, wait_pushed};
 use onceflight_core::backend::{check_lease_ttl, redact_url};
 use onceflight_core::{
     ChangeFeed, Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError,
-    Kind, Lease, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result, Token,
+    Kind, Lease, ListPage, ListQuery, Owner, Record, RecordState, Renewal, RequestKey,
+    RequestStore, Result, StoreStats, Token,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::ClusterClientBuilder;
@@ -1156,6 +1157,19 @@ impl RequestStore for RedisStore {
     /// leases included, by their own expiry.
     async fn sweep(&self) -> Result<u64> {
         Ok(0)
+    }
+
+    async fn list(&self, _query: &ListQuery) -> Result<ListPage> {
+        Err(Error::Backend {
+            backend: "redis",
+            message: "listing is being written".to_owned(),
+        })
+    }
+    async fn counts(&self, _prefix: &str) -> Result<StoreStats> {
+        Err(Error::Backend {
+            backend: "redis",
+            message: "counting is being written".to_owned(),
+        })
     }
 
     /// Deletions arrive on the store's pub/sub connection (every delete

@@ -14,6 +14,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::claim::{Claim, Record, Renewal};
 use crate::error::{Error, Result};
+use crate::listing::{ListPage, ListQuery, StoreStats};
 use crate::store::RequestStore;
 use crate::types::{ClaimOptions, JobError, RequestKey, Token};
 
@@ -132,5 +133,13 @@ impl<S: RequestStore> RequestStore for Faulty<S> {
 
     async fn sweep(&self) -> Result<u64> {
         self.inner.sweep().await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        self.inner.list(query).await
+    }
+
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        self.inner.counts(prefix).await
     }
 }

@@ -274,7 +274,12 @@ macro_rules! __conformance_cases {
             wait_returns_at_once_when_nothing_to_wait_for,
             concurrent_fresh_claims_acquire_once,
             tokens_strictly_increase_across_the_lifecycle,
-            completed_result_is_the_same_for_every_reader;
+            completed_result_is_the_same_for_every_reader,
+            list_filters_by_state_kind_and_prefix,
+            list_pages_follow_the_cursor_in_order,
+            list_pages_stay_complete_while_records_change,
+            list_refuses_a_foreign_cursor,
+            stats_count_by_state_kind_and_prefix;
         coordinator:
             herd_of_callers_runs_the_job_once,
             herd_across_two_coordinators_runs_the_job_once,

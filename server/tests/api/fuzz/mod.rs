@@ -27,7 +27,8 @@ use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use onceflight_core::{
-    Claim, ClaimOptions, JobError, Kind, Record, Renewal, RequestKey, RequestStore, Result, Token,
+    Claim, ClaimOptions, JobError, Kind, ListPage, ListQuery, Record, Renewal, RequestKey,
+    RequestStore, Result, StoreStats, Token,
 };
 use onceflight_server::auth::Tokens;
 use onceflight_server::{AppState, Limits, app};
@@ -114,6 +115,12 @@ impl RequestStore for CountingStore {
     }
     async fn sweep(&self) -> Result<u64> {
         self.inner.sweep().await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        self.inner.list(query).await
+    }
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        self.inner.counts(prefix).await
     }
 }
 

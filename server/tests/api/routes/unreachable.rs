@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use onceflight_core::{
-    Bytes, Claim, ClaimOptions, Error, JobError, Record, Renewal, RequestKey, RequestStore, Result,
-    Token,
+    Bytes, Claim, ClaimOptions, Error, JobError, ListPage, ListQuery, Record, Renewal, RequestKey,
+    RequestStore, Result, StoreStats, Token,
 };
 use onceflight_server::auth::Tokens;
 use onceflight_server::{AppState, Limits, app};
@@ -142,6 +142,28 @@ impl RequestStore for Unreachable {
     fn sweep<'life0, 'async_trait>(&'life0 self) -> Answer<'async_trait, u64>
     where
         'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        down()
+    }
+    fn list<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        _query: &'life1 ListQuery,
+    ) -> Answer<'async_trait, ListPage>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        down()
+    }
+    fn counts<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        _prefix: &'life1 str,
+    ) -> Answer<'async_trait, StoreStats>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
         Self: 'async_trait,
     {
         down()
