@@ -13,6 +13,7 @@
 
 mod backends;
 mod bench;
+mod browser;
 mod lint;
 mod process;
 mod report;
@@ -43,12 +44,19 @@ commands:
                           `cargo test` (with `-p`/`--package`, only those
                           packages are tested instead of the whole workspace).
                           A whole-workspace run then tests the TypeScript
-                          client (`typescript`) and ends with `schemathesis`.
+                          client (`typescript`) and the dashboard (`browser`),
+                          and ends with `schemathesis`.
   typescript              the TypeScript client's tests (clients/typescript):
                           `npm ci` from the lockfile, then `npm test` against
                           the onceflight binary on the memory store and on
                           PostgreSQL (DATABASE_URL, or a throw-away one).
                           Needs Node.js >= 18 and npm.
+  browser                 the dashboard's tests (server/tests/browser): `npm ci`
+                          from the lockfile, then /ui driven in headless
+                          Chromium (/usr/bin/chromium, or CHROMIUM; Debian:
+                          chromium) against the onceflight binary on the
+                          memory store. Screenshots go to ONCEFLIGHT_ARTIFACTS
+                          or <repo>/target/ui-artifacts. Needs Node.js >= 20.
   schemathesis            start the server on the memory store, without and
                           with bearer tokens, and run schemathesis (pinned,
                           from PyPI, installed into
@@ -92,6 +100,7 @@ fn main() -> ExitCode {
         Some("schemathesis") => {
             no_extra_args("schemathesis", &rest).and_then(|()| schemathesis::run())
         }
+        Some("browser") => no_extra_args("browser", &rest).and_then(|()| browser::run()),
         Some("typescript") => {
             no_extra_args("typescript", &rest).and_then(|()| test::run_typescript())
         }

@@ -8,7 +8,7 @@
 use anyhow::Result;
 
 use crate::backends::{Backends, Needs, REQUIRE_BACKENDS};
-use crate::{process, schemathesis, typescript};
+use crate::{browser, process, schemathesis, typescript};
 
 /// Test threads per test binary unless `RUST_TEST_THREADS` is set.
 const TEST_THREADS: &str = "8";
@@ -18,8 +18,8 @@ const TEST_THREADS: &str = "8";
 /// pointing at working servers: the caller's when set, otherwise throw-away
 /// ones that are stopped when this returns, whether the tests pass, fail or
 /// never start. When the caller picked no package, the tests are followed by
-/// the TypeScript client's tests (on the same servers) and `cargo xtask
-/// schemathesis`.
+/// the TypeScript client's tests (on the same servers), the dashboard's
+/// browser tests and `cargo xtask schemathesis`.
 pub(crate) fn run(extra_args: &[String]) -> Result<()> {
     let whole = whole_workspace(extra_args);
     run_tests(extra_args, whole)?;
@@ -49,6 +49,7 @@ fn run_tests(extra_args: &[String], with_typescript: bool) -> Result<()> {
     process::run(&mut cargo)?;
     if with_typescript {
         typescript::run(&backends)?;
+        browser::run()?;
     }
     Ok(())
 }
