@@ -16,7 +16,8 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use onceflight_core::{Error, Result};
+use chrono::{DateTime, Utc};
+use onceflight_core::{Error, ListOrder, ListQuery, Result, StateFilter};
 use sqlx::postgres::{PgArguments, Postgres};
 use sqlx::query::Query;
 
@@ -37,6 +38,8 @@ pub(crate) enum Arg<'a> {
     Bool(bool),
     /// `bytea`.
     Bytes(&'a [u8]),
+    /// `timestamptz`, of a year 1–9999 (a literal needs no sign).
+    Timestamp(DateTime<Utc>),
 }
 
 /// A piece of a statement's text: SQL, or the value of parameter `$n`.
@@ -81,6 +84,11 @@ impl Statement {
         }
     }
 
+    /// The statement's text as it is prepared, its schema spliced in.
+    pub(crate) fn text(&self) -> &str {
+        &self.prepared
+    }
+
     /// The statement with `args` bound as parameters, for a connection that
     /// keeps prepared statements.
     pub(crate) fn bind<'q>(&self, args: &[Arg<'q>]) -> Query<'q, Postgres, PgArguments> {
@@ -94,6 +102,7 @@ impl Statement {
                 Arg::Int(v) => query.bind(v),
                 Arg::Bool(v) => query.bind(v),
                 Arg::Bytes(v) => query.bind(v),
+                Arg::Timestamp(v) => query.bind(v),
             };
         }
         query
@@ -164,6 +173,11 @@ fn literal(out: &mut String, arg: Arg<'_>) -> Result<()> {
             }
             out.push_str("', 'hex')");
         }
+        Arg::Timestamp(v) => {
+            // Microseconds, the precision of `timestamptz`, in UTC: the
+            // literal is the instant exactly, whatever the session's zone.
+            let _ = write!(out, "'{}'::timestamptz", v.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+        }
     }
     Ok(())
 }
@@ -185,6 +199,7 @@ pub(crate) struct Statements {
     pub(crate) watch: Statement,
     pub(crate) delete: Statement,
     pub(crate) sweep: Statement,
+    pub(crate) counts: Statement,
 }
 
 impl Statements {
@@ -277,8 +292,132 @@ impl Statements {
                         (SELECT max(key) FROM scanned) AS last_key, \
                         (SELECT count(*) FROM swept) AS swept, \
                         (SELECT count(*) FROM unwatched) AS unwatched"),
+            // The records within retention whose key starts with $1, counted
+            // by kind and state in one pass, with the leases run out
+            // (expired or released) and the creation of the oldest record
+            // holding a live lease. Every judgment uses one instant of the
+            // database's clock (`clock`, read once), the one `db_now`
+            // answers. A count reads every record it counts: the table, or
+            // the records under a prefix, once.
+            counts: s(&format!(
+                "WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now) \
+                 SELECT r.kind, r.state, count(*) AS records, \
+                        count(*) FILTER (WHERE {over}) AS leases_over, \
+                        min(r.created_at) FILTER (WHERE r.state = 'processing' \
+                            AND NOT coalesce({over}, false)) AS oldest_live, \
+                        {now} AS db_now \
+                 FROM {{schema}}.onceflight_records r \
+                 WHERE r.expires_at > {now} AND starts_with(r.key, $1::text) \
+                 GROUP BY r.kind, r.state",
+                now = NOW,
+                over = LEASE_OVER,
+            )),
         }
     }
+}
+
+/// The instant a listing or a count judges by: `clock_timestamp()` read
+/// once per statement (the `clock` CTE every such statement starts with),
+/// so that the filter and the record's remaining durations agree.
+const NOW: &str = "(SELECT now FROM clock)";
+
+/// A `processing` record whose lease is over: expired, or released (a
+/// release also ends the lease at its instant). Mirrors
+/// `Record::lease_expired` of the record the store decodes from the row.
+const LEASE_OVER: &str = "r.state = 'processing' \
+     AND (r.lease_expires_at <= (SELECT now FROM clock) OR r.released)";
+
+/// Every column of `onceflight_records` a record is decoded from, except
+/// `result`: a listing never reads result bytes, which may be large and
+/// are stored out of line (TOAST), so the column is a `NULL`.
+const LISTED_COLUMNS: &str = "r.key, r.kind, r.fingerprint, r.state, r.token, r.attempt, \
+     r.max_attempts, r.owner, r.lease_expires_at, NULL::bytea AS result, r.error_message, \
+     r.error_retryable, r.retry_at, r.created_at, r.updated_at, r.completed_at, r.expires_at";
+
+/// The statement listing one page of `query` in `schema` (a checked plain
+/// identifier), after the keyset position `after`, and its values.
+///
+/// The statement holds only the conditions the query asks for, rather than
+/// one statement with every condition switched off by a `NULL` value: each
+/// shape is planned for what it filters (a generic plan of a catch-all
+/// statement could not know which conditions apply), and sqlx keeps each
+/// shape prepared per connection like any other statement.
+///
+/// Records come in `(created_at, key)` order, keys compared byte by byte
+/// (`COLLATE "C"`, the order of Rust's `str`, whatever the database's
+/// collation), which the index `onceflight_records_created_at_key` serves:
+/// the scan follows the index from the cursor and stops after `limit + 1`
+/// matching records, the one past the limit telling that a next page
+/// exists. The cursor is a row comparison, which the index takes as its
+/// start. Filters are checked on the rows the scan meets, not in the index:
+/// an index on `state` or on the lease's end would keep renewals and
+/// completions from being HOT updates.
+pub(crate) fn listing<'a>(
+    schema: &str,
+    query: &'a ListQuery,
+    after: Option<&'a (DateTime<Utc>, String)>,
+) -> (Statement, Vec<Arg<'a>>) {
+    let mut args = Vec::new();
+    let mut param = |arg: Arg<'a>| {
+        args.push(arg);
+        format!("${}", args.len())
+    };
+    let mut sql = format!(
+        "WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now) \
+         SELECT {NOW} AS db_now, {LISTED_COLUMNS} \
+         FROM {{schema}}.onceflight_records r \
+         WHERE r.expires_at > {NOW}"
+    );
+    match query.filter() {
+        StateFilter::Any => {}
+        StateFilter::Processing { stuck_only } => {
+            sql.push_str(" AND r.state = 'processing'");
+            if stuck_only {
+                let _ = write!(sql, " AND {LEASE_OVER}");
+            }
+        }
+        StateFilter::Completed => sql.push_str(" AND r.state = 'completed'"),
+        StateFilter::Failed { retry_allowed } => {
+            sql.push_str(" AND r.state = 'failed'");
+            // A failure allows a retry exactly when the failure set
+            // `retry_at` (retryable, attempts left: see
+            // `onceflight_fail_v2`), which is what the record's
+            // `retry_after` is decoded from.
+            match retry_allowed {
+                None => {}
+                Some(true) => sql.push_str(" AND r.retry_at IS NOT NULL"),
+                Some(false) => sql.push_str(" AND r.retry_at IS NULL"),
+            }
+        }
+    }
+    if let Some(kind) = query.kind() {
+        let p = param(Arg::Text(kind.as_str()));
+        let _ = write!(sql, " AND r.kind = {p}::text");
+    }
+    if !query.prefix().is_empty() {
+        // `starts_with` compares characters, not patterns: any prefix text
+        // (`%`, `_`, `\`, quotes) means itself, with nothing to escape.
+        let p = param(Arg::Text(query.prefix()));
+        let _ = write!(sql, " AND starts_with(r.key, {p}::text)");
+    }
+    let (direction, past) = match query.order() {
+        ListOrder::OldestFirst => ("ASC", ">"),
+        ListOrder::NewestFirst => ("DESC", "<"),
+    };
+    if let Some((at, key)) = after {
+        let at = param(Arg::Timestamp(*at));
+        let key = param(Arg::Text(key));
+        let _ = write!(
+            sql,
+            " AND (r.created_at, r.key COLLATE \"C\") {past} ({at}::timestamptz, {key}::text)"
+        );
+    }
+    let limit = param(Arg::BigInt(i64::from(query.limit()) + 1));
+    let _ = write!(
+        sql,
+        " ORDER BY r.created_at {direction}, r.key COLLATE \"C\" {direction} LIMIT {limit}"
+    );
+    (Statement::new(&sql, schema), args)
 }
 
 #[cfg(test)]
@@ -313,6 +452,56 @@ mod tests {
         assert_eq!(
             &*statement.prepared,
             "SELECT \"onceflight\".f($1) WHERE x = $2"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_exact_utc_literals() {
+        let at = DateTime::from_timestamp_micros(1_733_000_000_123_456).expect("an instant");
+        let sql = Statement::new("$1", "s")
+            .render(&[Arg::Timestamp(at)])
+            .expect("render");
+        assert_eq!(sql, "'2024-11-30T20:53:20.123456Z'::timestamptz");
+    }
+
+    #[test]
+    fn a_listing_holds_only_the_conditions_it_asks_for() {
+        let everything = ListQuery::new();
+        let (statement, args) = listing("s", &everything, None);
+        assert_eq!(args.len(), 1, "only the limit: {args:?}");
+        for absent in [
+            "r.state =",
+            "r.kind =",
+            "starts_with",
+            "r.created_at, r.key COLLATE \"C\") ",
+        ] {
+            assert!(
+                !statement.text().contains(absent),
+                "{absent} in {}",
+                statement.text()
+            );
+        }
+        let after = (DateTime::UNIX_EPOCH, "a".to_owned());
+        let narrow = ListQuery::new()
+            .with_filter(StateFilter::Failed {
+                retry_allowed: Some(true),
+            })
+            .with_prefix("p%_")
+            .expect("a valid prefix")
+            .with_order(ListOrder::OldestFirst);
+        let (statement, args) = listing("s", &narrow, Some(&after));
+        let text = statement.text();
+        assert_eq!(args.len(), 4, "prefix, cursor, limit: {args:?}");
+        assert!(text.contains("r.retry_at IS NOT NULL"), "{text}");
+        assert!(text.contains("starts_with(r.key, $1::text)"), "{text}");
+        assert!(
+            text.contains("(r.created_at, r.key COLLATE \"C\") > ($2::timestamptz, $3::text)"),
+            "{text}"
+        );
+        assert!(text.ends_with("LIMIT $4"), "{text}");
+        assert!(
+            !text.contains("r.result") && text.contains("NULL::bytea AS result"),
+            "a listing never reads results: {text}"
         );
     }
 

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use onceflight_core::backend::check_lease_ttl;
 use onceflight_core::backend::waiters::{Waiters, wait_pushed};
 use onceflight_core::{
     ChangeFeed, Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError,
-    Kind, Lease, ListPage, ListQuery, Owner, Record, RecordState, Renewal, RequestKey,
-    RequestStore, Result, StoreStats, Token,
+    Kind, Lease, ListCursor, ListPage, ListQuery, Owner, Record, RecordState, Renewal, RequestKey,
+    RequestStore, Result, StateCounts, StoreStats, Token,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
@@ -23,7 +23,7 @@ use crate::answer::ClaimAnswer;
 use crate::config::{PgConfig, PgPooler};
 use crate::connect;
 use crate::error::{BACKEND, TimedOut, map};
-use crate::sql::{Arg, Statement, Statements};
+use crate::sql::{self, Arg, Statement, Statements};
 use crate::waiters::{Fanout, Watch, spawn_listener};
 
 /// The embedded migrations (`migrations/`), applied by [`PgStore::migrate`].
@@ -362,6 +362,62 @@ impl PgStore {
         }
     }
 
+    /// Runs `statement` with `args` in one round trip and returns its rows,
+    /// sent like [`Self::fetch_optional`].
+    async fn fetch_all(&self, statement: &Statement, args: &[Arg<'_>]) -> Result<Vec<PgRow>> {
+        match self.pooler {
+            PgPooler::None => {
+                self.bounded((&self.pool).fetch_all(statement.bind(args)))
+                    .await
+            }
+            PgPooler::Transaction => {
+                let sql = sqlx::AssertSqlSafe(self.pooled_sql(statement, args)?);
+                self.bounded((&self.pool).fetch_all(sqlx::raw_sql(sql)))
+                    .await
+            }
+        }
+    }
+
+    /// The statement listing the page `query` asks for, and its values; the
+    /// cursor's position is kept in `after`, which the values borrow.
+    fn listing<'q>(
+        &self,
+        query: &'q ListQuery,
+        after: &'q mut Option<(DateTime<Utc>, String)>,
+    ) -> Result<(Statement, Vec<Arg<'q>>)> {
+        *after = query.cursor().map(ListCursor::to_keyset).transpose()?;
+        if let Some((at, _)) = after
+            && !(1..=9999).contains(&at.year())
+        {
+            // No record of this store was created then: the cursor was not
+            // written by it (and a literal of such a year would need a sign).
+            return Err(Error::InvalidInput {
+                field: "cursor",
+                reason: "is not a cursor this store wrote; start again without one".to_owned(),
+            });
+        }
+        Ok(sql::listing(&self.schema, query, after.as_ref()))
+    }
+
+    /// The plan Postgres makes for the statement [`RequestStore::list`]
+    /// sends for `query` (the same text and values, sent the same way),
+    /// as `EXPLAIN (FORMAT JSON)` writes it.
+    ///
+    /// For tests, which check that listings follow the index rather than
+    /// read the whole table; not part of the store's API.
+    #[doc(hidden)]
+    pub async fn explain_listing(&self, query: &ListQuery) -> Result<String> {
+        let mut after = None;
+        let (statement, args) = self.listing(query, &mut after)?;
+        let explain = Statement::new(
+            &format!("EXPLAIN (FORMAT JSON) {}", statement.text()),
+            &self.schema,
+        );
+        let row = self.fetch_one(&explain, &args).await?;
+        // The plan is `json`, whose text sqlx only decodes unchecked.
+        row.try_get_unchecked::<String, _>(0).map_err(map)
+    }
+
     /// `statement` as one simple-protocol query for a transaction-mode
     /// pooler, preceded by its server-side time bounds. The query string is
     /// one implicit transaction, so `SET LOCAL` holds for the statement that
@@ -557,15 +613,20 @@ fn claim(answer: ClaimAnswer, key: &RequestKey, options: &ClaimOptions) -> Resul
     })
 }
 
+/// The state in a row's `state` column.
+fn state(row: &PgRow) -> Result<RecordState> {
+    match get::<String>(row, "state")?.as_str() {
+        "processing" => Ok(RecordState::Processing),
+        "completed" => Ok(RecordState::Completed),
+        "failed" => Ok(RecordState::Failed),
+        other => Err(corrupt(format!("unknown state {other:?}"))),
+    }
+}
+
 /// The record of a row holding `onceflight_records`' columns and `db_now`.
 fn record(row: &PgRow, key: &RequestKey) -> Result<Record> {
     let now: DateTime<Utc> = get(row, "db_now")?;
-    let state = match get::<String>(row, "state")?.as_str() {
-        "processing" => RecordState::Processing,
-        "completed" => RecordState::Completed,
-        "failed" => RecordState::Failed,
-        other => return Err(corrupt(format!("unknown state {other:?}"))),
-    };
+    let state = state(row)?;
     let processing = state == RecordState::Processing;
     let lease_expires_at: Option<DateTime<Utc>> = get(row, "lease_expires_at")?;
     let retry_at: Option<DateTime<Utc>> = get(row, "retry_at")?;
@@ -748,18 +809,69 @@ impl RequestStore for PgStore {
         }
     }
 
-    async fn list(&self, _query: &ListQuery) -> Result<ListPage> {
-        Err(Error::Backend {
-            backend: "postgres",
-            message: "listing is being written".to_owned(),
-        })
+    /// One statement (see [`sql::listing`]): the index on `(created_at,
+    /// key)` walked from the cursor, `limit + 1` matching records read (the
+    /// last only to tell that a next page exists), results left unread, and
+    /// every record judged at one instant of the database's clock.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        let mut after = None;
+        let (statement, args) = self.listing(query, &mut after)?;
+        let rows = self.fetch_all(&statement, &args).await?;
+        let mut records = rows
+            .iter()
+            .map(|row| {
+                let key = RequestKey::parse(get::<String>(row, "key")?)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                record(row, &key)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let next = if records.len() > query.limit() as usize {
+            records.truncate(query.limit() as usize);
+            records
+                .last()
+                .map(|last| ListCursor::keyset(last.created_at, &last.key))
+        } else {
+            None
+        };
+        Ok(ListPage::new(records, next))
     }
 
-    async fn counts(&self, _prefix: &str) -> Result<StoreStats> {
-        Err(Error::Backend {
-            backend: "postgres",
-            message: "counting is being written".to_owned(),
-        })
+    /// One statement reading the records counted once, grouped by kind and
+    /// state in Postgres; only the groups cross the wire.
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        let mut stats = StoreStats::default();
+        if prefix.contains('\0') {
+            // Postgres text cannot hold a NUL, so no key starts with one.
+            return Ok(stats);
+        }
+        let rows = self
+            .fetch_all(&self.statements.counts, &[Arg::Text(prefix)])
+            .await?;
+        for row in &rows {
+            let kind =
+                Kind::parse(get::<String>(row, "kind")?).map_err(|e| corrupt(e.to_string()))?;
+            let state = state(row)?;
+            let records = u64::try_from(get::<i64>(row, "records")?).unwrap_or(0);
+            let counts = stats.kinds.entry(kind).or_insert_with(StateCounts::default);
+            for counted in [&mut stats.states, counts] {
+                match state {
+                    RecordState::Processing => counted.processing += records,
+                    RecordState::Completed => counted.completed += records,
+                    RecordState::Failed => counted.failed += records,
+                }
+            }
+            if state == RecordState::Processing {
+                let over = u64::try_from(get::<i64>(row, "leases_over")?).unwrap_or(0);
+                stats.leases_expired += over;
+                stats.leases_live += records.saturating_sub(over);
+                if let Some(oldest) = get::<Option<DateTime<Utc>>>(row, "oldest_live")? {
+                    let age = remaining(get(row, "db_now")?, oldest);
+                    stats.oldest_live_lease_age =
+                        Some(stats.oldest_live_lease_age.map_or(age, |a| a.max(age)));
+                }
+            }
+        }
+        Ok(stats)
     }
 
     /// Deletions arrive over the store's LISTEN connection (a delete

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use onceflight_core::{Bytes, Error, JobError, RequestStore};
+use onceflight_core::{Bytes, Error, JobError, Kind, ListQuery, RequestKey, RequestStore};
 use onceflight_store_postgres::{PgConfig, PgPooler, PgStore};
 use onceflight_test_support::proxy::server_of;
 use onceflight_test_support::{backend_available, unique_name};
@@ -174,6 +174,19 @@ async fn round_trips_per_operation(store: &PgStore, proxy: &RoundTrips) -> Vec<(
     count("release");
     store.get(&a).await.unwrap();
     count("get");
+    let under = ListQuery::new()
+        .with_prefix(format!("image|{run}-"))
+        .unwrap()
+        .with_kind(Some(Kind::parse("image").unwrap()))
+        .with_limit(1)
+        .unwrap();
+    let page = store.list(&under).await.unwrap();
+    count("list");
+    let next = page.next.expect("three records, one a page");
+    store.list(&under.with_cursor(Some(next))).await.unwrap();
+    count("list (next page)");
+    store.counts(&format!("image|{run}-")).await.unwrap();
+    count("counts");
     store.delete(&a).await.unwrap();
     count("delete");
     store.sweep().await.unwrap();
@@ -194,12 +207,12 @@ async fn assert_one_each(proxy: &RoundTrips, store: &PgStore, mode: &str) {
         counts.iter().all(|(_, n)| *n == 1),
         "{mode}: every operation must be one round trip: {counts:?}"
     );
-    assert_eq!(counts.len(), 12, "{mode}: every operation was counted");
+    assert_eq!(counts.len(), 15, "{mode}: every operation was counted");
     tokio::time::sleep(settle).await;
     let lone = proxy.lone_syncs.load(Ordering::SeqCst) - lone_before;
     assert!(
-        lone <= 12,
-        "{mode}: {lone} lone Syncs for 12 operations: a connection is checked before use"
+        lone <= 15,
+        "{mode}: {lone} lone Syncs for 15 operations: a connection is checked before use"
     );
 }
 
@@ -363,6 +376,12 @@ async fn hostile_values_stay_values_through_the_pooler() {
         );
         let record = store.get(&k).await.unwrap().expect("the record");
         assert_eq!(record.key, k, "the key round-trips");
+        let under = ListQuery::new().with_prefix(k.as_str()).unwrap();
+        let page = store.list(&under).await.expect("list");
+        let listed: Vec<&RequestKey> = page.records.iter().map(|r| &r.key).collect();
+        assert_eq!(listed, [&k], "the key is its own prefix");
+        let counted = store.counts(k.as_str()).await.expect("counts");
+        assert_eq!(counted.states.failed, 1, "the count under the key");
     }
 }
 

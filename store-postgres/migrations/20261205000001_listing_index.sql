@@ -1,0 +1,22 @@
+-- The listing's order, served by an index.
+--
+-- An operator's listing (`PgStore::list`) pages through records by their
+-- creation instant, then key, compared byte by byte (`COLLATE "C"`, the
+-- order of Rust's strings, whatever the database's collation). With this
+-- index a page is a walk from the cursor that stops after the page's
+-- records, never a read and sort of the whole table; the state, kind and
+-- prefix filters are checked on the rows the walk meets.
+--
+-- Both columns are written only when a record is created or starts over
+-- past its retention: renewals, completions, failures and releases rewrite
+-- neither, so they stay HOT updates (an index on `state`, the lease's end
+-- or `expires_at` would end that, see 20261203000001_notify_watched_keys).
+--
+-- Migrations run in a transaction, so the index is built with a plain
+-- CREATE INDEX, which blocks writes to the table while it builds. On a large
+-- table, build it beforehand without blocking, under the same name, and
+-- this migration then finds it:
+--   CREATE INDEX CONCURRENTLY IF NOT EXISTS onceflight_records_created_at_key
+--       ON "<schema>".onceflight_records (created_at, key COLLATE "C");
+CREATE INDEX IF NOT EXISTS onceflight_records_created_at_key
+    ON onceflight_records (created_at, key COLLATE "C");
