@@ -31,6 +31,14 @@
 //!   only then has every waiter re-read its record, so no change falls
 //!   between the re-read and the new subscription; a bounded fallback
 //!   re-read covers a lost message.
+//! - Listings ([`onceflight_core::RequestStore::list`] and `counts`) write
+//!   nothing on the claim path: they `SCAN` the store's record keys on each
+//!   primary in turn and read each batch in one pipeline (the records
+//!   without their results, judged by Redis's clock). A page scans a
+//!   bounded number of keys, so it may hold fewer records than asked, even
+//!   none, with a cursor to go on; each page is in order, the pages are
+//!   not among themselves. `counts` scans every record key, so its cost
+//!   grows with the number of records.
 //! - The same subscription feeds result caches
 //!   ([`onceflight_core::RequestStore::change_feed`]): every delete
 //!   publishes its key, and while a cache listens the subscription is PINGed

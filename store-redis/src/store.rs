@@ -26,6 +26,8 @@ use tokio::task::JoinHandle;
 use crate::config::RedisConfig;
 use crate::error::{BACKEND, corrupt, is_function_missing, map};
 
+mod scan;
+
 /// Longest retention honoured (100 years): "keep forever" in practice.
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
@@ -39,7 +41,7 @@ const LOAD_ATTEMPTS: u32 = 3;
 const LIB: &str = include_str!("../lua/lib.lua");
 
 /// One file per atomic operation, each registering its function(s).
-const OPERATIONS: [(&str, &str); 7] = [
+const OPERATIONS: [(&str, &str); 8] = [
     ("claim.lua", include_str!("../lua/claim.lua")),
     ("renew.lua", include_str!("../lua/renew.lua")),
     ("complete.lua", include_str!("../lua/complete.lua")),
@@ -47,6 +49,7 @@ const OPERATIONS: [(&str, &str); 7] = [
     ("release.lua", include_str!("../lua/release.lua")),
     ("get.lua", include_str!("../lua/get.lua")),
     ("delete.lua", include_str!("../lua/delete.lua")),
+    ("peek.lua", include_str!("../lua/peek.lua")),
 ];
 
 /// A [`RequestStore`] on Redis or Redis Cluster.
@@ -154,6 +157,7 @@ struct Library {
     release: String,
     get: String,
     delete: String,
+    peek: String,
 }
 
 impl Library {
@@ -174,6 +178,7 @@ impl Library {
             release: function("release"),
             get: function("get"),
             delete: function("delete"),
+            peek: function("peek"),
             code,
             name,
         }
@@ -1159,17 +1164,17 @@ impl RequestStore for RedisStore {
         Ok(0)
     }
 
-    async fn list(&self, _query: &ListQuery) -> Result<ListPage> {
-        Err(Error::Backend {
-            backend: "redis",
-            message: "listing is being written".to_owned(),
-        })
+    /// Scans the store's record keys on every primary, a bounded batch
+    /// per page: pages are each in order, not among themselves, and may be
+    /// short or empty while a cursor follows (see `store/scan.rs`).
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        self.list_page(query).await
     }
-    async fn counts(&self, _prefix: &str) -> Result<StoreStats> {
-        Err(Error::Backend {
-            backend: "redis",
-            message: "counting is being written".to_owned(),
-        })
+
+    /// One whole scan of the store's record keys on every primary: its cost
+    /// grows with the number of records held.
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        self.count_all(prefix).await
     }
 
     /// Deletions arrive on the store's pub/sub connection (every delete

@@ -1,0 +1,216 @@
+//! Listing by `SCAN` with pages far smaller than a `SCAN` batch: every
+//! record is listed, no page exceeds its limit, on the single server and on
+//! the cluster (where every primary is scanned in turn).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use onceflight_core::{
+    Claim, ClaimOptions, Kind, ListCursor, ListOrder, ListQuery, RequestKey, RequestStore,
+    StateFilter,
+};
+use onceflight_store_redis::RedisStore;
+use onceflight_test_support::backend_available;
+
+/// Records listed: a few hundred, so that one `SCAN` batch holds many more
+/// than a page.
+const RECORDS: usize = 300;
+
+/// A store whose key prefix holds every character Redis's globs give a
+/// meaning to, so that the scan's pattern must escape them.
+async fn store_on(url: &str) -> RedisStore {
+    let prefix = format!("{}[*?]\\:", common::fresh_prefix());
+    common::store_on(url, &prefix, Duration::from_secs(600)).await
+}
+
+/// Claims `RECORDS` keys under `img|p*[` (glob characters again), completes
+/// every third, and claims a few keys outside that prefix; returns the keys
+/// under it.
+async fn fill(store: &RedisStore) -> BTreeSet<String> {
+    let options = ClaimOptions::new(Kind::parse("image").expect("valid kind"))
+        .with_lease_ttl(Duration::from_secs(600))
+        .expect("valid ttl");
+    let mut keys = BTreeSet::new();
+    for i in 0..RECORDS + 20 {
+        let name = if i < RECORDS {
+            format!("img|p*[{i:03}")
+        } else {
+            format!("img|q-{i:03}")
+        };
+        let key = RequestKey::parse(name.clone()).expect("valid key");
+        let Claim::Acquired(lease) = store.claim_or_get(&key, &options).await.expect("claim")
+        else {
+            panic!("{name} was not acquired");
+        };
+        if i % 3 == 0 {
+            store
+                .complete(&key, lease.token, onceflight_core::Bytes::from_static(b"r"))
+                .await
+                .expect("complete");
+        }
+        if i < RECORDS {
+            keys.insert(name);
+        }
+    }
+    keys
+}
+
+/// Every page of `query` (bounded), checking each page's size and order.
+async fn listed(store: &RedisStore, query: &ListQuery) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<ListCursor> = None;
+    for _ in 0..10_000 {
+        let page = store
+            .list(&query.clone().with_cursor(cursor))
+            .await
+            .unwrap_or_else(|e| panic!("list({query:?}): {e}"));
+        assert!(
+            page.records.len() <= query.limit() as usize,
+            "a page of {} records over the limit {}",
+            page.records.len(),
+            query.limit()
+        );
+        let ranks: Vec<_> = page
+            .records
+            .iter()
+            .map(|r| (r.created_at, r.key.as_str().to_owned()))
+            .collect();
+        let mut sorted = ranks.clone();
+        sorted.sort();
+        if query.order() == ListOrder::NewestFirst {
+            sorted.reverse();
+        }
+        assert_eq!(ranks, sorted, "a page is in the query's order");
+        for record in &page.records {
+            assert!(query.accepts(record), "{record:?} does not match");
+            assert!(record.result.is_none(), "a listing carries no result");
+            keys.push(record.key.as_str().to_owned());
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return keys,
+        }
+    }
+    panic!("the listing did not end after 10000 pages");
+}
+
+/// Pages of 1 to 3 records list every record under the prefix at least
+/// once, and no page holds more than its limit.
+async fn small_pages_list_every_record(store: &RedisStore) {
+    let keys = fill(store).await;
+    for limit in 1..=3 {
+        for order in [ListOrder::OldestFirst, ListOrder::NewestFirst] {
+            let query = ListQuery::new()
+                .with_prefix("img|p*[")
+                .expect("valid prefix")
+                .with_order(order)
+                .with_limit(limit)
+                .expect("valid limit");
+            let listed: BTreeSet<String> = listed(store, &query).await.into_iter().collect();
+            assert_eq!(
+                listed.len(),
+                keys.len(),
+                "limit {limit}, {order:?}: {} of {} records listed",
+                listed.len(),
+                keys.len()
+            );
+            assert_eq!(listed, keys, "limit {limit}, {order:?}: the keys listed");
+        }
+    }
+    let completed = ListQuery::new()
+        .with_filter(StateFilter::Completed)
+        .with_limit(2)
+        .expect("valid limit");
+    let listed: BTreeSet<String> = listed(store, &completed).await.into_iter().collect();
+    assert_eq!(
+        listed.len(),
+        (RECORDS + 20).div_ceil(3),
+        "every completed record, in or out of the prefix"
+    );
+    let stats = store.counts("img|p*[").await.expect("counts");
+    assert_eq!(
+        (stats.states.total(), stats.states.completed),
+        (RECORDS as u64, RECORDS.div_ceil(3) as u64),
+        "counts under the prefix: {stats:?}"
+    );
+}
+
+/// Keys of no store among the store's own, so many that one page's scan
+/// budget does not cover them: listings then span many `SCAN` batches, and
+/// some pages end on the budget rather than the limit.
+const FILLER: usize = 10_000;
+
+#[tokio::test]
+async fn small_pages_list_every_record_on_one_server() {
+    if !backend_available("REDIS_URL") {
+        return;
+    }
+    let url = common::redis_url();
+    let mut raw = common::raw(&url).await;
+    let filler = common::fresh_prefix();
+    let mut pipeline = redis::pipe();
+    for i in 0..FILLER {
+        pipeline
+            .cmd("SET")
+            .arg(format!("{filler}{i}"))
+            .arg("x")
+            .arg("EX")
+            .arg(600)
+            .ignore();
+    }
+    let () = pipeline
+        .query_async(&mut raw)
+        .await
+        .expect("write the filler keys");
+    let store = store_on(&url).await;
+    small_pages_list_every_record(&store).await;
+
+    // Functions lost under the store (a restart without persistence):
+    // listing loads them again, as every operation does.
+    let () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .expect("FUNCTION FLUSH");
+    let every = ListQuery::new().with_limit(500).expect("valid limit");
+    let listed: BTreeSet<String> = listed(&store, &every).await.into_iter().collect();
+    assert_eq!(
+        listed.len(),
+        RECORDS + 20,
+        "every record, after FUNCTION FLUSH"
+    );
+    // A prefix nothing has: empty pages, each a bounded part of the scan,
+    // until the scan is done.
+    let nothing = ListQuery::new()
+        .with_prefix("nothing|")
+        .expect("valid prefix");
+    let mut pages = 0;
+    let mut cursor = None;
+    loop {
+        pages += 1;
+        assert!(pages < 10_000, "the listing did not end");
+        let page = store
+            .list(&nothing.clone().with_cursor(cursor))
+            .await
+            .expect("list");
+        assert!(page.records.is_empty(), "nothing matches: {page:?}");
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert!(
+        pages > 1,
+        "{FILLER} keys take more than one page's scan budget"
+    );
+}
+
+#[tokio::test]
+async fn small_pages_list_every_record_on_the_cluster() {
+    if !backend_available("REDIS_CLUSTER_URLS") {
+        return;
+    }
+    small_pages_list_every_record(&store_on(&common::cluster_urls()).await).await;
+}
