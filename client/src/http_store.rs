@@ -19,8 +19,9 @@ use chrono::{DateTime, Utc};
 use onceflight_core::backend::check_lease_ttl;
 use onceflight_core::{
     Claim, ClaimOptions, Completed, Error, Failed, Fingerprint, InFlight, JobError, Kind, Lease,
-    ListPage, ListQuery, Owner, Record, RecordState, Renewal, RequestKey, RequestStore, Result,
-    StoreStats, Timestamp, Token,
+    ListCursor, ListOrder, ListPage, ListQuery, MAX_LIST_LIMIT, Owner, Record, RecordState,
+    Renewal, RequestKey, RequestStore, Result, StateCounts, StateFilter, StoreStats, Timestamp,
+    Token,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
@@ -32,7 +33,8 @@ use onceflight_core::backend::redact_url;
 
 use crate::model::{
     ClaimBody, CompleteBody, ErrorBody, ErrorInfo, FailBody, GetQuery, HeartbeatBody,
-    HeartbeatResponse, MAX_WAIT_MS, RecordBody, ReleaseBody, millis,
+    HeartbeatResponse, ListParams, ListResponse, MAX_WAIT_MS, RecordBody, ReleaseBody,
+    StatsResponse, millis,
 };
 
 /// The backend name this store reports in errors and metrics.
@@ -181,6 +183,66 @@ impl HttpStore {
             builder = builder.bearer_auth(token);
         }
         Ok(Call { builder, operation })
+    }
+
+    /// The request for `method` on `path` (`/v1/requests`, `/v1/stats`),
+    /// with the bearer token and the time limit.
+    fn request_path(&self, method: Method, path: &str, operation: &'static str) -> Result<Call> {
+        let url = Url::parse(&format!("{}{path}", self.base)).map_err(|e| Error::InvalidInput {
+            field: "base_url",
+            reason: format!("cannot be joined with {path}: {e}"),
+        })?;
+        let mut builder = self.client.request(method, url).timeout(self.timeout);
+        if let Some(token) = &self.bearer_token {
+            builder = builder.bearer_auth(token);
+        }
+        Ok(Call { builder, operation })
+    }
+
+    /// `GET /v1/stats`: the counts of every record the token may see.
+    async fn stats(&self) -> Result<StoreStats> {
+        let call = self.request_path(Method::GET, "/v1/stats", "stats")?;
+        let (status, bytes) = call.send().await?;
+        if status != StatusCode::OK {
+            return Err(collection_error(status, &bytes, false));
+        }
+        let answer: StatsResponse = decode(&bytes, "stats")?;
+        let mut stats = StoreStats::default();
+        stats.states = state_counts(answer.records);
+        for (kind, counts) in answer.kinds {
+            stats
+                .kinds
+                .insert(parsed(kind, Kind::parse)?, state_counts(counts));
+        }
+        stats.leases_live = answer.leases.live;
+        stats.leases_expired = answer.leases.expired;
+        stats.oldest_live_lease_age = answer.oldest_live_lease_ms.map(Duration::from_millis);
+        Ok(stats)
+    }
+
+    /// Counts the records under `prefix` from full pages of the listing: the
+    /// API counts only whole namespaces (`/v1/stats`), and a listing carries
+    /// every field a count needs. A store that scans may list a record
+    /// twice, so each key is counted once.
+    async fn counts_by_listing(&self, prefix: &str) -> Result<StoreStats> {
+        let query = ListQuery::new()
+            .with_prefix(prefix)?
+            .with_limit(MAX_LIST_LIMIT)?;
+        let mut stats = StoreStats::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = None;
+        loop {
+            let page = self.list(&query.clone().with_cursor(cursor)).await?;
+            for record in &page.records {
+                if seen.insert(record.key.as_str().to_owned()) {
+                    stats.add(record, service_now(record));
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(stats),
+            }
+        }
     }
 
     /// Sends a fenced operation's body and reads the record it answers with.
@@ -341,17 +403,51 @@ impl RequestStore for HttpStore {
         Ok(0)
     }
 
-    async fn list(&self, _query: &ListQuery) -> Result<ListPage> {
-        Err(Error::Backend {
-            backend: "http",
-            message: "listing is being written".to_owned(),
-        })
+    /// One `GET /v1/requests`. The keys are the caller's own (the service
+    /// takes its namespace off); a cursor the service refuses is
+    /// `InvalidInput { field: "cursor" }`, as with any store.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        let call = self.request_path(Method::GET, "/v1/requests", "list")?;
+        let call = Call {
+            builder: call.builder.query(&list_params(query)),
+            operation: call.operation,
+        };
+        let (status, bytes) = call.send().await?;
+        if status != StatusCode::OK {
+            return Err(collection_error(status, &bytes, query.cursor().is_some()));
+        }
+        let answer: ListResponse = decode(&bytes, "list")?;
+        let records = answer
+            .records
+            .into_iter()
+            .map(|body| {
+                let key = parsed(body.key.clone(), RequestKey::parse)?;
+                // Listings carry no results: the `null` of a completed
+                // record here is "not sent", not the result `null`.
+                let mut record = record_from_body(&key, body)?;
+                record.result = None;
+                Ok(record)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ListPage::new(
+            records,
+            answer.next_cursor.map(ListCursor::from_store),
+        ))
     }
-    async fn counts(&self, _prefix: &str) -> Result<StoreStats> {
-        Err(Error::Backend {
-            backend: "http",
-            message: "counting is being written".to_owned(),
-        })
+
+    /// With an empty prefix, one `GET /v1/stats` (which the service may
+    /// answer from counts up to its `--stats-max-age-ms` old). With a
+    /// prefix, which `/v1/stats` does not take, the records under it are
+    /// listed page by page (500 a page) and counted here with
+    /// [`StoreStats::add`]: exact, and as costly as reading them all. The
+    /// age of the oldest live lease is taken against the service's clock,
+    /// read off each live record as its lease's end minus its time left.
+    async fn counts(&self, prefix: &str) -> Result<StoreStats> {
+        if prefix.is_empty() {
+            self.stats().await
+        } else {
+            self.counts_by_listing(prefix).await
+        }
     }
 }
 
@@ -467,13 +563,7 @@ impl std::error::Error for ServerError {}
 /// The error of a non-success answer. `token` is the lease of a fenced
 /// operation, the only kind that can answer 409.
 fn status_error(status: StatusCode, body: &[u8], key: &RequestKey, token: Option<Token>) -> Error {
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(ErrorBody { error }) => (error.code, error.message),
-        Err(_) => (
-            String::new(),
-            String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
-        ),
-    };
+    let (code, message) = error_parts(body);
     match (status, token) {
         (StatusCode::CONFLICT, Some(token)) => Error::LeaseLost {
             key: key.clone(),
@@ -515,6 +605,114 @@ fn status_error(status: StatusCode, body: &[u8], key: &RequestKey, token: Option
             backend: BACKEND,
             message: format!("unexpected answer {status} {code}: {message}"),
         },
+    }
+}
+
+/// The code and message of an error answer (the start of the body when it
+/// is not the API's error body).
+fn error_parts(body: &[u8]) -> (String, String) {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error }) => (error.code, error.message),
+        Err(_) => (
+            String::new(),
+            String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+        ),
+    }
+}
+
+/// The error of a non-success answer of a route without a key (`list`,
+/// `stats`). A 400 to a request that sent a cursor and names the cursor is
+/// the cursor refused.
+fn collection_error(status: StatusCode, body: &[u8], sent_cursor: bool) -> Error {
+    let (code, message) = error_parts(body);
+    match status {
+        StatusCode::BAD_REQUEST if sent_cursor && message.contains("cursor") => {
+            Error::InvalidInput {
+                field: "cursor",
+                reason: message,
+            }
+        }
+        StatusCode::BAD_REQUEST => Error::InvalidInput {
+            field: "request",
+            reason: message,
+        },
+        StatusCode::UNAUTHORIZED => Error::Backend {
+            backend: BACKEND,
+            message: format!("the service refused the bearer token: {message}"),
+        },
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => Error::unavailable(
+            BACKEND,
+            ServerError {
+                status,
+                code,
+                message,
+            },
+        ),
+        _ if status.is_server_error() => Error::unavailable(
+            BACKEND,
+            ServerError {
+                status,
+                code,
+                message,
+            },
+        ),
+        _ => Error::Backend {
+            backend: BACKEND,
+            message: format!("unexpected answer {status} {code}: {message}"),
+        },
+    }
+}
+
+/// The query parameters of `query`, as `GET /v1/requests` takes them.
+fn list_params(query: &ListQuery) -> ListParams {
+    let (state, stuck, retry) = match query.filter() {
+        StateFilter::Any => (None, None, None),
+        StateFilter::Processing { stuck_only } => {
+            (Some("processing"), stuck_only.then_some(true), None)
+        }
+        StateFilter::Completed => (Some("completed"), None, None),
+        StateFilter::Failed { retry_allowed } => (
+            Some("failed"),
+            None,
+            retry_allowed.map(|allowed| if allowed { "allowed" } else { "none" }),
+        ),
+    };
+    ListParams {
+        state: state.map(str::to_owned),
+        stuck,
+        retry: retry.map(str::to_owned),
+        kind: query.kind().map(|kind| kind.as_str().to_owned()),
+        prefix: Some(query.prefix().to_owned()).filter(|prefix| !prefix.is_empty()),
+        order: Some(
+            match query.order() {
+                ListOrder::NewestFirst => "newest",
+                ListOrder::OldestFirst => "oldest",
+            }
+            .to_owned(),
+        ),
+        limit: Some(query.limit()),
+        cursor: query.cursor().map(|cursor| cursor.as_str().to_owned()),
+    }
+}
+
+fn state_counts(body: crate::model::StateCountsBody) -> StateCounts {
+    let mut counts = StateCounts::default();
+    counts.processing = body.processing;
+    counts.completed = body.completed;
+    counts.failed = body.failed;
+    counts
+}
+
+/// The service's clock when it read `record`: for a live lease, its end
+/// minus the time it had left (both the service's figures); otherwise this
+/// machine's clock, which a count uses only for live leases.
+fn service_now(record: &Record) -> Timestamp {
+    match (record.lease_expires_at, record.lease_remaining) {
+        (Some(end), Some(left)) if !left.is_zero() => chrono::Duration::from_std(left)
+            .ok()
+            .and_then(|left| end.checked_sub_signed(left))
+            .unwrap_or_else(Utc::now),
+        _ => Utc::now(),
     }
 }
 

@@ -434,3 +434,174 @@ impl From<Renewal> for HeartbeatResponse {
         }
     }
 }
+
+/// Query of `GET /v1/requests`, the listing (docs/protocol.md §7
+/// "Listing"). Values are taken as text and checked by the server, so that
+/// every bad value is the same 400 `invalid_request` with a message naming
+/// the parameter.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+pub struct ListParams {
+    /// Only records in this state (absent: every state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        param(pattern = "^(processing|completed|failed)$", nullable = false)
+    )]
+    pub state: Option<String>,
+    /// `true`: only `processing` records whose lease ran out and that nobody
+    /// took over yet (implies `state=processing`; with another state, 400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", param(nullable = false))]
+    pub stuck: Option<bool>,
+    /// `allowed`: only failed records a claim may retry (now or after the
+    /// backoff); `none`: only final failures. Implies `state=failed`; with
+    /// another state, 400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        param(pattern = "^(allowed|none)$", nullable = false)
+    )]
+    pub retry: Option<String>,
+    /// Only records of this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        param(
+            min_length = 1,
+            max_length = 64,
+            pattern = "^[a-z0-9_.-]+$",
+            nullable = false
+        )
+    )]
+    pub kind: Option<String>,
+    /// Only records whose key starts with this text (within the caller's
+    /// namespace; at most 1024 bytes, no control character).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        param(
+            max_length = 1024,
+            pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
+            nullable = false
+        )
+    )]
+    pub prefix: Option<String>,
+    /// `newest` (the default) or `oldest` first, by creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        param(pattern = "^(newest|oldest)$", nullable = false)
+    )]
+    pub order: Option<String>,
+    /// Most records on the page, 1–500 (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        param(minimum = 1, maximum = 500, nullable = false)
+    )]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page, as it was given: opaque, and
+    /// meaningful only with the query that produced it. Any other text is
+    /// 400 `invalid_request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        param(min_length = 1, max_length = 2048, nullable = false)
+    )]
+    pub cursor: Option<String>,
+}
+
+/// Answer of `GET /v1/requests`: one page of records.
+#[derive(Debug, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ListResponse {
+    /// The records, each the body `GET /v1/requests/{key}` answers, with
+    /// `"result": null` (read the key for its result).
+    pub records: Vec<RecordBody>,
+    /// Where the next page starts (pass it as `cursor`); null on the last
+    /// page. A page may hold fewer records than the limit, even none, while
+    /// a cursor is returned.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub next_cursor: Option<String>,
+}
+
+/// Records of one state, and in total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StateCountsBody {
+    /// `processing` records (live, expired or released leases).
+    pub processing: u64,
+    /// `completed` records.
+    pub completed: u64,
+    /// `failed` records.
+    pub failed: u64,
+    /// Every record counted.
+    pub total: u64,
+}
+
+/// Leases of `processing` records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseCountsBody {
+    /// Live leases: jobs running now.
+    pub live: u64,
+    /// Leases that ran out (expired or released) with nobody taking over
+    /// yet: stuck until the next claim.
+    pub expired: u64,
+}
+
+/// Answer of `GET /v1/stats`: the caller's records counted.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatsResponse {
+    /// Records by state.
+    pub records: StateCountsBody,
+    /// Records by kind, then state.
+    pub kinds: std::collections::BTreeMap<String, StateCountsBody>,
+    /// Leases live and run out.
+    pub leases: LeaseCountsBody,
+    /// How long ago the oldest record holding a live lease was created;
+    /// null when no lease is live.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub oldest_live_lease_ms: Option<u64>,
+    /// When the counts were read (RFC 3339, UTC).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
+    pub as_of: String,
+    /// How long the server keeps counts before reading them again.
+    pub max_age_ms: u64,
+}
+
+impl From<onceflight_core::StateCounts> for StateCountsBody {
+    fn from(c: onceflight_core::StateCounts) -> Self {
+        Self {
+            processing: c.processing,
+            completed: c.completed,
+            failed: c.failed,
+            total: c.total(),
+        }
+    }
+}
+
+impl StatsResponse {
+    /// The body of `stats`, read at `as_of` and kept up to `max_age`.
+    pub fn new(stats: &onceflight_core::StoreStats, as_of: Timestamp, max_age: Duration) -> Self {
+        Self {
+            records: stats.states.into(),
+            kinds: stats
+                .kinds
+                .iter()
+                .map(|(kind, counts)| (kind.as_str().to_owned(), (*counts).into()))
+                .collect(),
+            leases: LeaseCountsBody {
+                live: stats.leases_live,
+                expired: stats.leases_expired,
+            },
+            oldest_live_lease_ms: stats.oldest_live_lease_age.map(millis),
+            as_of: timestamp(as_of),
+            max_age_ms: millis(max_age),
+        }
+    }
+}

@@ -133,6 +133,23 @@ impl Caller {
     pub fn namespace(&self) -> Option<&str> {
         self.namespace.as_deref()
     }
+
+    /// The prefix every stored key of this caller starts with: `namespace/`,
+    /// or nothing without a namespace.
+    pub fn key_prefix(&self) -> String {
+        self.namespace
+            .as_deref()
+            .map_or_else(String::new, |ns| format!("{ns}/"))
+    }
+
+    /// The caller's own key of a stored key (the namespace taken off), or
+    /// `None` when the stored key is not in the caller's namespace.
+    pub fn shown_key<'k>(&self, stored: &'k RequestKey) -> Option<&'k str> {
+        match &self.namespace {
+            None => Some(stored.as_str()),
+            Some(ns) => stored.strip_namespace(ns),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {

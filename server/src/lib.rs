@@ -26,12 +26,15 @@ pub mod auth;
 pub use onceflight_client as client;
 mod edge;
 pub mod metrics;
+mod stats;
 pub mod stores;
+pub mod ui;
 
 use api::error::ApiError;
 use api::routes;
 use auth::Tokens;
 use metrics::{InstrumentedStore, Metrics};
+use stats::{Counted, StatsCache};
 
 /// Size, time and concurrency limits of the service.
 ///
@@ -81,7 +84,16 @@ pub struct Limits {
     /// listener's backlog until one closes (default: no cap, as each held
     /// long-poll needs its own connection and `max_waiters` bounds those).
     pub max_connections: Option<usize>,
+    /// How long `GET /v1/stats` and the store gauges of `/metrics` keep the
+    /// counts of a namespace before counting the store again (default 5 s;
+    /// zero counts on every request). Counting walks the records, so a
+    /// dashboard polling every second costs the store one count per this
+    /// interval instead of one per poll.
+    pub stats_max_age: Duration,
 }
+
+/// The default [`Limits::stats_max_age`]: 5 s.
+pub const DEFAULT_STATS_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// The default [`Limits::max_small_body_bytes`]: 64 KiB.
 pub const DEFAULT_MAX_SMALL_BODY_BYTES: usize = 64 * 1024;
@@ -106,6 +118,7 @@ impl Limits {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_connections: None,
+            stats_max_age: DEFAULT_STATS_MAX_AGE,
         }
     }
 }
@@ -126,6 +139,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     waiters: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
+    stats: StatsCache,
 }
 
 impl AppState {
@@ -184,6 +198,7 @@ impl AppState {
                 metrics,
                 waiters: Arc::new(Semaphore::new(limits.max_waiters)),
                 shutdown: watch::channel(false).0,
+                stats: StatsCache::new(limits.stats_max_age),
             }),
         }
     }
@@ -199,12 +214,43 @@ impl AppState {
     }
 
     /// The Prometheus text exposition of the service's metrics, the hit
-    /// cache's counters read now.
+    /// cache's counters read now. The store gauges show the last counts
+    /// read (see [`AppState::refresh_store_gauges`]).
     pub fn render_metrics(&self) -> String {
         if let Some(stats) = self.hit_cache_stats() {
             self.inner.metrics.observe_hit_cache(stats);
         }
         self.inner.metrics.render()
+    }
+
+    /// Brings the store gauges (`onceflight_records`, …) up to counts of the
+    /// whole store no older than [`Limits::stats_max_age`], counting the
+    /// store if needed. The count is bounded by the store timeout (the
+    /// instrumented store's); when it fails or is cut, the gauges keep
+    /// their last values, since a scrape must answer whatever the store
+    /// does.
+    pub async fn refresh_store_gauges(&self) {
+        match self.counts("").await {
+            Ok(counted) => self.inner.metrics.observe_store_stats(&counted.stats),
+            Err(error) => {
+                tracing::warn!(error = %error, "counting the store for the gauges failed");
+                if let Some(last) = self.inner.stats.last("") {
+                    self.inner.metrics.observe_store_stats(&last.stats);
+                }
+            }
+        }
+    }
+
+    /// The counts of the records whose stored key starts with `prefix`, at
+    /// most [`Limits::stats_max_age`] old; concurrent callers share one
+    /// read of the store.
+    pub(crate) async fn counts(&self, prefix: &str) -> onceflight_core::Result<Counted> {
+        self.inner.stats.counts(self.store(), prefix).await
+    }
+
+    /// How long counts are kept.
+    pub(crate) fn stats_max_age(&self) -> Duration {
+        self.inner.stats.max_age()
     }
 
     /// The configured bearer tokens.
@@ -257,7 +303,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let limits = state.limits();
     let small = DefaultBodyLimit::max(limits.max_small_body_bytes);
-    Router::new()
+    let router = Router::new()
         .route("/v1/requests/{key}/claim", post(routes::claim).layer(small))
         .route(
             "/v1/requests/{key}/heartbeat",
@@ -273,10 +319,17 @@ pub fn app(state: AppState) -> Router {
             "/v1/requests/{key}",
             get(routes::get_record).delete(routes::delete_record),
         )
+        .route("/v1/requests", get(routes::list_records))
+        .route("/v1/stats", get(routes::stats))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
-        .route("/openapi.json", get(api::serve_openapi))
+        .route("/openapi.json", get(api::serve_openapi));
+    // The operator's web page (`GET /ui`) joins the API here, as a
+    // `Router<AppState>` merged before the fallbacks and layers below so that
+    // they apply to it too.
+    router
+        .merge(ui::routes())
         .fallback(routes::unknown_route)
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))

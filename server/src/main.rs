@@ -1,7 +1,11 @@
-//! `onceflight`: the service (`serve`) and its maintenance (`migrate`).
+//! `onceflight`: the service (`serve`), its maintenance (`migrate`), and the
+//! operator's commands against a running service (`ls`, `show`, `rm`).
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +31,13 @@ enum Command {
     Serve(ServeArgs),
     /// Apply the store's schema migrations and exit.
     Migrate(StoreArgs),
+    /// List a running service's records (newest first), as a table or JSON
+    /// lines.
+    Ls(cli::LsArgs),
+    /// Show one record of a running service, its result included.
+    Show(cli::ShowArgs),
+    /// Delete one record of a running service (asks first, unless --yes).
+    Rm(cli::RmArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -213,6 +224,12 @@ struct ServeArgs {
     #[arg(long, env = "ONCEFLIGHT_HIT_CACHE_MAX_RESULT_BYTES", default_value_t = 1024 * 1024)]
     hit_cache_max_result_bytes: usize,
 
+    /// How long GET /v1/stats and the store gauges of /metrics keep a
+    /// namespace's counts before counting the store again, in milliseconds
+    /// (0: count on every request). Concurrent requests share one count.
+    #[arg(long, env = "ONCEFLIGHT_STATS_MAX_AGE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    stats_max_age_ms: u64,
+
     /// Seconds between sweeps of records past retention (housekeeping only).
     #[arg(long, env = "ONCEFLIGHT_SWEEP_SECS", default_value_t = 60)]
     sweep_secs: u64,
@@ -330,6 +347,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     limits.max_header_bytes = usize::try_from(args.max_header_bytes)?;
     limits.max_headers = usize::try_from(args.max_headers)?;
     limits.max_connections = args.max_connections.map(usize::try_from).transpose()?;
+    limits.stats_max_age = Duration::from_millis(args.stats_max_age_ms);
     let authenticated = !tokens.is_empty();
     let hit_cache = args.hit_cache_max_stale_ms.map(|ms| {
         HitCacheConfig::default()
@@ -375,16 +393,22 @@ async fn run_migrate(args: StoreArgs) -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
             init_logs(args.log_format);
-            run_serve(args).await
+            run_serve(args).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Migrate(args) => {
             init_logs(LogFormat::Human);
-            run_migrate(args).await
+            run_migrate(args).await.map(|()| ExitCode::SUCCESS)
         }
+        // The operator's commands print their own errors and choose their
+        // exit codes (1: the service refused or is unreachable, 2: refused
+        // here), so no log setup and no `anyhow` report.
+        Command::Ls(args) => Ok(cli::ls(args).await),
+        Command::Show(args) => Ok(cli::show(args).await),
+        Command::Rm(args) => Ok(cli::rm(args).await),
     }
 }

@@ -10,19 +10,28 @@
 //! (read from `/proc/self` at scrape time, with the names Prometheus's own
 //! process collectors use, so existing dashboards and alerts apply).
 //!
+//! The store's own contents show as gauges of the whole store (every
+//! namespace): `onceflight_records{state}`,
+//! `onceflight_records_by_kind{kind,state}`, `onceflight_leases{state="live"|"expired"}`
+//! and `onceflight_oldest_live_lease_seconds`. They come from the counts
+//! `GET /v1/stats` keeps, refreshed when a scrape finds them older than
+//! `--stats-max-age-ms`, so scraping costs the store at most one count per
+//! that interval.
+//!
 //! With a hit cache, `onceflight_hit_cache_{hits,misses,invalidations}_total`
 //! count claims answered in process, claims that went to the store, and
 //! results forgotten because the store said they changed (or its push
 //! channel broke); `onceflight_hit_cache_entries` is what it holds.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use onceflight_core::{
     ChangeFeed, Claim, ClaimOptions, Error, HitCacheStats, JobError, ListPage, ListQuery, Record,
-    Renewal, RequestKey, RequestStore, Result, StoreStats, Token,
+    Renewal, RequestKey, RequestStore, Result, StateCounts, StoreStats, Token,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +56,17 @@ struct StoreLabels {
     backend: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindStateLabels {
+    kind: String,
+    state: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to about 6.5 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -69,6 +89,7 @@ pub struct Metrics {
     waits_in_progress: Gauge,
     alive_tasks: Gauge,
     hit_cache: HitCacheMetrics,
+    store: StoreGauges,
     /// Unprefixed process gauges (`process_*`), filled in at scrape time.
     process: ProcessGauges,
 }
@@ -119,6 +140,85 @@ impl HitCacheMetrics {
         }
         self.entries
             .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+    }
+}
+
+/// The store's records and leases, copied from the last [`StoreStats`] read.
+#[derive(Debug, Default)]
+struct StoreGauges {
+    records: Family<StateLabels, Gauge>,
+    by_kind: Family<KindStateLabels, Gauge>,
+    leases: Family<StateLabels, Gauge>,
+    oldest_live_lease_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl StoreGauges {
+    fn register(registry: &mut Registry) -> Self {
+        let gauges = Self::default();
+        registry.register(
+            "records",
+            "Records in the store by state, as last counted",
+            gauges.records.clone(),
+        );
+        registry.register(
+            "records_by_kind",
+            "Records in the store by kind and state, as last counted",
+            gauges.by_kind.clone(),
+        );
+        registry.register(
+            "leases",
+            "Leases of processing records: live (jobs running) or expired (run out, nobody took over yet)",
+            gauges.leases.clone(),
+        );
+        registry.register(
+            "oldest_live_lease_seconds",
+            "Age of the oldest record holding a live lease (the longest-running job); 0 when none",
+            gauges.oldest_live_lease_seconds.clone(),
+        );
+        gauges
+    }
+
+    fn observe(&self, stats: &StoreStats) {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let by_state = |counts: &StateCounts| {
+            [
+                ("processing", counts.processing),
+                ("completed", counts.completed),
+                ("failed", counts.failed),
+            ]
+        };
+        for (state, n) in by_state(&stats.states) {
+            self.records
+                .get_or_create(&StateLabels { state })
+                .set(count(n));
+        }
+        // Kinds that are gone must not linger with their last figures; the
+        // family is rebuilt, and a scrape rendering in between sees fewer
+        // series for an instant rather than wrong ones.
+        self.by_kind.clear();
+        for (kind, counts) in &stats.kinds {
+            for (state, n) in by_state(counts) {
+                self.by_kind
+                    .get_or_create(&KindStateLabels {
+                        kind: kind.as_str().to_owned(),
+                        state,
+                    })
+                    .set(count(n));
+            }
+        }
+        for (state, n) in [
+            ("live", stats.leases_live),
+            ("expired", stats.leases_expired),
+        ] {
+            self.leases
+                .get_or_create(&StateLabels { state })
+                .set(count(n));
+        }
+        self.oldest_live_lease_seconds.set(
+            stats
+                .oldest_live_lease_age
+                .map_or(0.0, |age| age.as_secs_f64()),
+        );
     }
 }
 
@@ -261,9 +361,11 @@ impl Default for Metrics {
             alive_tasks.clone(),
         );
         let hit_cache = HitCacheMetrics::register(&mut registry);
+        let store = StoreGauges::register(&mut registry);
         Self {
             registry,
             hit_cache,
+            store,
             claims,
             fenced_rejected,
             waits,
@@ -320,6 +422,11 @@ impl Metrics {
     /// Copies the hit cache's counters, to be rendered next.
     pub fn observe_hit_cache(&self, stats: HitCacheStats) {
         self.hit_cache.observe(stats);
+    }
+
+    /// Copies the store's counts, to be rendered next.
+    pub fn observe_store_stats(&self, stats: &StoreStats) {
+        self.store.observe(stats);
     }
 
     /// The Prometheus text exposition of every metric. The gauges of the

@@ -10,14 +10,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use onceflight_core::{
-    ClaimOptions, Fingerprint, JobError, Kind, MAX_TOKEN, Owner, RequestKey, Token,
+    ClaimOptions, Fingerprint, JobError, Kind, ListCursor, ListOrder, ListQuery, MAX_TOKEN, Owner,
+    RecordState, RequestKey, StateFilter, Token,
 };
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::model::{
     ClaimBody, ClaimResponse, CompleteBody, ErrorBody, FailBody, GetQuery, HeartbeatBody,
-    HeartbeatResponse, RecordBody, ReleaseBody,
+    HeartbeatResponse, ListParams, ListResponse, RecordBody, ReleaseBody, StatsResponse,
 };
 use super::responses::{BodyErrors, LeaseLost, SmallBodyTooLarge};
 use crate::AppState;
@@ -396,6 +397,173 @@ pub(crate) async fn delete_record(
     }
 }
 
+/// The longest key prefix a listing takes (what [`ListQuery`] takes), in
+/// bytes. Stored keys are at most 577 bytes (a namespace of 64, `/`, a key
+/// of 512), so a longer prefix could match nothing anyway.
+const MAX_PREFIX_BYTES: usize = 1024;
+
+/// The store query of a listing's parameters, within the caller's
+/// namespace; `None` when the namespaced prefix is too long for any key to
+/// start with it (the page is then empty).
+fn list_query(caller: &Caller, params: ListParams) -> Result<Option<ListQuery>, ApiError> {
+    let state = params
+        .state
+        .as_deref()
+        .map(|state| match state {
+            "processing" => Ok(RecordState::Processing),
+            "completed" => Ok(RecordState::Completed),
+            "failed" => Ok(RecordState::Failed),
+            _ => Err(ApiError::invalid_request(
+                "state must be processing, completed or failed",
+            )),
+        })
+        .transpose()?;
+    let retry_allowed = params
+        .retry
+        .as_deref()
+        .map(|retry| match retry {
+            "allowed" => Ok(true),
+            "none" => Ok(false),
+            _ => Err(ApiError::invalid_request("retry must be allowed or none")),
+        })
+        .transpose()?;
+    let stuck = params.stuck.unwrap_or(false);
+    let filter = match (state, stuck, retry_allowed) {
+        (_, true, Some(_)) => {
+            return Err(ApiError::invalid_request(
+                "stuck=true keeps processing records and retry keeps failed ones: use one",
+            ));
+        }
+        (None | Some(RecordState::Processing), true, None) => {
+            StateFilter::Processing { stuck_only: true }
+        }
+        (Some(_), true, None) => {
+            return Err(ApiError::invalid_request(
+                "stuck=true keeps processing records only: drop state or use state=processing",
+            ));
+        }
+        (None | Some(RecordState::Failed), false, Some(allowed)) => StateFilter::Failed {
+            retry_allowed: Some(allowed),
+        },
+        (Some(_), false, Some(_)) => {
+            return Err(ApiError::invalid_request(
+                "retry keeps failed records only: drop state or use state=failed",
+            ));
+        }
+        (None, false, None) => StateFilter::Any,
+        (Some(RecordState::Processing), false, None) => {
+            StateFilter::Processing { stuck_only: false }
+        }
+        (Some(RecordState::Completed), false, None) => StateFilter::Completed,
+        (Some(RecordState::Failed), false, None) => StateFilter::Failed {
+            retry_allowed: None,
+        },
+    };
+    let order = match params.order.as_deref() {
+        None | Some("newest") => ListOrder::NewestFirst,
+        Some("oldest") => ListOrder::OldestFirst,
+        Some(_) => return Err(ApiError::invalid_request("order must be newest or oldest")),
+    };
+    let kind = params.kind.map(Kind::parse).transpose()?;
+    let prefix = params.prefix.unwrap_or_default();
+    if prefix.len() > MAX_PREFIX_BYTES || prefix.chars().any(char::is_control) {
+        return Err(ApiError::invalid_request(format!(
+            "prefix must be at most {MAX_PREFIX_BYTES} bytes with no control character"
+        )));
+    }
+    // The caller's prefix is valid, but with the namespace in front it may
+    // pass the store's limit; no key is that long, so nothing matches.
+    let prefix = caller.key_prefix() + &prefix;
+    if prefix.len() > MAX_PREFIX_BYTES {
+        return Ok(None);
+    }
+    let cursor = params.cursor.map(ListCursor::parse).transpose()?;
+    let query = ListQuery::new()
+        .with_filter(filter)
+        .with_kind(kind)
+        .with_prefix(prefix)?
+        .with_order(order)
+        .with_limit(params.limit.unwrap_or(onceflight_core::DEFAULT_LIST_LIMIT))?
+        .with_cursor(cursor);
+    Ok(Some(query))
+}
+
+/// List the caller's records, page by page: by state (and stuck leases,
+/// failures that allow a retry or not), kind and key prefix, newest or
+/// oldest first. Listings carry no results: read a key for its result.
+#[utoipa::path(
+    get,
+    path = "/v1/requests",
+    tag = "requests",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of records, each with `\"result\": null`, and the cursor of the next page", body = ListResponse),
+        (status = 400, description = "invalid_request: an unknown parameter, a bad value, stuck or retry with another state, or a cursor this server did not write", body = ErrorBody),
+        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
+        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
+pub(crate) async fn list_records(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let Query(params) = query?;
+    let Some(query) = list_query(&caller, params)? else {
+        return Ok(Json(ListResponse {
+            records: Vec::new(),
+            next_cursor: None,
+        }));
+    };
+    let page = state.store().list(&query).await?;
+    let records = page
+        .records
+        .into_iter()
+        .filter_map(|mut record| {
+            // The prefix keeps the store to the caller's namespace; a key
+            // outside it would be a store's bug, and is left out rather than
+            // shown to the wrong caller.
+            let Some(shown) = caller.shown_key(&record.key).map(str::to_owned) else {
+                tracing::error!("a listing returned a key outside its prefix");
+                return None;
+            };
+            record.result = None;
+            Some(RecordBody::new(&shown, record))
+        })
+        .collect();
+    Ok(Json(ListResponse {
+        records,
+        next_cursor: page.next.map(|cursor| cursor.as_str().to_owned()),
+    }))
+}
+
+/// Count the caller's records by state and kind, with the leases live and
+/// run out. The server keeps the counts for `max_age_ms` (concurrent
+/// requests share one count of the store), so polling it is cheap.
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "requests",
+    responses(
+        (status = 200, description = "The counts, read at `as_of`", body = StatsResponse),
+        (status = 401, description = "unauthorized: tokens are configured and the bearer token is missing or unknown", body = ErrorBody),
+        (status = 503, description = "store_unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<StatsResponse>, ApiError> {
+    let counted = state.counts(&caller.key_prefix()).await?;
+    Ok(Json(StatsResponse::new(
+        &counted.stats,
+        counted.as_of,
+        state.stats_max_age(),
+    )))
+}
+
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is up: `{\"status\": \"ok\"}`", body = serde_json::Value)))]
@@ -423,6 +591,9 @@ pub(crate) async fn readyz(
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // The store gauges are refreshed within the store timeout at most; past
+    // it they keep their last values, so a scrape never hangs on the store.
+    let _ = tokio::time::timeout(state.limits().store_timeout, state.refresh_store_gauges()).await;
     (
         [(
             header::CONTENT_TYPE,

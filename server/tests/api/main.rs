@@ -2,7 +2,8 @@
 //! routes one by one ([`routes`]) and fuzzed ([`fuzz`]), hostile keys and
 //! values on every store ([`hostile`]), slow and oversized clients at the
 //! edge ([`slow_clients`]), secrets that must never show ([`secrets`]) and
-//! the binary end to end ([`end_to_end`]).
+//! the binary end to end ([`end_to_end`]), and the operator's commands
+//! against it ([`cli`]).
 //!
 //! The modules that start the binary or open stores by URL need the
 //! `memory` feature (the binary's default store); Postgres and Redis cases
@@ -12,6 +13,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[cfg(feature = "memory")]
+mod cli;
 #[cfg(feature = "memory")]
 mod end_to_end;
 mod fuzz;

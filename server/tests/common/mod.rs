@@ -95,9 +95,10 @@ pub(crate) fn own_redis(test: &str, append_only: bool) -> Option<Redis> {
     Some(Redis::start_with(options).unwrap_or_else(|e| panic!("{test}: {e:#}")))
 }
 
-/// Serves `store` with `tokens` and the default limits, in-process on an
-/// ephemeral loopback port, for as long as the test's runtime lives. Returns
-/// the service's base URL.
+/// Serves `store` with `tokens` and the default limits (but counts read
+/// afresh on every `/v1/stats`: the suite's counts must see the writes just
+/// made), in-process on an ephemeral loopback port, for as long as the
+/// test's runtime lives. Returns the service's base URL.
 pub(crate) async fn serve_in_process(store: impl RequestStore, tokens: Tokens) -> String {
     serve_in_process_with(store, tokens, None).await
 }
@@ -114,10 +115,14 @@ pub(crate) async fn serve_in_process_with(
         .expect("bind 127.0.0.1:0");
     let address = listener.local_addr().expect("the bound address");
     let store: Arc<dyn RequestStore> = Arc::new(store);
+    let limits = Limits {
+        stats_max_age: std::time::Duration::ZERO,
+        ..Limits::default()
+    };
     let state = match hit_cache {
-        Some(config) => AppState::with_hit_cache(store, tokens, Limits::default(), config)
+        Some(config) => AppState::with_hit_cache(store, tokens, limits, config)
             .expect("a store with a push channel"),
-        None => AppState::new(store, tokens, Limits::default()),
+        None => AppState::new(store, tokens, limits),
     };
     tokio::spawn(onceflight_server::serve(
         listener,

@@ -14,7 +14,9 @@
 mod bodies;
 mod keys;
 mod leases;
+mod listing;
 mod reads;
+mod ui;
 mod unreachable;
 
 use std::sync::Arc;
@@ -195,14 +197,32 @@ impl Api {
     }
 
     /// How many operations have reached the store so far, read from the
-    /// per-operation latency histograms of `/metrics`.
+    /// per-operation latency histograms of `/metrics`. The counts a scrape
+    /// itself may take for the store gauges are left out: they are the
+    /// scrape's, not the requests'.
     async fn store_calls(&self) -> u64 {
+        self.store_calls_where(|operation| operation != "counts")
+            .await
+    }
+
+    /// How many `operation`s have reached the store so far.
+    async fn store_calls_of(&self, operation: &str) -> u64 {
+        self.store_calls_where(|o| o == operation).await
+    }
+
+    async fn store_calls_where(&self, keep: impl Fn(&str) -> bool) -> u64 {
         let reply = self.get("/metrics").await;
         reply.expect(StatusCode::OK);
         reply
             .text
             .lines()
             .filter(|line| line.starts_with("onceflight_store_operation_duration_seconds_count"))
+            .filter(|line| {
+                line.split("operation=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .is_some_and(&keep)
+            })
             .map(|line| {
                 line.rsplit(' ')
                     .next()
