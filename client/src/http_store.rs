@@ -577,30 +577,35 @@ fn status_error(status: StatusCode, body: &[u8], key: &RequestKey, token: Option
             field: "key",
             reason: message,
         },
-        (StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE, _) => Error::InvalidInput {
+        _ => common_error(status, code, message),
+    }
+}
+
+/// The error of an answer every route may give: bad input, a refused token,
+/// the service unable to serve now, or something unexpected.
+fn common_error(status: StatusCode, code: String, message: String) -> Error {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Error::InvalidInput {
             field: "request",
             reason: message,
         },
-        (StatusCode::UNAUTHORIZED, _) => Error::Backend {
+        StatusCode::UNAUTHORIZED => Error::Backend {
             backend: BACKEND,
             message: format!("the service refused the bearer token: {message}"),
         },
-        (StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS, _) => Error::unavailable(
-            BACKEND,
-            ServerError {
-                status,
-                code,
-                message,
-            },
-        ),
-        _ if status.is_server_error() => Error::unavailable(
-            BACKEND,
-            ServerError {
-                status,
-                code,
-                message,
-            },
-        ),
+        _ if status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error() =>
+        {
+            Error::unavailable(
+                BACKEND,
+                ServerError {
+                    status,
+                    code,
+                    message,
+                },
+            )
+        }
         _ => Error::Backend {
             backend: BACKEND,
             message: format!("unexpected answer {status} {code}: {message}"),
@@ -625,42 +630,13 @@ fn error_parts(body: &[u8]) -> (String, String) {
 /// the cursor refused.
 fn collection_error(status: StatusCode, body: &[u8], sent_cursor: bool) -> Error {
     let (code, message) = error_parts(body);
-    match status {
-        StatusCode::BAD_REQUEST if sent_cursor && message.contains("cursor") => {
-            Error::InvalidInput {
-                field: "cursor",
-                reason: message,
-            }
-        }
-        StatusCode::BAD_REQUEST => Error::InvalidInput {
-            field: "request",
+    if status == StatusCode::BAD_REQUEST && sent_cursor && message.contains("cursor") {
+        return Error::InvalidInput {
+            field: "cursor",
             reason: message,
-        },
-        StatusCode::UNAUTHORIZED => Error::Backend {
-            backend: BACKEND,
-            message: format!("the service refused the bearer token: {message}"),
-        },
-        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => Error::unavailable(
-            BACKEND,
-            ServerError {
-                status,
-                code,
-                message,
-            },
-        ),
-        _ if status.is_server_error() => Error::unavailable(
-            BACKEND,
-            ServerError {
-                status,
-                code,
-                message,
-            },
-        ),
-        _ => Error::Backend {
-            backend: BACKEND,
-            message: format!("unexpected answer {status} {code}: {message}"),
-        },
+        };
     }
+    common_error(status, code, message)
 }
 
 /// The query parameters of `query`, as `GET /v1/requests` takes them.

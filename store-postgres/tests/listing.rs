@@ -9,9 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use onceflight_core::testkit::every_page;
 use onceflight_core::{
-    Kind, ListCursor, ListOrder, ListQuery, Record, RecordState, RequestKey, RequestStore,
-    StateFilter,
+    Kind, ListCursor, ListOrder, ListQuery, RecordState, RequestKey, RequestStore, StateFilter,
 };
 use onceflight_store_postgres::PgStore;
 use onceflight_test_support::backend_available;
@@ -196,28 +196,6 @@ fn expected_to_match(query: &ListQuery, row: &Row) -> bool {
         && row.key.starts_with(query.prefix())
 }
 
-/// Every page of `query`, followed to the end.
-async fn all_pages(store: &PgStore, query: &ListQuery) -> Vec<Vec<Record>> {
-    let mut pages = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store
-            .list(&query.clone().with_cursor(cursor))
-            .await
-            .unwrap_or_else(|e| panic!("list({query:?}): {e}"));
-        assert!(
-            page.records.len() <= query.limit() as usize,
-            "a page holds at most the limit"
-        );
-        pages.push(page.records);
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return pages,
-        }
-        assert!(pages.len() <= 1000, "the listing of {query:?} does not end");
-    }
-}
-
 /// Every listing statement, with and without a cursor, follows an index:
 /// no plan reads the whole table, whatever the filter or order.
 #[tokio::test]
@@ -296,7 +274,7 @@ async fn assert_pages_and_counts(store: &PgStore) {
         if query.order() == ListOrder::NewestFirst {
             expected.reverse();
         }
-        let pages = all_pages(store, &query).await;
+        let pages = every_page(store, &query).await;
         let listed: Vec<&str> = pages.iter().flatten().map(|r| r.key.as_str()).collect();
         let expected: Vec<&str> = expected.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(
@@ -413,7 +391,7 @@ async fn prefixes_match_literally() {
         ("é", vec![]),
     ] {
         let query = with_prefix(ListQuery::new().with_order(ListOrder::OldestFirst), prefix);
-        let pages = all_pages(&store, &query).await;
+        let pages = every_page(&store, &query).await;
         let mut listed: Vec<&str> = pages.iter().flatten().map(|r| r.key.as_str()).collect();
         listed.sort_unstable();
         let mut expected = expected;
@@ -463,7 +441,7 @@ async fn counts_agree_with_the_listing() {
     let store = filled_store().await;
     let query = ListQuery::new().with_limit(500).expect("a valid limit");
     let mut by_kind: BTreeMap<String, [u64; 3]> = BTreeMap::new();
-    for record in all_pages(&store, &query).await.iter().flatten() {
+    for record in every_page(&store, &query).await.iter().flatten() {
         let slot = match record.state {
             RecordState::Processing => 0,
             RecordState::Completed => 1,

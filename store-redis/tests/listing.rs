@@ -7,9 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use onceflight_core::testkit::every_page;
 use onceflight_core::{
-    Claim, ClaimOptions, Kind, ListCursor, ListOrder, ListQuery, RequestKey, RequestStore,
-    StateFilter,
+    Claim, ClaimOptions, Kind, ListOrder, ListQuery, RequestKey, RequestStore, StateFilter,
 };
 use onceflight_store_redis::RedisStore;
 use onceflight_test_support::backend_available;
@@ -57,43 +57,15 @@ async fn fill(store: &RedisStore) -> BTreeSet<String> {
     keys
 }
 
-/// Every page of `query` (bounded), checking each page's size and order.
+/// Every key `query` lists, page by page (each page checked by
+/// `every_page`: within the limit, in order, matching, without results).
 async fn listed(store: &RedisStore, query: &ListQuery) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut cursor: Option<ListCursor> = None;
-    for _ in 0..10_000 {
-        let page = store
-            .list(&query.clone().with_cursor(cursor))
-            .await
-            .unwrap_or_else(|e| panic!("list({query:?}): {e}"));
-        assert!(
-            page.records.len() <= query.limit() as usize,
-            "a page of {} records over the limit {}",
-            page.records.len(),
-            query.limit()
-        );
-        let ranks: Vec<_> = page
-            .records
-            .iter()
-            .map(|r| (r.created_at, r.key.as_str().to_owned()))
-            .collect();
-        let mut sorted = ranks.clone();
-        sorted.sort();
-        if query.order() == ListOrder::NewestFirst {
-            sorted.reverse();
-        }
-        assert_eq!(ranks, sorted, "a page is in the query's order");
-        for record in &page.records {
-            assert!(query.accepts(record), "{record:?} does not match");
-            assert!(record.result.is_none(), "a listing carries no result");
-            keys.push(record.key.as_str().to_owned());
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return keys,
-        }
-    }
-    panic!("the listing did not end after 10000 pages");
+    every_page(store, query)
+        .await
+        .iter()
+        .flatten()
+        .map(|r| r.key.as_str().to_owned())
+        .collect()
 }
 
 /// Pages of 1 to 3 records list every record under the prefix at least

@@ -8,7 +8,6 @@
 //! and counting routes it reads.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Result, bail};
 
@@ -27,15 +26,7 @@ const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
 pub(crate) fn run() -> Result<()> {
     let root = process::repo_root();
     let package = root.join(PACKAGE);
-    for tool in ["node", "npm"] {
-        if process::find_on_path(tool).is_none() {
-            bail!(
-                "`{tool}` is not on PATH: the dashboard's browser tests ({PACKAGE}) need \
-                 Node.js 20 or later and npm. Install them (Node.js 20 from nodejs.org; \
-                 Debian: `apt-get install nodejs npm` where its nodejs is recent enough)."
-            );
-        }
-    }
+    process::require_node(&format!("the dashboard's browser tests ({PACKAGE})"))?;
     let chromium = chromium()?;
     let server = build_debug_server()?;
     // Screenshots land in the target directory (never committed) unless the
@@ -46,18 +37,13 @@ pub(crate) fn run() -> Result<()> {
         "xtask: the dashboard in {}: npm ci, then npm test",
         chromium.display()
     );
-    process::run(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&package),
-    )?;
-    process::run(
-        Command::new("npm")
-            .arg("test")
-            .current_dir(&package)
-            .env("ONCEFLIGHT_BIN", &server)
-            .env("CHROMIUM", &chromium)
-            .env("ONCEFLIGHT_ARTIFACTS", &artifacts),
+    process::npm_ci_then_test(
+        &package,
+        [
+            ("ONCEFLIGHT_BIN", server.as_os_str()),
+            ("CHROMIUM", chromium.as_os_str()),
+            ("ONCEFLIGHT_ARTIFACTS", artifacts.as_os_str()),
+        ],
     )?;
     eprintln!(
         "xtask: the dashboard's screenshots are in {}",

@@ -90,3 +90,36 @@ mod tests {
         assert_eq!(failed(Some(0)).exit_code(), 1, "never report success");
     }
 }
+
+/// Fails, naming what to install, unless `node` and `npm` are on PATH; `what`
+/// says which tests need them.
+pub(crate) fn require_node(what: &str) -> Result<()> {
+    for tool in ["node", "npm"] {
+        if find_on_path(tool).is_none() {
+            anyhow::bail!(
+                "`{tool}` is not on PATH: {what} need Node.js 18 or later and npm. Install them \
+                 (Debian: `apt-get install nodejs npm`, or Node.js 20 from nodejs.org)."
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `npm ci` (from the committed lockfile) in `package`, then `npm test`
+/// there with `env` added to the environment.
+pub(crate) fn npm_ci_then_test<K, V>(
+    package: &Path,
+    env: impl IntoIterator<Item = (K, V)>,
+) -> Result<()>
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(package))?;
+    run(Command::new("npm")
+        .arg("test")
+        .current_dir(package)
+        .envs(env))
+}

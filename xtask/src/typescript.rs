@@ -3,9 +3,7 @@
 //! against the real `onceflight` binary, on the memory store and on the
 //! run's PostgreSQL.
 
-use std::process::Command;
-
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::backends::{Backends, REQUIRE_BACKENDS};
 use crate::bench::build_debug_server;
@@ -20,28 +18,13 @@ const PACKAGE: &str = "clients/typescript";
 pub(crate) fn run(backends: &Backends) -> Result<()> {
     let root = process::repo_root();
     let package = root.join(PACKAGE);
-    for tool in ["node", "npm"] {
-        if process::find_on_path(tool).is_none() {
-            bail!(
-                "`{tool}` is not on PATH: the TypeScript client ({PACKAGE}) is tested with \
-                 Node.js 18 or later and npm. Install them (Debian: `apt-get install nodejs npm`, \
-                 or Node.js 20 from nodejs.org)."
-            );
-        }
-    }
+    process::require_node(&format!("the TypeScript client's tests ({PACKAGE})"))?;
     let server = build_debug_server()?;
     eprintln!("xtask: the TypeScript client: npm ci, then npm test");
-    process::run(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&package),
-    )?;
-    process::run(
-        Command::new("npm")
-            .arg("test")
-            .current_dir(&package)
-            .env("ONCEFLIGHT_BIN", &server)
-            .env(REQUIRE_BACKENDS, "1")
-            .envs(backends.env()),
-    )
+    let mut env = vec![
+        ("ONCEFLIGHT_BIN".to_owned(), server.into_os_string()),
+        (REQUIRE_BACKENDS.to_owned(), "1".into()),
+    ];
+    env.extend(backends.env().map(|(k, v)| (k.to_owned(), v.into())));
+    process::npm_ci_then_test(&package, env)
 }

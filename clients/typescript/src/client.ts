@@ -14,7 +14,10 @@ import type {
   ErrorBody,
   FailedRecord,
   HeartbeatResponse,
+  ListQuery,
+  ListResponse,
   RecordBody,
+  StatsResponse,
 } from "./types.js";
 
 /** How transient failures (503 answers, network errors) are retried. */
@@ -408,6 +411,48 @@ export class Onceflight {
     const answer = await this.request({ method: "DELETE", path: this.keyPath(key), signal: options.signal });
     if (answer.status === 204 || answer.status === 200) return true;
     if (answer.status === 404 && isErrorBody(answer.body) && answer.body.error.code === "not_found") return false;
+    throw this.errorFor(answer);
+  }
+
+  /**
+   * GET /v1/requests: one page of the records `query` selects, without their
+   * results (`result` is null: `get` a key for it). Pages may be short while
+   * `next_cursor` is set (a Redis store bounds each page's scan); the listing
+   * ends when `next_cursor` is null.
+   */
+  async list(query: ListQuery = {}, options: CallOptions = {}): Promise<ListResponse> {
+    const params = new URLSearchParams();
+    for (const [name, value] of Object.entries(query)) {
+      if (value !== undefined) params.set(name, String(value));
+    }
+    const search = params.toString();
+    const answer = await this.request({
+      method: "GET",
+      path: search === "" ? "/v1/requests" : `/v1/requests?${search}`,
+      signal: options.signal,
+    });
+    if (answer.status === 200) return answer.body as ListResponse;
+    throw this.errorFor(answer);
+  }
+
+  /** Every record `query` selects, page after page (one request a page, as it is iterated). */
+  async *listAll(query: Omit<ListQuery, "cursor"> = {}, options: CallOptions = {}): AsyncGenerator<RecordBody> {
+    let cursor: string | undefined;
+    do {
+      const page = await this.list({ ...query, cursor }, options);
+      yield* page.records;
+      cursor = page.next_cursor ?? undefined;
+    } while (cursor !== undefined);
+  }
+
+  /**
+   * GET /v1/stats: counts of the caller's records by state and kind, live and
+   * expired leases, the oldest live lease's age; read at `as_of` and kept by
+   * the server for up to `max_age_ms`.
+   */
+  async stats(options: CallOptions = {}): Promise<StatsResponse> {
+    const answer = await this.request({ method: "GET", path: "/v1/stats", signal: options.signal });
+    if (answer.status === 200) return answer.body as StatsResponse;
     throw this.errorFor(answer);
   }
 

@@ -73,6 +73,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/requests": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the caller's records, page by page: by state (and stuck leases,
+         *     failures that allow a retry or not), kind and key prefix, newest or
+         *     oldest first. Listings carry no results: read a key for its result.
+         */
+        get: operations["list_records"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/requests/{key}": {
         parameters: {
             query?: never;
@@ -182,6 +203,27 @@ export interface paths {
          *     attempt.
          */
         post: operations["release"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Count the caller's records by state and kind, with the leases live and
+         *     run out. The server keeps the counts for `max_age_ms` (concurrent
+         *     requests share one count of the store), so polling it is cheap.
+         */
+        get: operations["stats"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -399,6 +441,34 @@ export interface components {
              */
             lease_ms: number;
         };
+        /** @description Leases of `processing` records. */
+        LeaseCountsBody: {
+            /**
+             * Format: int64
+             * @description Leases that ran out (expired or released) with nobody taking over
+             *     yet: stuck until the next claim.
+             */
+            expired: number;
+            /**
+             * Format: int64
+             * @description Live leases: jobs running now.
+             */
+            live: number;
+        };
+        /** @description Answer of `GET /v1/requests`: one page of records. */
+        ListResponse: {
+            /**
+             * @description Where the next page starts (pass it as `cursor`); null on the last
+             *     page. A page may hold fewer records than the limit, even none, while
+             *     a cursor is returned.
+             */
+            next_cursor: string | null;
+            /**
+             * @description The records, each the body `GET /v1/requests/{key}` answers, with
+             *     `"result": null` (read the key for its result).
+             */
+            records: components["schemas"]["RecordBody"][];
+        };
         /** @description A record as stored (docs/protocol.md §2), seen at one instant of the store's clock. */
         RecordBody: {
             /**
@@ -476,6 +546,56 @@ export interface components {
              * @description The lease's fencing token.
              */
             token: number;
+        };
+        /** @description Records of one state, and in total. */
+        StateCountsBody: {
+            /**
+             * Format: int64
+             * @description `completed` records.
+             */
+            completed: number;
+            /**
+             * Format: int64
+             * @description `failed` records.
+             */
+            failed: number;
+            /**
+             * Format: int64
+             * @description `processing` records (live, expired or released leases).
+             */
+            processing: number;
+            /**
+             * Format: int64
+             * @description Every record counted.
+             */
+            total: number;
+        };
+        /** @description Answer of `GET /v1/stats`: the caller's records counted. */
+        StatsResponse: {
+            /**
+             * Format: date-time
+             * @description When the counts were read (RFC 3339, UTC).
+             */
+            as_of: string;
+            /** @description Records by kind, then state. */
+            kinds: {
+                [key: string]: components["schemas"]["StateCountsBody"];
+            };
+            /** @description Leases live and run out. */
+            leases: components["schemas"]["LeaseCountsBody"];
+            /**
+             * Format: int64
+             * @description How long the server keeps counts before reading them again.
+             */
+            max_age_ms: number;
+            /**
+             * Format: int64
+             * @description How long ago the oldest record holding a live lease was created;
+             *     null when no lease is live.
+             */
+            oldest_live_lease_ms: number | null;
+            /** @description Records by state. */
+            records: components["schemas"]["StateCountsBody"];
         };
     };
     responses: never;
@@ -562,6 +682,86 @@ export interface operations {
                 };
                 content: {
                     "application/json": unknown;
+                };
+            };
+            /** @description store_unavailable */
+            503: {
+                headers: {
+                    /** @description Whole seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_records: {
+        parameters: {
+            query?: {
+                /** @description Only records in this state (absent: every state). */
+                state?: string;
+                /**
+                 * @description `true`: only `processing` records whose lease ran out and that nobody
+                 *     took over yet (implies `state=processing`; with another state, 400).
+                 */
+                stuck?: boolean;
+                /**
+                 * @description `allowed`: only failed records a claim may retry (now or after the
+                 *     backoff); `none`: only final failures. Implies `state=failed`; with
+                 *     another state, 400.
+                 */
+                retry?: string;
+                /** @description Only records of this kind. */
+                kind?: string;
+                /**
+                 * @description Only records whose key starts with this text (within the caller's
+                 *     namespace; at most 1024 bytes, no control character).
+                 */
+                prefix?: string;
+                /** @description `newest` (the default) or `oldest` first, by creation. */
+                order?: string;
+                /** @description Most records on the page, 1–500 (default 50). */
+                limit?: number;
+                /**
+                 * @description The `next_cursor` of the previous page, as it was given: opaque, and
+                 *     meaningful only with the query that produced it. Any other text is
+                 *     400 `invalid_request`.
+                 */
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of records, each with `"result": null`, and the cursor of the next page */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ListResponse"];
+                };
+            };
+            /** @description invalid_request: an unknown parameter, a bad value, stuck or retry with another state, or a cursor this server did not write */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unauthorized: tokens are configured and the bearer token is missing or unknown */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description store_unavailable */
@@ -1118,6 +1318,46 @@ export interface operations {
             };
             /** @description too_large: the body is over the limit of bodies without a result (64 KiB by default) */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description store_unavailable */
+            503: {
+                headers: {
+                    /** @description Whole seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    stats: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The counts, read at `as_of` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StatsResponse"];
+                };
+            };
+            /** @description unauthorized: tokens are configured and the bearer token is missing or unknown */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,7 +1,7 @@
 // The client's request and answer types, all derived from the generated
 // src/schema.ts so that a change of the server's API shows up as a type error
 // here rather than as a surprise at run time.
-import type { components } from "./schema.js";
+import type { components, operations } from "./schema.js";
 
 type Schemas = components["schemas"];
 
@@ -37,3 +37,21 @@ export type ErrorInfo = Schemas["ErrorInfo"];
  */
 export type FailedRecord = Pick<ClaimFailed, "key" | "token" | "attempt" | "error" | "retry_after_ms"> &
   Partial<Omit<RecordBody, "key" | "token" | "attempt" | "error" | "retry_after_ms">>;
+
+type ListParams = NonNullable<operations["list_records"]["parameters"]["query"]>;
+
+/**
+ * What a listing (`GET /v1/requests`) selects: every field optional. `stuck`
+ * keeps processing records whose lease ran out and that nobody took over
+ * yet; `retry` keeps failed records that allow a retry (`allowed`) or not
+ * (`none`). Pass `cursor` (a page's `next_cursor`) to go on.
+ */
+export type ListQuery = Omit<ListParams, "state" | "retry" | "order"> & {
+  state?: "processing" | "completed" | "failed";
+  retry?: "allowed" | "none";
+  order?: "newest" | "oldest";
+};
+/** One page of a listing: records without their results, and the next page's cursor. */
+export type ListResponse = Schemas["ListResponse"];
+/** Counts of the caller's records by state and kind, with live and expired leases. */
+export type StatsResponse = Schemas["StatsResponse"];

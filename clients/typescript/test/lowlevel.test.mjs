@@ -258,4 +258,33 @@ forEachBackend("low-level calls", (ctx) => {
     assert.equal(record.state, "completed");
     assert.equal(record.result, 42);
   });
+
+  test("list pages through the records a query selects; stats counts them", T, async () => {
+    const c = ctx.client();
+    const prefix = ctx.key("listing");
+    const keys = [];
+    for (let i = 0; i < 5; i++) {
+      const key = `${prefix}-${i}`;
+      const { token } = await c.claim(key, { kind: "job", lease_ms: 30_000 });
+      if (i < 2) await c.complete(key, token, { n: i });
+      keys.push(key);
+    }
+    const all = [];
+    for await (const record of c.listAll({ prefix, limit: 2, order: "oldest" })) all.push(record);
+    assert.deepEqual(all.map((r) => r.key).sort(), [...keys].sort(), "every record, once");
+    assert.ok(all.every((r) => r.result === null), "listings carry no result");
+    const done = await c.list({ prefix, state: "completed" });
+    assert.deepEqual(done.records.map((r) => r.key).sort(), keys.slice(0, 2).sort());
+    assert.equal(done.next_cursor, null, "one page holds them");
+    const stuck = await c.list({ prefix, stuck: true });
+    assert.equal(stuck.records.length, 0, "no lease ran out");
+    await assert.rejects(
+      c.list({ cursor: "not-a-cursor" }),
+      (err) => err instanceof OnceflightError && err.code === "invalid_request" && err.status === 400,
+    );
+    const stats = await c.stats();
+    assert.ok(stats.records.total >= 5, `counted: ${JSON.stringify(stats)}`);
+    assert.ok(stats.records.completed >= 2 && stats.leases.live >= 3);
+    assert.equal(typeof stats.as_of, "string");
+  });
 });

@@ -44,6 +44,52 @@ pub use hit_cache::{
 };
 pub use model_check::{ModelCheckConfig, check_against_model};
 
+/// Every page of `query` on `store`, its cursors followed to the end, each
+/// page checked as every store must answer one: within the limit, in the
+/// query's order, every record passing the query's filters and carrying no
+/// result. Bounded, so that a listing that never ends fails instead of
+/// hanging.
+pub async fn every_page<S: RequestStore + ?Sized>(
+    store: &S,
+    query: &crate::ListQuery,
+) -> Vec<Vec<crate::Record>> {
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10_000 {
+        let page = store
+            .list(&query.clone().with_cursor(cursor))
+            .await
+            .unwrap_or_else(|e| panic!("list({query:?}) failed: {e}"));
+        assert!(
+            page.records.len() <= query.limit() as usize,
+            "a page of {} records over the limit {}",
+            page.records.len(),
+            query.limit()
+        );
+        let ranks: Vec<_> = page
+            .records
+            .iter()
+            .map(|r| (r.created_at, r.key.as_str()))
+            .collect();
+        let mut sorted = ranks.clone();
+        sorted.sort();
+        if query.order() == crate::ListOrder::NewestFirst {
+            sorted.reverse();
+        }
+        assert_eq!(ranks, sorted, "a page is in the query's order");
+        for record in &page.records {
+            assert!(query.accepts(record), "{record:?} does not match {query:?}");
+            assert!(record.result.is_none(), "a listing carries no result");
+        }
+        pages.push(page.records);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return pages,
+        }
+    }
+    panic!("the listing of {query:?} did not end after 10000 pages");
+}
+
 /// What a fresh store under test must be configured with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SuiteConfig {
@@ -368,6 +414,7 @@ mod tests {
             ("cases::fenced", include_str!("cases/fenced.rs")),
             ("cases::guarantees", include_str!("cases/guarantees.rs")),
             ("cases::lifetime", include_str!("cases/lifetime.rs")),
+            ("cases::listing", include_str!("cases/listing.rs")),
             ("cases::renew", include_str!("cases/renew.rs")),
             ("cases::retry", include_str!("cases/retry.rs")),
             ("cases::wait", include_str!("cases/wait.rs")),

@@ -8,30 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::testkit::every_page;
 use crate::{ListCursor, ListOrder, ListQuery, StateFilter};
-
-/// Every page of `query`, followed to the end (bounded, so that a store that
-/// never ends its listing fails instead of hanging).
-async fn all_pages<S: RequestStore>(store: &S, query: ListQuery) -> Vec<Vec<Record>> {
-    let mut pages = Vec::new();
-    let mut cursor = None;
-    for _ in 0..1000 {
-        let page = store
-            .list(&query.clone().with_cursor(cursor))
-            .await
-            .unwrap_or_else(|e| panic!("list({query:?}) failed: {e}"));
-        assert!(
-            page.records.len() <= query.limit() as usize,
-            "a page holds at most the limit"
-        );
-        pages.push(page.records);
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return pages,
-        }
-    }
-    panic!("the listing did not end after 1000 pages");
-}
 
 /// The keys a listing returned, each once.
 fn keys_of(pages: &[Vec<Record>]) -> BTreeSet<String> {
@@ -169,20 +147,18 @@ pub async fn list_filters_by_state_kind_and_prefix<T: Setup>(setup: &T, t: Timin
             vec![],
         ),
     ];
+    // `every_page` checks that each record listed passes the filters and
+    // carries no result; here, that the listing holds every record it must.
     for (what, q, expected) in cases {
-        let pages = all_pages(&store, q.clone()).await;
+        let pages = every_page(&store, &q).await;
         assert_eq!(keys_of(&pages), names(&expected), "{what}: the keys listed");
-        for record in pages.iter().flatten() {
-            assert!(q.accepts(record), "{what}: {record:?} does not match");
-            assert!(record.result.is_none(), "{what}: listings carry no result");
-        }
     }
-    let pages = all_pages(&store, under(query()).with_filter(StateFilter::Completed)).await;
+    let pages = every_page(&store, &under(query()).with_filter(StateFilter::Completed)).await;
     let done = &pages.iter().flatten().next().expect("the completed record");
     assert!(done.completed_at.is_some(), "a completed record says when");
-    let pages = all_pages(
+    let pages = every_page(
         &store,
-        under(query()).with_filter(StateFilter::Failed {
+        &under(query()).with_filter(StateFilter::Failed {
             retry_allowed: Some(true),
         }),
     )
@@ -214,20 +190,9 @@ pub async fn list_pages_follow_the_cursor_in_order<T: Setup>(setup: &T, t: Timin
             .with_order(order)
             .with_limit(3)
             .expect("valid limit");
-        let pages = all_pages(&store, q).await;
+        // `every_page` checks each page's order.
+        let pages = every_page(&store, &q).await;
         assert_eq!(keys_of(&pages), all, "{order:?}: every record listed");
-        for page in &pages {
-            let ranks: Vec<_> = page
-                .iter()
-                .map(|r| (r.created_at, r.key.as_str()))
-                .collect();
-            let mut sorted = ranks.clone();
-            sorted.sort();
-            if order == ListOrder::NewestFirst {
-                sorted.reverse();
-            }
-            assert_eq!(ranks, sorted, "{order:?}: a page is in order");
-        }
     }
 }
 
