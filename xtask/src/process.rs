@@ -74,23 +74,6 @@ pub(crate) fn repo_root() -> PathBuf {
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failed_exit_code_passes_small_codes_on() {
-        let failed = |code| Failed {
-            what: "cargo test".into(),
-            code,
-        };
-        assert_eq!(failed(Some(101)).exit_code(), 101, "cargo test's own code");
-        assert_eq!(failed(None).exit_code(), 1, "killed by a signal");
-        assert_eq!(failed(Some(-1)).exit_code(), 1, "out of u8 range");
-        assert_eq!(failed(Some(0)).exit_code(), 1, "never report success");
-    }
-}
-
 /// Fails, naming what to install, unless `node` and `npm` are on PATH; `what`
 /// says which tests need them.
 pub(crate) fn require_node(what: &str) -> Result<()> {
@@ -122,4 +105,21 @@ where
         .arg("test")
         .current_dir(package)
         .envs(env))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_exit_code_passes_small_codes_on() {
+        let failed = |code| Failed {
+            what: "cargo test".into(),
+            code,
+        };
+        assert_eq!(failed(Some(101)).exit_code(), 101, "cargo test's own code");
+        assert_eq!(failed(None).exit_code(), 1, "killed by a signal");
+        assert_eq!(failed(Some(-1)).exit_code(), 1, "out of u8 range");
+        assert_eq!(failed(Some(0)).exit_code(), 1, "never report success");
+    }
 }
