@@ -208,6 +208,18 @@ impl RequestKey {
     pub fn strip_namespace(&self, namespace: &str) -> Option<&str> {
         self.0.strip_prefix(namespace)?.strip_prefix('/')
     }
+
+    /// A key a store read back from its own storage (a listing): any key
+    /// [`RequestKey::parse`] takes, or one [`RequestKey::namespaced`] built,
+    /// which may be longer than a key parses.
+    pub fn parse_stored(text: &str) -> Result<Self> {
+        Self::parse(text).or_else(|refused| {
+            let Some((namespace, key)) = text.split_once('/') else {
+                return Err(refused);
+            };
+            Self::namespaced(namespace, &Self::parse(key)?).map_err(|_| refused)
+        })
+    }
 }
 
 impl Fingerprint {
@@ -488,6 +500,28 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_keys_parse_with_or_without_a_namespace() {
+        let long = "k".repeat(512);
+        let namespaced = RequestKey::namespaced("ops", &RequestKey::parse(long.clone()).unwrap())
+            .expect("a namespaced key");
+        assert!(
+            RequestKey::parse(namespaced.as_str()).is_err(),
+            "too long to parse"
+        );
+        assert_eq!(
+            RequestKey::parse_stored(namespaced.as_str()).expect("stored"),
+            namespaced
+        );
+        assert_eq!(
+            RequestKey::parse_stored("image|a").unwrap().as_str(),
+            "image|a"
+        );
+        for bad in ["", "a\nb", &format!("NS/{long}"), &format!("ops/{long}k")] {
+            assert!(RequestKey::parse_stored(bad).is_err(), "{bad:?} taken");
+        }
+    }
 
     #[test]
     fn backoff_doubles_from_the_base_and_is_capped() {

@@ -820,7 +820,7 @@ impl RequestStore for PgStore {
         let mut records = rows
             .iter()
             .map(|row| {
-                let key = RequestKey::parse(get::<String>(row, "key")?)
+                let key = RequestKey::parse_stored(&get::<String>(row, "key")?)
                     .map_err(|e| corrupt(e.to_string()))?;
                 record(row, &key)
             })

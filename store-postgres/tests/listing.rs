@@ -457,3 +457,30 @@ async fn counts_agree_with_the_listing() {
         .collect();
     assert_eq!(counted, by_kind, "counts by kind and state");
 }
+
+/// A namespaced key may be longer than a key parses (a namespace of 64
+/// bytes in front of a key of 512): listings and counts read it back.
+#[tokio::test]
+async fn namespaced_keys_longer_than_a_key_are_listed() {
+    if !backend_available("DATABASE_URL") {
+        return;
+    }
+    let store = common::store_with(&common::fresh_schema(), Duration::from_secs(3600)).await;
+    let long = RequestKey::parse("k".repeat(512)).expect("a valid key");
+    let stored = RequestKey::namespaced(&"n".repeat(64), &long).expect("a namespaced key");
+    let _ = common::acquired(
+        store
+            .claim_or_get(&stored, &common::options(Duration::from_secs(60)))
+            .await
+            .expect("claim"),
+    );
+    let listed: Vec<_> = every_page(&store, &ListQuery::new())
+        .await
+        .into_iter()
+        .flatten()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(listed, [stored], "the long key, listed");
+    let counts = store.counts(&"n".repeat(64)).await.expect("counts");
+    assert_eq!(counts.states.processing, 1, "counted: {counts:?}");
+}

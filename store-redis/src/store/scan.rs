@@ -195,7 +195,7 @@ impl RedisStore {
         }
         Some(Found {
             tag: tag.to_owned(),
-            key: stored_key(key)?,
+            key: RequestKey::parse_stored(key).ok()?,
         })
     }
 
@@ -437,15 +437,6 @@ impl RedisStore {
         }
         Ok(stats)
     }
-}
-
-/// The request key stored as `text`: a key as parsed, or a namespaced one
-/// (`RequestKey::namespaced`), which may be longer than a key parses.
-fn stored_key(text: &str) -> Option<RequestKey> {
-    RequestKey::parse(text).ok().or_else(|| {
-        let (namespace, key) = text.split_once('/')?;
-        RequestKey::namespaced(namespace, &RequestKey::parse(key).ok()?).ok()
-    })
 }
 
 /// `found` (sorted) without the keys `passed` says were handled.
