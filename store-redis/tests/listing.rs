@@ -58,10 +58,23 @@ async fn fill(store: &RedisStore) -> BTreeSet<String> {
 }
 
 /// Every key `query` lists, page by page (each page checked by
-/// `every_page`: within the limit, in order, matching, without results).
+/// `every_page`: within the limit, in order of creation, matching, without
+/// results; and here, ties of the creation instant in key order).
 async fn listed(store: &RedisStore, query: &ListQuery) -> Vec<String> {
-    every_page(store, query)
-        .await
+    let pages = every_page(store, query).await;
+    for page in &pages {
+        let ranks: Vec<_> = page
+            .iter()
+            .map(|r| (r.created_at, r.key.as_str()))
+            .collect();
+        let mut sorted = ranks.clone();
+        sorted.sort();
+        if query.order() == ListOrder::NewestFirst {
+            sorted.reverse();
+        }
+        assert_eq!(ranks, sorted, "a page is in the query's order, ties by key");
+    }
+    pages
         .iter()
         .flatten()
         .map(|r| r.key.as_str().to_owned())
