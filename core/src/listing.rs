@@ -175,6 +175,11 @@ impl Default for ListQuery {
 }
 
 impl ListQuery {
+    /// The longest key prefix a query takes, in bytes: longer than any
+    /// stored key (a namespace of 64 bytes, `/`, a key of 512), so a longer
+    /// one could match nothing.
+    pub const MAX_PREFIX_BYTES: usize = 1024;
+
     /// Every record, newest first, [`DEFAULT_LIST_LIMIT`] to a page.
     pub fn new() -> Self {
         Self {
@@ -199,14 +204,18 @@ impl ListQuery {
         self
     }
 
-    /// Keeps only records whose key starts with `prefix` (at most 1024 bytes,
-    /// no control character; empty keeps every key).
+    /// Keeps only records whose key starts with `prefix` (at most
+    /// [`ListQuery::MAX_PREFIX_BYTES`], no control character; empty keeps
+    /// every key).
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Result<Self> {
         let prefix = prefix.into();
-        if prefix.len() > 1024 || prefix.chars().any(char::is_control) {
+        if prefix.len() > Self::MAX_PREFIX_BYTES || prefix.chars().any(char::is_control) {
             return Err(Error::InvalidInput {
                 field: "prefix",
-                reason: "must be at most 1024 bytes with no control character".to_owned(),
+                reason: format!(
+                    "must be at most {} bytes with no control character",
+                    Self::MAX_PREFIX_BYTES
+                ),
             });
         }
         self.prefix = prefix;
@@ -312,10 +321,15 @@ pub struct StateCounts {
 impl StateCounts {
     /// Counts one record of `state`.
     pub fn add(&mut self, state: RecordState) {
+        self.add_many(state, 1);
+    }
+
+    /// Counts `records` records of `state` (a store that counts in groups).
+    pub fn add_many(&mut self, state: RecordState, records: u64) {
         match state {
-            RecordState::Processing => self.processing += 1,
-            RecordState::Completed => self.completed += 1,
-            RecordState::Failed => self.failed += 1,
+            RecordState::Processing => self.processing += records,
+            RecordState::Completed => self.completed += records,
+            RecordState::Failed => self.failed += records,
         }
     }
 
@@ -406,6 +420,8 @@ mod tests {
             MAX_LIST_LIMIT
         );
         assert!(ListQuery::new().with_prefix("a\nb").is_err());
-        assert!(ListQuery::new().with_prefix("x".repeat(1025)).is_err());
+        let longest = "x".repeat(ListQuery::MAX_PREFIX_BYTES);
+        assert!(ListQuery::new().with_prefix(longest.clone()).is_ok());
+        assert!(ListQuery::new().with_prefix(longest + "x").is_err());
     }
 }

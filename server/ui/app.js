@@ -153,27 +153,25 @@ function cell(value, { title, className } = {}) {
   return td;
 }
 
-function keyCell(key) {
+// A cell holding one button labelled `label` (as text) that calls `onClick`.
+function buttonCell(label, className, onClick, title) {
   const td = document.createElement("td");
   const button = document.createElement("button");
   button.type = "button";
-  button.className = "key-link";
-  button.textContent = key;
-  button.title = "Show this record";
-  button.addEventListener("click", () => openDetail(key));
+  button.className = className;
+  button.textContent = label;
+  if (title) button.title = title;
+  button.addEventListener("click", onClick);
   td.append(button);
   return td;
 }
 
+function keyCell(key) {
+  return buttonCell(key, "key-link", () => openDetail(key), "Show this record");
+}
+
 function deleteCell(key) {
-  const td = document.createElement("td");
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "danger small-button";
-  button.textContent = "Delete";
-  button.addEventListener("click", () => confirmDelete(key));
-  td.append(button);
-  return td;
+  return buttonCell("Delete", "danger small-button", () => confirmDelete(key));
 }
 
 // ---- Lease countdowns ------------------------------------------------------

@@ -853,13 +853,8 @@ impl RequestStore for PgStore {
             let state = state(row)?;
             let records = u64::try_from(get::<i64>(row, "records")?).unwrap_or(0);
             let counts = stats.kinds.entry(kind).or_insert_with(StateCounts::default);
-            for counted in [&mut stats.states, counts] {
-                match state {
-                    RecordState::Processing => counted.processing += records,
-                    RecordState::Completed => counted.completed += records,
-                    RecordState::Failed => counted.failed += records,
-                }
-            }
+            counts.add_many(state, records);
+            stats.states.add_many(state, records);
             if state == RecordState::Processing {
                 let over = u64::try_from(get::<i64>(row, "leases_over")?).unwrap_or(0);
                 stats.leases_expired += over;

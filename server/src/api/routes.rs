@@ -397,11 +397,6 @@ pub(crate) async fn delete_record(
     }
 }
 
-/// The longest key prefix a listing takes (what [`ListQuery`] takes), in
-/// bytes. Stored keys are at most 577 bytes (a namespace of 64, `/`, a key
-/// of 512), so a longer prefix could match nothing anyway.
-const MAX_PREFIX_BYTES: usize = 1024;
-
 /// The store query of a listing's parameters, within the caller's
 /// namespace; `None` when the namespaced prefix is too long for any key to
 /// start with it (the page is then empty).
@@ -466,15 +461,13 @@ fn list_query(caller: &Caller, params: ListParams) -> Result<Option<ListQuery>, 
     };
     let kind = params.kind.map(Kind::parse).transpose()?;
     let prefix = params.prefix.unwrap_or_default();
-    if prefix.len() > MAX_PREFIX_BYTES || prefix.chars().any(char::is_control) {
-        return Err(ApiError::invalid_request(format!(
-            "prefix must be at most {MAX_PREFIX_BYTES} bytes with no control character"
-        )));
-    }
+    // The caller's own prefix is checked as sent, so that a refusal speaks
+    // of what the caller wrote, not of the namespace in front of it.
+    ListQuery::new().with_prefix(prefix.as_str())?;
     // The caller's prefix is valid, but with the namespace in front it may
     // pass the store's limit; no key is that long, so nothing matches.
     let prefix = caller.key_prefix() + &prefix;
-    if prefix.len() > MAX_PREFIX_BYTES {
+    if prefix.len() > ListQuery::MAX_PREFIX_BYTES {
         return Ok(None);
     }
     let cursor = params.cursor.map(ListCursor::parse).transpose()?;
