@@ -137,9 +137,14 @@ pub async fn call_until_available(
     }
 }
 
-/// Sends one request; returns it as `METHOD url`, and the answer's status,
-/// headers and body.
-async fn send(
+/// Sends one request, with `body` as JSON and `bearer` as the token if
+/// given; returns it as `METHOD url`, and the answer's status, headers and
+/// body, unchecked (for tests that expect a 5xx).
+///
+/// # Panics
+///
+/// When the request fails or its body cannot be read.
+pub async fn send(
     client: &reqwest::Client,
     method: Method,
     url: &str,

@@ -10,6 +10,10 @@
 //!   only the connections open now (all of them, or those whose client has
 //!   sent some bytes, e.g. a Redis `SUBSCRIBE`): a half-open connection after
 //!   a network failover, while connections opened later pass.
+//!
+//! The proxy runs on a runtime of its own, so it forwards bytes whatever the
+//! test's runtime is doing: a test that blocks a worker thread (a blocking
+//! readiness probe, say) cannot starve the path its server's store takes.
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -19,8 +23,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// What the proxy does with traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +68,8 @@ pub struct Proxy {
     address: SocketAddr,
     state: watch::Sender<State>,
     open: Open,
-    accept: JoinHandle<()>,
+    /// The proxy's own runtime: one thread that accepts and forwards.
+    runtime: Option<Runtime>,
 }
 
 impl Proxy {
@@ -72,12 +77,25 @@ impl Proxy {
     ///
     /// # Panics
     ///
-    /// When no loopback port can be bound.
+    /// When no loopback port can be bound or the proxy's thread cannot
+    /// start.
     pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy on 127.0.0.1:0");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("test-proxy")
+            .enable_all()
+            .build()
+            .expect("start the proxy's runtime");
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy on 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("make the proxy's socket non-blocking");
         let address = listener.local_addr().expect("the proxy's address");
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(listener).expect("register the proxy's socket")
+        };
         let state = watch::channel(State {
             mode: Mode::Pass,
             frozen: BTreeSet::new(),
@@ -85,7 +103,7 @@ impl Proxy {
         .0;
         let open: Open = Arc::default();
         let (states, opened) = (state.clone(), Arc::clone(&open));
-        let accept = tokio::spawn(async move {
+        runtime.spawn(async move {
             let next_id = AtomicU64::new(0);
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -111,7 +129,7 @@ impl Proxy {
             address,
             state,
             open,
-            accept,
+            runtime: Some(runtime),
         }
     }
 
@@ -183,8 +201,13 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.accept.abort();
         self.state.send_modify(|state| state.mode = Mode::Cut);
+        // Without waiting: the proxy may be dropped on a runtime's thread,
+        // where blocking is not allowed. Its tasks, and the sockets they
+        // own, go with the runtime.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use onceflight_server::auth::Tokens;
 use onceflight_server::{AppState, Limits};
 use onceflight_test_support::env;
 pub(crate) use onceflight_test_support::http::{
-    Reply, call, call_until_available, checked_json, client,
+    Reply, call, call_until_available, checked_json, client, send,
 };
 use onceflight_test_support::postgres::{self, Postgres};
 pub(crate) use onceflight_test_support::proxy::Proxy;

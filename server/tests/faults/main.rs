@@ -32,7 +32,7 @@ mod paths;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, call, claim_and_complete, client};
+use common::{Server, call, claim_and_complete, client, send};
 use futures::future::join_all;
 use onceflight_test_support::unique_name;
 use reqwest::{Method, StatusCode};
@@ -102,27 +102,16 @@ async fn request(
     path: &str,
     body: Option<Value>,
 ) -> Answer {
-    let what = format!("{method} {path}");
     let started = Instant::now();
-    let mut builder = client.request(method, server.url(path));
-    if let Some(body) = body {
-        builder = builder.json(&body);
-    }
-    let response = builder
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    let text = response.text().await.unwrap_or_default();
+    let (what, status, headers, text) =
+        send(client, method, &server.url(path), body.as_ref(), None).await;
     Answer {
         what,
         status,
-        retry_after,
+        retry_after: headers
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
         json: serde_json::from_str(&text).unwrap_or(Value::Null),
         took: started.elapsed(),
     }

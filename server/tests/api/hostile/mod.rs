@@ -251,6 +251,11 @@ impl Caller<'_> {
         .await
     }
 
+    /// `GET target`, e.g. `/v1/requests?prefix=a` or `/v1/stats`.
+    async fn read(&self, target: &str) -> Reply {
+        send_with(self.addr, "GET", target, self.header().as_deref(), None).await
+    }
+
     async fn delete(&self, segment: &str) -> Reply {
         send_with(
             self.addr,

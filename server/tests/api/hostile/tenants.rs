@@ -1,6 +1,8 @@
 //! Tenants: whatever tenant `b` sends, it cannot reach tenant `a`'s
 //! records, and a request without a valid token reaches no store.
 
+use std::collections::BTreeSet;
+
 use onceflight_core::RequestKey;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -189,6 +191,71 @@ pub(super) async fn tenants_cannot_reach_each_other(fx: &Fixture) {
     a.get("..%2Fa%2Fk", "")
         .await
         .expect_error(StatusCode::NOT_FOUND, "not_found");
+
+    // Listings and counts hold to the namespace too: each tenant lists its
+    // own keys, without the namespace, and a prefix that names the other
+    // tenant stays inside the caller's own keys.
+    let b_keys: BTreeSet<String> = claimed_keys.iter().map(|key| (*key).to_owned()).collect();
+    assert_eq!(listed(&a, "").await, set(["k", "done"]), "{}", fx.name);
+    assert_eq!(listed(&b, "").await, b_keys, "{}", fx.name);
+    let b_under_a: BTreeSet<String> = b_keys
+        .iter()
+        .filter(|key| key.starts_with("a/"))
+        .cloned()
+        .collect();
+    assert!(!b_under_a.is_empty(), "b sent keys that start with `a/`");
+    assert_eq!(listed(&b, "?prefix=a%2F").await, b_under_a, "{}", fx.name);
+    assert_eq!(listed(&a, "?prefix=b%2F").await, set([]), "{}", fx.name);
+    let reply = a.read("/v1/stats").await;
+    let stats = reply.expect(StatusCode::OK);
+    assert_eq!(
+        stats["records"],
+        json!({"processing": 1, "completed": 1, "failed": 0, "total": 2}),
+        "{}: a counts its own records",
+        fx.name
+    );
+    let reply = b.read("/v1/stats").await;
+    let stats = reply.expect(StatusCode::OK);
+    assert_eq!(
+        stats["records"]["total"].as_u64(),
+        Some(b_keys.len() as u64),
+        "{}: b counts its own records: {stats}",
+        fx.name
+    );
+}
+
+/// Every key `caller` lists with `query`, following the cursor to the last
+/// page (a Redis page may hold fewer than the limit, even none, while the
+/// scan goes on, and may repeat a key when Redis resizes its key table
+/// between pages, as other tests' keys come and go).
+async fn listed(caller: &Caller<'_>, query: &str) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let target = match &cursor {
+            None => format!("/v1/requests{query}"),
+            Some(cursor) => {
+                let joiner = if query.is_empty() { '?' } else { '&' };
+                format!("/v1/requests{query}{joiner}cursor={cursor}")
+            }
+        };
+        let reply = caller.read(&target).await;
+        let page = reply.expect(StatusCode::OK);
+        for record in page["records"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: records in {page}", reply.what))
+        {
+            keys.insert(record["key"].as_str().expect("a key").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return keys,
+        }
+    }
+}
+
+fn set<const N: usize>(keys: [&str; N]) -> BTreeSet<String> {
+    keys.into_iter().map(str::to_owned).collect()
 }
 
 /// With tokens configured, every `/v1` route without a token, with an
@@ -216,6 +283,12 @@ pub(super) async fn requests_without_a_valid_token_are_unauthorized(fx: &Fixture
         };
         for reply in caller.every_route("k").await {
             reply.expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+        for target in ["/v1/requests", "/v1/stats"] {
+            caller
+                .read(target)
+                .await
+                .expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
         }
     }
     let after = store_operations(addr).await;
