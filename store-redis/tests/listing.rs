@@ -13,6 +13,7 @@ use onceflight_core::{
 };
 use onceflight_store_redis::RedisStore;
 use onceflight_test_support::backend_available;
+use onceflight_test_support::redis::Redis;
 
 /// Records listed: a few hundred, so that one `SCAN` batch holds many more
 /// than a page.
@@ -198,4 +199,91 @@ async fn small_pages_list_every_record_on_the_cluster() {
         return;
     }
     small_pages_list_every_record(&store_on(&common::cluster_urls()).await).await;
+}
+
+/// A page that stops in the middle of a `SCAN` batch comes back to that
+/// batch; if the batch then reaches further (keys deleted, or the key table
+/// shrunk, in between), the page takes it again from its start rather than
+/// pass over keys it never read: every record is still listed.
+#[tokio::test]
+async fn a_batch_that_reaches_further_between_pages_is_taken_again() {
+    if !backend_available("REDIS_URL") {
+        return;
+    }
+    // A Redis of the test's own: the keys deleted must be the only change.
+    let server = Redis::start().expect("a Redis of the test's own");
+    let mut raw = common::raw(&server.url()).await;
+    let mut pipeline = redis::pipe();
+    for i in 0..JUNK {
+        pipeline
+            .cmd("SET")
+            .arg(format!("junk:{i}"))
+            .arg("x")
+            .ignore();
+    }
+    let () = pipeline
+        .query_async(&mut raw)
+        .await
+        .expect("write the junk keys");
+    let store = store_on(&server.url()).await;
+    let keys = fill(&store).await;
+
+    let query = ListQuery::new()
+        .with_prefix("img|p*[")
+        .expect("valid prefix")
+        .with_limit(10)
+        .expect("valid limit");
+    let first = store.list(&query).await.expect("list");
+    let mut listed: BTreeSet<String> = names(&first.records);
+    let cursor = first.next.expect("more pages");
+    let parts: Vec<&str> = cursor.as_str().split('.').collect();
+    assert_eq!(
+        (parts.len(), parts[2], parts[6]),
+        (7, "0", "0"),
+        "the first page stops inside the first batch: {cursor:?}"
+    );
+
+    // The first batch now reaches further: fewer keys fill it.
+    let mut pipeline = redis::pipe();
+    for i in 0..JUNK {
+        pipeline.cmd("DEL").arg(format!("junk:{i}")).ignore();
+    }
+    let () = pipeline
+        .query_async(&mut raw)
+        .await
+        .expect("delete the junk keys");
+
+    let second = store
+        .list(&query.clone().with_cursor(Some(cursor)))
+        .await
+        .expect("list");
+    listed.extend(names(&second.records));
+    let mut next = second.next;
+    assert!(
+        next.as_ref()
+            .is_some_and(|cursor| !cursor.as_str().ends_with(".0")),
+        "the batch was taken again, and overflows again: {next:?}"
+    );
+    let mut pages = 2;
+    while let Some(cursor) = next {
+        pages += 1;
+        assert!(pages < 1_000, "the listing did not end");
+        let page = store
+            .list(&query.clone().with_cursor(Some(cursor)))
+            .await
+            .expect("list");
+        listed.extend(names(&page.records));
+        next = page.next;
+    }
+    let missed: Vec<&String> = keys.difference(&listed).collect();
+    assert!(missed.is_empty(), "records never listed: {missed:?}");
+}
+
+/// Keys of no store, written before the records and deleted after the
+/// first page: enough that the first `SCAN` batch covers a small part of
+/// the key space until they go.
+const JUNK: usize = 4_000;
+
+fn names(records: &[onceflight_core::Record]) -> BTreeSet<String> {
+    records.iter().map(|r| r.key.as_str().to_owned()).collect()
 }

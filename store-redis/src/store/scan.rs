@@ -19,22 +19,32 @@
 //! the middle of a batch. So the keys of a batch are put in a fixed order,
 //! by their hash tag (part of the key's name) and then by request key; when
 //! a batch overflows, the page takes the first records in that order and
-//! its cursor names the same `SCAN` cursor again plus the last tag taken
-//! and how many keys of that tag were passed. The next page re-runs that
-//! `SCAN` call, which returns the same batch while the node's key table is
-//! not resized, and passes over the keys it already handled without
-//! reading them. Should the table be resized between the two pages (Redis
-//! grows or shrinks it as keys come and go), the batch may differ: a key
-//! may then be listed twice, and on a shrinking table a key may be missed —
-//! the same leeway `SCAN` itself has around a resize, which only bites a
-//! listing that pages through an overflowing batch while the store's size
-//! changes by a power of two. A cluster resharded between pages may do the
-//! same to the keys that moved.
+//! its cursor names the same `SCAN` cursor again, the last tag taken, how
+//! many keys of that tag were passed, and the cursor that `SCAN` call
+//! answered (where the batch ended). The next page re-runs that `SCAN` call
+//! and passes over the keys it already handled without reading them.
+//!
+//! A `SCAN` cursor is a position in the node's hash space (its bits
+//! reversed), whatever the size of the key table, so the re-run batch
+//! covers the same stretch of it when it ends at the same cursor: keys
+//! passed over there were handled, or came since. It may end sooner (more
+//! keys came, so the batch filled sooner): the keys no longer in it come in
+//! a later batch, so a record may be listed twice. It may end later (keys
+//! went, or Redis shrank its key table, which merges a stretch not yet
+//! visited into the batch): passing over by tag would then pass over keys
+//! never read, so the page takes the whole batch again, and its records
+//! may be listed twice. A listing retakes a batch [`MAX_RETAKES`] times at
+//! most, so it moves on however busy the node (a deletion and the shrink it
+//! leads to are two changes); a batch that ends later yet again is passed
+//! over by tag, the one case in which a key present all along may be
+//! missed. `SCAN` itself may repeat a key when the table shrinks, and a
+//! cluster resharded between pages may miss or repeat the keys that moved.
 //!
 //! Cursors read `r1.<node>.<scan cursor>` or `r1.<node>.<scan cursor>.<tag
-//! taken last>.<keys of that tag passed>`; anything else is refused. Each
-//! page is sorted in the query's order by creation instant and key; pages
-//! are not in order among themselves (see `ListPage`).
+//! taken last>.<keys of that tag passed>.<cursor the batch ended at>.<times
+//! retaken>`; anything else is refused. Each page is sorted in the
+//! query's order by creation instant and key; pages are not in order among
+//! themselves (see `ListPage`).
 
 use std::collections::HashSet;
 
@@ -53,6 +63,10 @@ const SCAN_COUNT: usize = 500;
 /// filter matches little answers each page after a few thousand keys
 /// looked at, rather than after the whole key space.
 const SCAN_CALLS_PER_PAGE: usize = 8;
+
+/// How many times one listing takes a `SCAN` batch again from its start
+/// when the batch reaches further than it did (see the module's docs).
+const MAX_RETAKES: u8 = 3;
 
 /// The cursors' version: cursors of another shape are refused.
 const CURSOR_VERSION: &str = "r1";
@@ -75,11 +89,64 @@ struct Position {
 }
 
 /// The keys of a re-run batch already handled: those whose tag sorts
-/// before `tag`, and the first `count` (by request key) of those with it.
+/// before `tag`, and the first `count` (by request key) of those with it,
+/// in the batch that ended at `ended`, taken again from its start
+/// `retakes` times.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Passed {
     tag: String,
     count: usize,
+    ended: u64,
+    retakes: u8,
+}
+
+impl Passed {
+    /// What a page that took `batch` (sorted, ending at the `SCAN` cursor
+    /// `ended`) up to and including `batch[last]` has handled.
+    fn through(batch: &[Found], last: usize, ended: u64, retakes: u8) -> Self {
+        let tag = batch[last].tag.clone();
+        let count = batch[..=last].iter().filter(|f| f.tag == tag).count();
+        Self {
+            tag,
+            count,
+            ended,
+            retakes,
+        }
+    }
+
+    /// How many keys at the start of the re-run `batch` (sorted, ending at
+    /// the `SCAN` cursor `ended`) to pass over, and how many times the
+    /// batch has now been retaken: none when the batch ends later than it
+    /// did (up to [`MAX_RETAKES`] times), else those this names.
+    fn handled_in(&self, batch: &[Found], ended: u64) -> (usize, u8) {
+        if self.retakes < MAX_RETAKES && hash_space(ended) > hash_space(self.ended) {
+            return (0, self.retakes + 1);
+        }
+        let mut same_tag = 0;
+        let handled = batch
+            .iter()
+            .take_while(|f| match f.tag.as_str().cmp(self.tag.as_str()) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Equal => {
+                    same_tag += 1;
+                    same_tag <= self.count
+                }
+                std::cmp::Ordering::Greater => false,
+            })
+            .count();
+        (handled, self.retakes)
+    }
+}
+
+/// Where the `SCAN` cursor `cursor` stands in the node's hash space, to
+/// compare cursors of tables of any size: Redis advances cursors with
+/// their bits reversed, and 0, where a scan ends, is past every other.
+fn hash_space(cursor: u64) -> u128 {
+    if cursor == 0 {
+        u128::from(u64::MAX) + 1
+    } else {
+        u128::from(cursor.reverse_bits())
+    }
 }
 
 impl Position {
@@ -92,7 +159,10 @@ impl Position {
     fn write(&self) -> ListCursor {
         let mut text = format!("{CURSOR_VERSION}.{}.{}", self.node, self.cursor);
         if let Some(passed) = &self.passed {
-            text.push_str(&format!(".{}.{}", passed.tag, passed.count));
+            text.push_str(&format!(
+                ".{}.{}.{}.{}",
+                passed.tag, passed.count, passed.ended, passed.retakes
+            ));
         }
         ListCursor::from_store(text)
     }
@@ -112,11 +182,15 @@ impl Position {
         }
         let node: usize = number(parts.next()).ok_or_else(invalid)?;
         let cursor: u64 = number(parts.next()).ok_or_else(invalid)?;
-        let passed = match (parts.next(), parts.next()) {
-            (None, None) => None,
-            (Some(tag), Some(count)) if is_tag(tag) => Some(Passed {
+        let passed = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (None, None, None, None) => None,
+            (Some(tag), Some(count), Some(ended), Some(retakes)) if is_tag(tag) => Some(Passed {
                 tag: tag.to_owned(),
                 count: number(Some(count)).ok_or_else(invalid)?,
+                ended: number(Some(ended)).ok_or_else(invalid)?,
+                retakes: number(Some(retakes))
+                    .filter(|retakes| *retakes <= MAX_RETAKES)
+                    .ok_or_else(invalid)?,
             }),
             _ => return Err(invalid()),
         };
@@ -348,11 +422,13 @@ impl RedisStore {
         let mut next = None;
         for _ in 0..SCAN_CALLS_PER_PAGE {
             let node = nodes[at.node];
-            let (scan_next, mut found) = self.scan_once(node, at.cursor, &pattern).await?;
-            if let Some(passed) = &at.passed {
-                found = pass_over(found, passed);
-            }
-            let peeked = self.peek_all(node, &found).await?;
+            let (scan_next, batch) = self.scan_once(node, at.cursor, &pattern).await?;
+            let (handled, retakes) = at
+                .passed
+                .as_ref()
+                .map_or((0, 0), |passed| passed.handled_in(&batch, scan_next));
+            let found = &batch[handled..];
+            let peeked = self.peek_all(node, found).await?;
             let room = limit - page.len();
             // The index in `found` of each record the page may take.
             let mut taken: Vec<(usize, Record)> = Vec::new();
@@ -369,16 +445,11 @@ impl RedisStore {
                 // to the same batch, past the last key taken.
                 taken.truncate(room);
                 let last = taken.last().map_or(0, |(index, _)| *index);
-                let tag = found[last].tag.clone();
-                let mut count = found[..=last].iter().filter(|f| f.tag == tag).count();
-                if let Some(passed) = at.passed.as_ref().filter(|p| p.tag == tag) {
-                    count += passed.count;
-                }
                 for (_, record) in taken {
                     listed.insert(record.key.clone());
                     page.push(record);
                 }
-                at.passed = Some(Passed { tag, count });
+                at.passed = Some(Passed::through(&batch, handled + last, scan_next, retakes));
                 next = Some(at);
                 break;
             }
@@ -439,22 +510,6 @@ impl RedisStore {
     }
 }
 
-/// `found` (sorted) without the keys `passed` says were handled.
-fn pass_over(found: Vec<Found>, passed: &Passed) -> Vec<Found> {
-    let mut same_tag = 0;
-    found
-        .into_iter()
-        .filter(|f| match f.tag.as_str().cmp(passed.tag.as_str()) {
-            std::cmp::Ordering::Less => false,
-            std::cmp::Ordering::Equal => {
-                same_tag += 1;
-                same_tag > passed.count
-            }
-            std::cmp::Ordering::Greater => true,
-        })
-        .collect()
-}
-
 /// Routes a command to the primary serving `slot`.
 fn primary(slot: u16) -> RoutingInfo {
     RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
@@ -501,6 +556,18 @@ mod tests {
                 passed: Some(Passed {
                     tag: "cbf29ce484222325".to_owned(),
                     count: 3,
+                    ended: 0,
+                    retakes: MAX_RETAKES,
+                }),
+            },
+            Position {
+                node: 0,
+                cursor: 12,
+                passed: Some(Passed {
+                    tag: "0000000000000000".to_owned(),
+                    count: 1,
+                    ended: u64::MAX,
+                    retakes: 0,
                 }),
             },
         ];
@@ -517,7 +584,12 @@ mod tests {
             "r1.0.-1",
             "r1.0.0.cbf29ce484222325",
             "r1.0.0.CBF29CE484222325.1",
+            "r1.0.0.cbf29ce484222325.1",
             "r1.0.0.cbf29ce484222325.1.2",
+            "r1.0.0.cbf29ce484222325.1.2.4",
+            "r1.0.0.cbf29ce484222325.1.2.-1",
+            "r1.0.0.cbf29ce484222325.1.x.0",
+            "r1.0.0.cbf29ce484222325.1.2.0.0",
             "k1.0.00",
         ] {
             let cursor = ListCursor::parse(bad).expect("printable");
@@ -539,26 +611,86 @@ mod tests {
         assert_eq!(glob_escape(r"a*b?c[d]e\f{g}"), r"a\*b\?c\[d\]e\\f{g}");
     }
 
-    #[test]
-    fn passing_over_skips_handled_keys_of_a_batch() {
-        let found = |tag: &str, key: &str| Found {
+    fn found(tag: &str, key: &str) -> Found {
+        Found {
             tag: tag.to_owned(),
             key: RequestKey::parse(key).expect("valid key"),
-        };
+        }
+    }
+
+    /// The keys of `batch` past the first `handled`.
+    fn left(batch: &[Found], handled: usize) -> Vec<&str> {
+        batch[handled..].iter().map(|f| f.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_rerun_batch_passes_over_the_keys_handled() {
         let batch = vec![
             found("0000000000000001", "a|1"),
             found("0000000000000002", "a|2"),
             found("0000000000000002", "a|3"),
             found("0000000000000003", "a|4"),
         ];
-        let passed = Passed {
-            tag: "0000000000000002".to_owned(),
-            count: 1,
-        };
-        let left: Vec<String> = pass_over(batch, &passed)
-            .into_iter()
-            .map(|f| f.key.as_str().to_owned())
-            .collect();
-        assert_eq!(left, ["a|3", "a|4"]);
+        let passed = Passed::through(&batch, 1, 0b0110, 0);
+        assert_eq!(
+            passed,
+            Passed {
+                tag: "0000000000000002".to_owned(),
+                count: 1,
+                ended: 0b0110,
+                retakes: 0,
+            }
+        );
+        // Ending where it did: the keys handled are passed over.
+        let (handled, retakes) = passed.handled_in(&batch, 0b0110);
+        assert_eq!((left(&batch, handled), retakes), (vec!["a|3", "a|4"], 0));
+        // A key that came since among those passed over is passed over too;
+        // one past them is read.
+        let mut grown = batch.clone();
+        grown.insert(0, found("0000000000000000", "a|0"));
+        grown.push(found("0000000000000004", "a|5"));
+        grown.sort();
+        let (handled, _) = passed.handled_in(&grown, 0b0110);
+        assert_eq!(left(&grown, handled), ["a|3", "a|4", "a|5"]);
+        // Ending sooner (bits reversed, 0b0010 comes before 0b0110): the same.
+        let (handled, retakes) = passed.handled_in(&batch[1..], 0b0010);
+        assert_eq!(
+            (left(&batch[1..], handled), retakes),
+            (vec!["a|3", "a|4"], 0)
+        );
+    }
+
+    #[test]
+    fn a_rerun_batch_that_ends_later_is_retaken_a_bounded_number_of_times() {
+        let batch = vec![
+            found("0000000000000001", "a|1"),
+            found("0000000000000002", "a|2"),
+            found("0000000000000003", "a|4"),
+        ];
+        let passed = Passed::through(&batch, 1, 0b0110, 0);
+        // 0b0001 comes after 0b0110 with bits reversed, and 0 after all.
+        for later in [0b0001, 0] {
+            let (handled, retakes) = passed.handled_in(&batch, later);
+            assert_eq!((handled, retakes), (0, 1), "ending at {later:#b}");
+        }
+        let again = Passed::through(&batch, 1, 0b0001, MAX_RETAKES - 1);
+        assert_eq!(again.handled_in(&batch, 0), (0, MAX_RETAKES));
+        let last = Passed::through(&batch, 1, 0b0001, MAX_RETAKES);
+        let (handled, retakes) = last.handled_in(&batch, 0);
+        assert_eq!((left(&batch, handled), retakes), (vec!["a|4"], MAX_RETAKES));
+    }
+
+    #[test]
+    fn cursors_compare_in_hash_space_order() {
+        // Redis's reverse-binary order over a table of 8 buckets.
+        let order = [0b000_u64, 0b100, 0b010, 0b110, 0b001, 0b101, 0b011, 0b111];
+        for pair in order[1..].windows(2) {
+            assert!(hash_space(pair[0]) < hash_space(pair[1]), "{pair:?}");
+        }
+        // 0 is where a scan starts and ends: as an end, past every cursor.
+        assert!(order[1..].iter().all(|&c| hash_space(c) < hash_space(0)));
+        // A cursor of a table twice the size falls between its neighbours.
+        assert!(hash_space(0b100) < hash_space(0b1100));
+        assert!(hash_space(0b1100) < hash_space(0b010));
     }
 }
