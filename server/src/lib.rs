@@ -9,6 +9,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
+
+use futures::FutureExt;
 use std::time::Duration;
 
 use axum::Router;
@@ -85,10 +87,11 @@ pub struct Limits {
     /// long-poll needs its own connection and `max_waiters` bounds those).
     pub max_connections: Option<usize>,
     /// How long `GET /v1/stats` and the store gauges of `/metrics` keep the
-    /// counts of a namespace before counting the store again (default 5 s;
-    /// zero counts on every request). Counting walks the records, so a
-    /// dashboard polling every second costs the store one count per this
-    /// interval instead of one per poll.
+    /// counts of a namespace at least before counting the store again
+    /// (default 5 s; zero counts on every request). Counting walks the
+    /// records, so a dashboard polling every second costs the store one
+    /// count per this interval instead of one per poll; a count that takes
+    /// long is kept ten times as long as it took.
     pub stats_max_age: Duration,
 }
 
@@ -241,16 +244,23 @@ impl AppState {
         }
     }
 
-    /// The counts of the records whose stored key starts with `prefix`, at
-    /// most [`Limits::stats_max_age`] old; concurrent callers share one
-    /// read of the store.
+    /// The counts of the records whose stored key starts with `prefix`,
+    /// kept for [`Limits::stats_max_age`] or ten times as long as counting
+    /// took; concurrent callers share one count of the store, which goes on
+    /// when they stop waiting for it after the store timeout (see
+    /// `stats.rs`).
     pub(crate) async fn counts(&self, prefix: &str) -> onceflight_core::Result<Counted> {
-        self.inner.stats.counts(self.store(), prefix).await
-    }
-
-    /// How long counts are kept.
-    pub(crate) fn stats_max_age(&self) -> Duration {
-        self.inner.stats.max_age()
+        let store = Arc::clone(&self.inner.store);
+        let owned = prefix.to_owned();
+        self.inner
+            .stats
+            .counts(
+                prefix,
+                self.inner.limits.store_timeout,
+                store.backend(),
+                move || async move { store.counts(&owned).await }.boxed(),
+            )
+            .await
     }
 
     /// The configured bearer tokens.

@@ -225,8 +225,9 @@ struct ServeArgs {
     hit_cache_max_result_bytes: usize,
 
     /// How long GET /v1/stats and the store gauges of /metrics keep a
-    /// namespace's counts before counting the store again, in milliseconds
-    /// (0: count on every request). Concurrent requests share one count.
+    /// namespace's counts at least before counting the store again, in
+    /// milliseconds (0: count on every request); a count that took long is
+    /// kept ten times as long. Concurrent requests share one count.
     #[arg(long, env = "ONCEFLIGHT_STATS_MAX_AGE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     stats_max_age_ms: u64,
 

@@ -463,6 +463,10 @@ pub struct InstrumentedStore {
     timeout: Duration,
 }
 
+/// The least time a count of the store is given: counting walks every
+/// record under a prefix.
+const COUNTS_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The error of a store operation that ran out of time.
 #[derive(Debug, thiserror::Error)]
 #[error("the store did not answer {operation} within {timeout:?}")]
@@ -561,7 +565,12 @@ impl RequestStore for InstrumentedStore {
         self.timed("list", self.inner.list(query)).await
     }
     async fn counts(&self, prefix: &str) -> Result<StoreStats> {
-        self.timed("counts", self.inner.counts(prefix)).await
+        // A count walks the records, so it may take far longer than one
+        // operation on a large store; its callers wait for it no longer than
+        // the store timeout, and it goes on without them (see `stats.rs`).
+        let bound = self.timeout.max(COUNTS_TIMEOUT);
+        self.bounded("counts", bound, self.inner.counts(prefix))
+            .await
     }
     fn change_feed(&self) -> Option<ChangeFeed> {
         self.inner.change_feed()

@@ -448,7 +448,8 @@ export class Onceflight {
   /**
    * GET /v1/stats: counts of the caller's records by state and kind, live and
    * expired leases, the oldest live lease's age; read at `as_of` and kept by
-   * the server for up to `max_age_ms`.
+   * the server for `max_age_ms` (while a long count of a large store runs,
+   * the previous counts are answered: `as_of` tells their age).
    */
   async stats(options: CallOptions = {}): Promise<StatsResponse> {
     const answer = await this.request({ method: "GET", path: "/v1/stats", signal: options.signal });

@@ -219,7 +219,9 @@ export interface paths {
         /**
          * Count the caller's records by state and kind, with the leases live and
          *     run out. The server keeps the counts for `max_age_ms` (concurrent
-         *     requests share one count of the store), so polling it is cheap.
+         *     requests share one count of the store), so polling it is cheap; while a
+         *     count takes longer than the store timeout, the previous counts are
+         *     answered (`as_of` tells their age), or 503 when there are none yet.
          */
         get: operations["stats"];
         put?: never;

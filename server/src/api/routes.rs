@@ -533,7 +533,9 @@ pub(crate) async fn list_records(
 
 /// Count the caller's records by state and kind, with the leases live and
 /// run out. The server keeps the counts for `max_age_ms` (concurrent
-/// requests share one count of the store), so polling it is cheap.
+/// requests share one count of the store), so polling it is cheap; while a
+/// count takes longer than the store timeout, the previous counts are
+/// answered (`as_of` tells their age), or 503 when there are none yet.
 #[utoipa::path(
     get,
     path = "/v1/stats",
@@ -553,7 +555,7 @@ pub(crate) async fn stats(
     Ok(Json(StatsResponse::new(
         &counted.stats,
         counted.as_of,
-        state.stats_max_age(),
+        counted.kept_for,
     )))
 }
 
