@@ -9,13 +9,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-
-use futures::FutureExt;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use futures::FutureExt;
 use onceflight_core::{CachedStore, HitCacheConfig, HitCacheStats, RequestStore};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};

@@ -451,7 +451,8 @@ impl Metrics {
 /// A store that times each operation of the store it wraps, and bounds it.
 ///
 /// Every operation gets at most `timeout` (a `wait` gets its own timeout plus
-/// `timeout`); past it the call is dropped and answers
+/// `timeout`, and a count, which walks the records, at least five minutes);
+/// past it the call is dropped and answers
 /// [`Error::Unavailable`], so a store that stops answering — a frozen
 /// network path, a stalled server — turns into 503 `store_unavailable`
 /// within a known time instead of a request that hangs. The stores have
