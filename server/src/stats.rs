@@ -213,128 +213,98 @@ mod tests {
 
     use super::*;
 
-    /// A count that takes `took` and answers `total` records, counting its
-    /// calls in `calls`.
-    fn slow_count(
-        calls: &Arc<AtomicUsize>,
+    /// Counts that take `took` each, asked for with a wait of `wait`; the
+    /// counts started are counted in `calls`.
+    struct Counter {
+        calls: Arc<AtomicUsize>,
         took: Duration,
-        total: u64,
-    ) -> impl FnOnce() -> BoxFuture<'static, Result<StoreStats>> {
-        let calls = Arc::clone(calls);
-        move || {
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(took).await;
-                let mut stats = StoreStats::default();
-                stats.states.processing = total;
-                Ok(stats)
+        wait: Duration,
+    }
+
+    impl Counter {
+        fn new(took: Duration, wait: Duration) -> Self {
+            Self {
+                calls: Arc::default(),
+                took,
+                wait,
             }
-            .boxed()
+        }
+
+        /// Asks `cache` for the counts under `prefix`; a count started now
+        /// finds `total` records in flight.
+        async fn ask(&self, cache: &StatsCache, prefix: &str, total: u64) -> Result<Counted> {
+            let (calls, took) = (Arc::clone(&self.calls), self.took);
+            let count = move || {
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(took).await;
+                    let mut stats = StoreStats::default();
+                    stats.states.processing = total;
+                    Ok(stats)
+                }
+                .boxed()
+            };
+            cache.counts(prefix, self.wait, "memory", count).await
+        }
+
+        /// The records an answer found, and how many counts were started.
+        fn seen(&self, answer: &Result<Counted>) -> (u64, usize) {
+            let found = answer.as_ref().expect("counts").stats.states.processing;
+            (found, self.calls.load(Ordering::SeqCst))
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_long_count_goes_on_without_its_caller_and_is_kept_ten_times_as_long() {
         let cache = StatsCache::new(Duration::from_secs(1));
-        let calls = Arc::new(AtomicUsize::new(0));
         let took = Duration::from_secs(30);
-        let wait = Duration::from_secs(5);
+        let counter = Counter::new(took, Duration::from_secs(5));
 
-        // The first caller gives up after `wait`: no counts yet.
-        let first = cache
-            .counts("", wait, "memory", slow_count(&calls, took, 7))
-            .await;
-        assert!(
-            matches!(&first, Err(error) if error.is_retryable()),
-            "{first:?}"
-        );
-        // A second caller shares the count under way rather than start one.
-        let second = cache
-            .counts("", wait, "memory", slow_count(&calls, took, 8))
-            .await;
-        assert!(second.is_err(), "{second:?}");
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "one count under way");
+        // The first caller gives up after its wait: no counts yet. A second
+        // caller shares the count under way rather than start one.
+        for total in [7, 8] {
+            let early = counter.ask(&cache, "", total).await;
+            assert!(
+                matches!(&early, Err(error) if error.is_retryable()),
+                "{early:?}"
+            );
+        }
+        assert_eq!(counter.calls.load(Ordering::SeqCst), 1, "one count");
 
-        // The count finishes on its own and is kept.
+        // The count finishes on its own and is kept, ten times as long as
+        // it took.
         tokio::time::sleep(took).await;
-        let kept = cache
-            .counts("", wait, "memory", slow_count(&calls, took, 9))
-            .await
-            .expect("the count kept");
-        assert_eq!(kept.stats.states.processing, 7);
-        assert!(
-            kept.kept_for >= took * COST_FACTOR,
-            "kept for {:?}",
-            kept.kept_for
-        );
+        let kept = counter.ask(&cache, "", 9).await;
+        assert_eq!(counter.seen(&kept), (7, 1));
+        let kept_for = kept.expect("counts").kept_for;
+        assert!(kept_for >= took * COST_FACTOR, "kept for {kept_for:?}");
 
-        // Long past `max_age`, yet within ten times the count's length: no
-        // new count.
+        // Long past `max_age`, yet within that: no new count.
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let still = cache
-            .counts("", wait, "memory", slow_count(&calls, took, 9))
-            .await
-            .expect("kept");
-        assert_eq!(
-            (still.stats.states.processing, calls.load(Ordering::SeqCst)),
-            (7, 1)
-        );
+        assert_eq!(counter.seen(&counter.ask(&cache, "", 9).await), (7, 1));
 
         // Once that has passed, a new count starts; until it ends, callers
         // get the last answer, however old.
         tokio::time::sleep(took * COST_FACTOR).await;
-        let stale = cache
-            .counts("", wait, "memory", slow_count(&calls, took, 9))
-            .await
-            .expect("the last answer");
-        assert_eq!(
-            (stale.stats.states.processing, calls.load(Ordering::SeqCst)),
-            (7, 2)
-        );
+        assert_eq!(counter.seen(&counter.ask(&cache, "", 9).await), (7, 2));
         tokio::time::sleep(took).await;
-        let fresh = cache
-            .counts("", wait, "memory", slow_count(&calls, took, 10))
-            .await
-            .expect("the new count");
-        assert_eq!(
-            (fresh.stats.states.processing, calls.load(Ordering::SeqCst)),
-            (9, 2)
-        );
+        assert_eq!(counter.seen(&counter.ask(&cache, "", 10).await), (9, 2));
         assert_eq!(cache.last("").map(|c| c.stats.states.processing), Some(9));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_quick_count_is_kept_for_the_maximum_age() {
         let cache = StatsCache::new(Duration::from_secs(5));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let took = Duration::from_millis(10);
-        let wait = Duration::from_secs(1);
+        let counter = Counter::new(Duration::from_millis(10), Duration::from_secs(1));
         for total in [1, 2] {
-            let counted = cache
-                .counts("a/", wait, "memory", slow_count(&calls, took, total))
-                .await
-                .expect("counted");
-            assert_eq!(counted.stats.states.processing, 1, "kept");
-            assert_eq!(counted.kept_for, Duration::from_secs(5));
+            let counted = counter.ask(&cache, "a/", total).await;
+            assert_eq!(counter.seen(&counted), (1, 1), "kept");
+            assert_eq!(counted.expect("counts").kept_for, Duration::from_secs(5));
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let counted = cache
-            .counts("a/", wait, "memory", slow_count(&calls, took, 3))
-            .await
-            .expect("counted");
-        assert_eq!(
-            (
-                counted.stats.states.processing,
-                calls.load(Ordering::SeqCst)
-            ),
-            (3, 2)
-        );
+        assert_eq!(counter.seen(&counter.ask(&cache, "a/", 3).await), (3, 2));
         // Another prefix is counted on its own.
-        let other = cache
-            .counts("b/", wait, "memory", slow_count(&calls, took, 4))
-            .await
-            .expect("counted");
-        assert_eq!(other.stats.states.processing, 4);
+        assert_eq!(counter.seen(&counter.ask(&cache, "b/", 4).await), (4, 3));
     }
 
     #[tokio::test(start_paused = true)]
@@ -347,31 +317,22 @@ mod tests {
             .await;
         assert!(failed.is_err(), "{failed:?}");
         assert!(cache.last("").is_none(), "nothing kept");
+        // The next caller counts again.
+        let counter = Counter::new(Duration::from_millis(10), Duration::from_secs(1));
+        assert_eq!(counter.seen(&counter.ask(&cache, "", 5).await), (5, 1));
 
         let cache = StatsCache::new(Duration::ZERO);
-        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Counter::new(Duration::from_millis(10), Duration::from_secs(1));
         for total in [1, 2] {
-            let counted = cache
-                .counts(
-                    "",
-                    Duration::from_secs(1),
-                    "memory",
-                    slow_count(&calls, Duration::from_millis(10), total),
-                )
-                .await
-                .expect("counted");
-            assert_eq!(counted.stats.states.processing, total);
+            assert_eq!(
+                counter.seen(&counter.ask(&cache, "", total).await),
+                (total, total as usize)
+            );
         }
         // Counting on every request, a caller still waits no longer than
         // its bound.
-        let late = cache
-            .counts(
-                "",
-                Duration::from_secs(1),
-                "memory",
-                slow_count(&calls, Duration::from_secs(10), 3),
-            )
-            .await;
+        let slow = Counter::new(Duration::from_secs(10), Duration::from_secs(1));
+        let late = slow.ask(&cache, "", 3).await;
         assert!(
             matches!(&late, Err(error) if error.is_retryable()),
             "{late:?}"

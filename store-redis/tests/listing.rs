@@ -136,20 +136,13 @@ async fn small_pages_list_every_record_on_one_server() {
     let url = common::redis_url();
     let mut raw = common::raw(&url).await;
     let filler = common::fresh_prefix();
-    let mut pipeline = redis::pipe();
-    for i in 0..FILLER {
-        pipeline
-            .cmd("SET")
-            .arg(format!("{filler}{i}"))
-            .arg("x")
-            .arg("EX")
-            .arg(600)
-            .ignore();
-    }
-    let () = pipeline
-        .query_async(&mut raw)
-        .await
-        .expect("write the filler keys");
+    on_each_key(
+        &mut raw,
+        "SET",
+        (0..FILLER).map(|i| format!("{filler}{i}")),
+        &["x", "EX", "600"],
+    )
+    .await;
     let store = store_on(&url).await;
     small_pages_list_every_record(&store).await;
 
@@ -213,18 +206,8 @@ async fn a_batch_that_reaches_further_between_pages_is_taken_again() {
     // A Redis of the test's own: the keys deleted must be the only change.
     let server = Redis::start().expect("a Redis of the test's own");
     let mut raw = common::raw(&server.url()).await;
-    let mut pipeline = redis::pipe();
-    for i in 0..JUNK {
-        pipeline
-            .cmd("SET")
-            .arg(format!("junk:{i}"))
-            .arg("x")
-            .ignore();
-    }
-    let () = pipeline
-        .query_async(&mut raw)
-        .await
-        .expect("write the junk keys");
+    let junk = || (0..JUNK).map(|i| format!("junk:{i}"));
+    on_each_key(&mut raw, "SET", junk(), &["x"]).await;
     let store = store_on(&server.url()).await;
     let keys = fill(&store).await;
 
@@ -244,14 +227,7 @@ async fn a_batch_that_reaches_further_between_pages_is_taken_again() {
     );
 
     // The first batch now reaches further: fewer keys fill it.
-    let mut pipeline = redis::pipe();
-    for i in 0..JUNK {
-        pipeline.cmd("DEL").arg(format!("junk:{i}")).ignore();
-    }
-    let () = pipeline
-        .query_async(&mut raw)
-        .await
-        .expect("delete the junk keys");
+    on_each_key(&mut raw, "DEL", junk(), &[]).await;
 
     let second = store
         .list(&query.clone().with_cursor(Some(cursor)))
@@ -283,6 +259,23 @@ async fn a_batch_that_reaches_further_between_pages_is_taken_again() {
 /// first page: enough that the first `SCAN` batch covers a small part of
 /// the key space until they go.
 const JUNK: usize = 4_000;
+
+/// Runs `command <key> <args…>` on each of `keys`, in one pipeline.
+async fn on_each_key(
+    raw: &mut redis::aio::MultiplexedConnection,
+    command: &str,
+    keys: impl Iterator<Item = String>,
+    args: &[&str],
+) {
+    let mut pipeline = redis::pipe();
+    for key in keys {
+        pipeline.cmd(command).arg(key).arg(args).ignore();
+    }
+    let () = pipeline
+        .query_async(raw)
+        .await
+        .unwrap_or_else(|e| panic!("{command} on each key: {e}"));
+}
 
 fn names(records: &[onceflight_core::Record]) -> BTreeSet<String> {
     records.iter().map(|r| r.key.as_str().to_owned()).collect()
