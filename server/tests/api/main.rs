@@ -24,3 +24,20 @@ mod routes;
 #[cfg(feature = "memory")]
 mod secrets;
 mod slow_clients;
+
+use std::collections::BTreeSet;
+
+/// The keys of one `GET /v1/requests` page.
+fn page_keys(page: &serde_json::Value) -> BTreeSet<String> {
+    page["records"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a page has records: {page}"))
+        .iter()
+        .map(|r| r["key"].as_str().expect("a key").to_owned())
+        .collect()
+}
+
+/// `keys` as a set, to compare with [`page_keys`].
+fn key_set(keys: &[&str]) -> BTreeSet<String> {
+    keys.iter().map(|k| (*k).to_owned()).collect()
+}

@@ -7,6 +7,8 @@ use onceflight_core::RequestKey;
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::{key_set, page_keys};
+
 use super::{Caller, Fixture, TOKEN_A, TOKEN_B, send, store_operations, stored_result};
 
 /// Whatever key tenant `b` sends — `a/k`, `../a/k`, encoded, double-encoded,
@@ -196,7 +198,7 @@ pub(super) async fn tenants_cannot_reach_each_other(fx: &Fixture) {
     // own keys, without the namespace, and a prefix that names the other
     // tenant stays inside the caller's own keys.
     let b_keys: BTreeSet<String> = claimed_keys.iter().map(|key| (*key).to_owned()).collect();
-    assert_eq!(listed(&a, "").await, set(["k", "done"]), "{}", fx.name);
+    assert_eq!(listed(&a, "").await, key_set(&["k", "done"]), "{}", fx.name);
     assert_eq!(listed(&b, "").await, b_keys, "{}", fx.name);
     let b_under_a: BTreeSet<String> = b_keys
         .iter()
@@ -205,7 +207,12 @@ pub(super) async fn tenants_cannot_reach_each_other(fx: &Fixture) {
         .collect();
     assert!(!b_under_a.is_empty(), "b sent keys that start with `a/`");
     assert_eq!(listed(&b, "?prefix=a%2F").await, b_under_a, "{}", fx.name);
-    assert_eq!(listed(&a, "?prefix=b%2F").await, set([]), "{}", fx.name);
+    assert_eq!(
+        listed(&a, "?prefix=b%2F").await,
+        key_set(&[]),
+        "{}",
+        fx.name
+    );
     let reply = a.read("/v1/stats").await;
     let stats = reply.expect(StatusCode::OK);
     assert_eq!(
@@ -241,21 +248,12 @@ async fn listed(caller: &Caller<'_>, query: &str) -> BTreeSet<String> {
         };
         let reply = caller.read(&target).await;
         let page = reply.expect(StatusCode::OK);
-        for record in page["records"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{}: records in {page}", reply.what))
-        {
-            keys.insert(record["key"].as_str().expect("a key").to_owned());
-        }
+        keys.extend(page_keys(page));
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
             None => return keys,
         }
     }
-}
-
-fn set<const N: usize>(keys: [&str; N]) -> BTreeSet<String> {
-    keys.into_iter().map(str::to_owned).collect()
 }
 
 /// With tokens configured, every `/v1` route without a token, with an

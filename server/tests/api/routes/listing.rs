@@ -2,7 +2,6 @@
 //! cursors, namespaces), `GET /v1/stats` (counts, kept for a while) and the
 //! store gauges of `/metrics`.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -11,20 +10,7 @@ use onceflight_server::auth::Tokens;
 use serde_json::{Value, json};
 
 use super::{ALPHA, Api, BETA, assert_record_fields, assert_timestamp, op};
-
-/// The keys of one listing page.
-fn keys(page: &Value) -> BTreeSet<String> {
-    page["records"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a page has records: {page}"))
-        .iter()
-        .map(|r| r["key"].as_str().expect("a key").to_owned())
-        .collect()
-}
-
-fn set(keys: &[&str]) -> BTreeSet<String> {
-    keys.iter().map(|k| (*k).to_owned()).collect()
-}
+use crate::{key_set, page_keys};
 
 /// Limits whose counts are read afresh on every request.
 fn fresh_counts() -> Limits {
@@ -105,7 +91,12 @@ async fn every_state_filter_keeps_its_records() {
     for (query, expected) in cases {
         let reply = api.get(&format!("/v1/requests?{query}")).await;
         let page = reply.expect(StatusCode::OK);
-        assert_eq!(keys(page), set(expected), "?{query}: {}", reply.text);
+        assert_eq!(
+            page_keys(page),
+            key_set(expected),
+            "?{query}: {}",
+            reply.text
+        );
         assert_eq!(page["next_cursor"], Value::Null, "?{query}: one page");
         for record in page["records"].as_array().expect("records") {
             assert_record_fields(record, &format!("?{query}"));
@@ -221,7 +212,7 @@ async fn pages_follow_the_cursor_within_the_limit() {
     let longest = "x".repeat(1024);
     let reply = api.get(&format!("/v1/requests?prefix={longest}")).await;
     let page = reply.expect(StatusCode::OK);
-    assert_eq!(keys(page), set(&[]), "no key is that long");
+    assert_eq!(page_keys(page), key_set(&[]), "no key is that long");
     let reply = api.get(&format!("/v1/requests?prefix={longest}x")).await;
     reply.expect_error(StatusCode::BAD_REQUEST, "invalid_request");
 }
@@ -241,26 +232,29 @@ async fn tokens_see_only_their_own_namespace() {
 
     let page = alpha.get("/v1/requests").await;
     assert_eq!(
-        keys(page.expect(StatusCode::OK)),
-        set(&["image|a1", "image|a2"]),
+        page_keys(page.expect(StatusCode::OK)),
+        key_set(&["image|a1", "image|a2"]),
         "alpha's own keys, without the namespace"
     );
     let page = beta.get("/v1/requests?prefix=image").await;
     assert_eq!(
-        keys(page.expect(StatusCode::OK)),
-        set(&[]),
+        page_keys(page.expect(StatusCode::OK)),
+        key_set(&[]),
         "beta has no images"
     );
     let page = beta.get("/v1/requests").await;
-    assert_eq!(keys(page.expect(StatusCode::OK)), set(&["video|b1"]));
+    assert_eq!(
+        page_keys(page.expect(StatusCode::OK)),
+        key_set(&["video|b1"])
+    );
     // The longest prefix, with the namespace in front, matches nothing.
     let page = alpha
         .get(&format!("/v1/requests?prefix={}", "x".repeat(1024)))
         .await;
-    assert_eq!(keys(page.expect(StatusCode::OK)), set(&[]));
+    assert_eq!(page_keys(page.expect(StatusCode::OK)), key_set(&[]));
     // A prefix naming the other namespace stays inside the caller's own.
     let page = beta.get("/v1/requests?prefix=alpha%2F").await;
-    assert_eq!(keys(page.expect(StatusCode::OK)), set(&[]));
+    assert_eq!(page_keys(page.expect(StatusCode::OK)), key_set(&[]));
 
     let stats = alpha.get("/v1/stats").await;
     let stats = stats.expect(StatusCode::OK);
